@@ -1,0 +1,60 @@
+"""Process settings, read once from the environment at start.
+
+Every setting is an environment variable of the same name (case-insensitive). An invalid value
+stops the process at start with one line naming the variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    # Servers. Unset: the embedded stack under DATA_DIR is used (see geniehelper.embedded).
+    database_url: str | None = Field(default=None, description="PostgreSQL 16 URL (schema owner).")
+    redis_url: str | None = Field(default=None, description="Redis-compatible server URL.")
+
+    data_dir: Path = Field(
+        default=Path(".data"), description="Where the embedded servers keep their data (git-ignored)."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="auto: readable console in a terminal, JSON lines otherwise."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    # Pools.
+    db_pool_min_size: int = Field(default=1, ge=0, le=100)
+    db_pool_max_size: int = Field(default=10, ge=1, le=500)
+
+    # Schedulers: one interval per scheduler, in seconds.
+    post_scheduler_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    scheduler_jitter_s: float = Field(
+        default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
+    )
+
+    # Health: how often each process refreshes its health key, and when a key counts as stale.
+    health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+
+    @property
+    def health_stale_after_s(self) -> float:
+        return self.health_interval_s * 3
+
+
+def load_settings() -> Settings:
+    """Read the settings; on an invalid value print one line naming the variable and exit(2)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(part) for part in err["loc"]).upper()
+            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+        print(f"geniehelper: invalid setting {'; '.join(problems)}", file=sys.stderr)
+        raise SystemExit(2) from None
