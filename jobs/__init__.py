@@ -1,1 +1,10 @@
-"""jobs package."""
+"""Job implementations: one module per job, each a small async function over a typed payload.
+
+IMPLEMENTATIONS maps each contract name (see geniehelper.contracts) to its function.
+"""
+
+from __future__ import annotations
+
+from geniehelper.runtime import JobImpl
+
+IMPLEMENTATIONS: dict[str, JobImpl] = {}

@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import psutil
 
@@ -51,6 +51,11 @@ def _package_dir(name: str) -> Path:
     if spec is None or spec.origin is None:
         raise EmbeddedStackError(f"the {name} package is not installed; run `./dev up` to install it")
     return Path(spec.origin).parent
+
+
+def _run_as(user: str | None) -> dict[str, Any]:
+    """subprocess arguments to run as `user` with its own group only (root's groups would leak in)."""
+    return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
 def _free_port() -> int:
@@ -128,7 +133,7 @@ class EmbeddedPostgres:
             else:
                 path.chmod(mode | 0o044)
         for parent in self.pgdata.parents:
-            if parent.stat().st_mode & 0o001 == 0:
+            if parent.exists() and parent.stat().st_mode & 0o001 == 0:
                 parent.chmod(parent.stat().st_mode | 0o001)
         return PG_OS_USER
 
@@ -154,11 +159,13 @@ class EmbeddedPostgres:
             if user:
                 shutil.chown(self.pgdata, user, user)
             self.pgdata.chmod(0o700)
-            subprocess.run(
+            init = subprocess.run(
                 [str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", PG_SUPERUSER,
                  "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"],
-                check=True, capture_output=True, user=user,
+                capture_output=True, text=True, **_run_as(user),
             )  # fmt: skip
+            if init.returncode != 0:
+                raise EmbeddedStackError(f"initdb failed in {self.pgdata}: {init.stderr.strip()}")
         port = self._remembered_port()
         args = [
             str(self.bin / "postgres"), "-D", str(self.pgdata), "-p", str(port),
@@ -172,7 +179,7 @@ class EmbeddedPostgres:
         if user:
             shutil.chown(self.log, user, user)
         try:
-            proc = subprocess.Popen(args, stdout=log, stderr=log, user=user, start_new_session=True)
+            proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **_run_as(user))
         finally:
             log.close()
         _wait_for_port(port, time.monotonic() + START_TIMEOUT_S, self.log, proc)

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
     )
 
+    # Workers.
+    worker_concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs at once, default queue.")
+    media_worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs at once, media queue.")
+    worker_shutdown_grace_s: float = Field(
+        default=20.0, ge=0, le=3_600, description="On SIGTERM, time to finish running jobs before handing them back."
+    )
+    job_heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3_600)
+
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
 

@@ -1,0 +1,88 @@
+"""PostgreSQL access: pools and creator isolation.
+
+Two pools, one per database role (both created by the migrations):
+- `geniehelper_app`: per-creator work. Row-level security shows it only the rows of the creator
+  set for the current transaction by `creator_tx`; with no creator set it sees nothing.
+- `geniehelper_system`: the few cross-creator scans schedulers need, on narrow grants.
+DATABASE_URL logs in as the schema owner (which runs migrations); each pooled connection switches
+to its role at connect time, so even a raw `pool.acquire()` never runs with the owner's rights.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+APP_ROLE = "geniehelper_app"
+SYSTEM_ROLE = "geniehelper_system"
+
+Connection = asyncpg.Connection  # re-exported for type hints in query modules
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """JSON on the wire as Python objects, for json and jsonb columns."""
+    for type_name in ("json", "jsonb"):
+        await conn.set_type_codec(type_name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, *, role: str | None, min_size: int = 1, max_size: int = 10) -> Any:
+    server_settings = {"application_name": "geniehelper"}
+    if role is not None:
+        server_settings["role"] = role
+    return await asyncpg.create_pool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        server_settings=server_settings,
+    )
+
+
+async def connect_owner(database_url: str) -> asyncpg.Connection:
+    """A single connection as the schema owner: migrations and tests only."""
+    conn: asyncpg.Connection = await asyncpg.connect(database_url, server_settings={"application_name": "geniehelper"})
+    await init_connection(conn)
+    return conn
+
+
+@dataclass
+class Database:
+    app_pool: asyncpg.Pool
+    system_pool: asyncpg.Pool
+
+    @classmethod
+    async def open(cls, database_url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+        app_pool = await create_pool(database_url, role=APP_ROLE, min_size=min_size, max_size=max_size)
+        try:
+            system_pool = await create_pool(database_url, role=SYSTEM_ROLE, min_size=0, max_size=max(2, max_size // 4))
+        except BaseException:
+            await app_pool.close()
+            raise
+        return cls(app_pool, system_pool)
+
+    async def close(self) -> None:
+        await self.app_pool.close()
+        await self.system_pool.close()
+
+    @asynccontextmanager
+    async def creator_tx(self, user_id: UUID | str) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction acting for one creator: RLS shows and accepts only that creator's rows.
+
+        `set_config(..., true)` is transaction-local, so the setting dies with COMMIT/ROLLBACK and
+        never leaks to the next user of the pooled connection (a plain SET would).
+        """
+        async with self.app_pool.acquire() as conn, conn.transaction():
+            await conn.execute("select set_config('app.user_id', $1, true)", str(UUID(str(user_id))))
+            yield conn
+
+    @asynccontextmanager
+    async def system_tx(self) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction for cross-creator scans, limited to the system role's grants."""
+        async with self.system_pool.acquire() as conn, conn.transaction():
+            yield conn

@@ -1,0 +1,93 @@
+"""Versioned SQL migrations: `NNNN_name.sql` files in this package, applied in order.
+
+Each file runs once, in its own transaction, recorded in `schema_migrations` with its checksum.
+A file edited after it was applied is refused (write a new migration instead). The whole run holds
+a PostgreSQL advisory lock, so processes starting at once apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+# Any fixed 64-bit number; the name documents whose lock it is.
+MIGRATION_LOCK_ID = int.from_bytes(hashlib.sha256(b"geniehelper.migrations").digest()[:8], "big", signed=True)
+FILE_PATTERN = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+class MigrationError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files(__package__).iterdir():
+        if not entry.name.endswith(".sql"):
+            continue
+        match = FILE_PATTERN.match(entry.name)
+        if not match:
+            raise MigrationError(f"migration file name {entry.name!r} must look like 0001_some_name.sql")
+        found.append(Migration(match.group(1), entry.name, entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise MigrationError(f"two migration files share a version number: {versions}")
+    return found
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply what is missing; return the names applied (empty when up to date)."""
+    migrations = load_migrations()
+    await conn.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_ID)
+    try:
+        await conn.execute(
+            """
+            create table if not exists schema_migrations (
+                version text primary key,
+                name text not null,
+                checksum text not null,
+                applied_at timestamptz not null default now()
+            )
+            """
+        )
+        applied = {r["version"]: r for r in await conn.fetch("select version, name, checksum from schema_migrations")}
+        unknown = sorted(set(applied) - {m.version for m in migrations})
+        if unknown:
+            raise MigrationError(f"the database has migrations this code does not know: {unknown} (older code?)")
+        done: list[str] = []
+        for migration in migrations:
+            previous = applied.get(migration.version)
+            if previous is not None:
+                if previous["checksum"] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.name} was edited after it was applied "
+                        f"(checksum differs from the one recorded); add a new migration instead"
+                    )
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "insert into schema_migrations (version, name, checksum) values ($1, $2, $3)",
+                    migration.version,
+                    migration.name,
+                    migration.checksum,
+                )
+            done.append(migration.name)
+        return done
+    finally:
+        await conn.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

@@ -1,0 +1,140 @@
+"""Test servers: one real PostgreSQL and one real Redis-compatible server for the whole run.
+
+With DATABASE_URL / REDIS_URL set, those servers are used; otherwise an embedded stack is started
+under .data/test (no fsync: throw-away data) and stopped at the end. The schema is migrated once
+into a template database; each test module gets its own database cloned from it, and each test a
+flushed Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+
+from geniehelper.db import Database, connect_owner
+from geniehelper.embedded import EmbeddedStack, StackUrls
+from geniehelper.migrations import apply_migrations
+from geniehelper.redis_conn import create_arq_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN_ID = f"{os.getpid()}"
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackUrls]:
+    given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    if given_db and given_redis:
+        yield StackUrls(given_db, given_redis)
+        return
+    embedded = EmbeddedStack(ROOT / ".data" / "test", durable=False)
+    urls = embedded.start()
+    try:
+        yield StackUrls(given_db or urls.database_url, given_redis or urls.redis_url)
+    finally:
+        embedded.stop()
+
+
+async def _admin(stack: StackUrls) -> asyncpg.Connection:
+    return await asyncpg.connect(with_database(stack.database_url, "postgres"))
+
+
+@pytest.fixture(scope="session")
+async def template_database(stack: StackUrls) -> AsyncIterator[str]:
+    name = f"gh_template_{RUN_ID}"
+    admin = await _admin(stack)
+    try:
+        await admin.execute(f'drop database if exists "{name}"')
+        await admin.execute(f'create database "{name}"')
+        conn = await connect_owner(with_database(stack.database_url, name))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+        yield name
+    finally:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+        await admin.close()
+
+
+async def create_database_from_template(stack: StackUrls, template: str) -> str:
+    name = f"gh_{RUN_ID}_{uuid.uuid4().hex[:10]}"
+    admin = await _admin(stack)
+    try:
+        await admin.execute(f'create database "{name}" template "{template}"')
+    finally:
+        await admin.close()
+    return name
+
+
+async def drop_database(stack: StackUrls, name: str) -> None:
+    admin = await _admin(stack)
+    try:
+        await admin.execute(f'drop database if exists "{name}" with (force)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="module")
+async def database_url(stack: StackUrls, template_database: str) -> AsyncIterator[str]:
+    """A migrated database of this test module's own (URL of the schema owner)."""
+    name = await create_database_from_template(stack, template_database)
+    yield with_database(stack.database_url, name)
+    await drop_database(stack, name)
+
+
+@pytest.fixture(scope="module")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = await Database.open(database_url, min_size=1, max_size=10)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection as the schema owner: for arranging and inspecting, never for app code paths."""
+    conn = await connect_owner(database_url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def redis_url(stack: StackUrls) -> AsyncIterator[str]:
+    redis = await create_arq_redis(stack.redis_url)
+    await redis.flushdb()
+    await redis.aclose()
+    yield stack.redis_url
+
+
+@pytest.fixture
+async def arq_redis(redis_url: str) -> AsyncIterator[ArqRedis]:
+    redis = await create_arq_redis(redis_url)
+    yield redis
+    await redis.aclose()
+
+
+async def make_creator(owner: asyncpg.Connection, *, tier: str = "starter") -> uuid.UUID:
+    creator_id: uuid.UUID = await owner.fetchval(
+        "insert into creators (email, tier) values ($1, $2) returning id", f"{uuid.uuid4().hex}@example.test", tier
+    )
+    return creator_id
+
+
+@pytest.fixture
+def project_env(stack: StackUrls) -> dict[str, Any]:
+    """The environment a subprocess of ours needs to reach the test servers."""
+    env = dict(os.environ)
+    env.update(stack.as_env())
+    return env

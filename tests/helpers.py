@@ -1,0 +1,89 @@
+"""Small helpers for tests that drive our processes for real."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+
+
+class ProcessOutput:
+    """Collects a subprocess's merged output lines in a thread, so tests can wait for a line."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout_s: float = 60.0, *, count: int = 1) -> list[re.Match[str]]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            matches = [m for line in list(self.lines) if (m := regex.search(line))]
+            if len(matches) >= count:
+                return matches
+            if self.proc.poll() is not None and len(matches) < count:
+                time.sleep(0.2)  # let the reader drain
+                matches = [m for line in list(self.lines) if (m := regex.search(line))]
+                if len(matches) >= count:
+                    return matches
+                raise AssertionError(f"process exited ({self.proc.returncode}) before {pattern!r}:\n{self.text()}")
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {pattern!r} x{count}:\n{self.text()}")
+
+
+def spawn(args: list[str], env: dict[str, str], cwd: Path | None = None) -> ProcessOutput:
+    proc = subprocess.Popen(
+        args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    return ProcessOutput(proc)
+
+
+def processes_using(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line or working directory is in `path` (servers on a data folder)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status", "cwd"]):
+        try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if str(path) in (proc.info["cwd"] or "") or any(str(path) in part for part in proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0, interval_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval_s)
+    return condition()
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["LOG_FORMAT"] = "json"
+    env.update(extra)
+    return env

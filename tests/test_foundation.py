@@ -1,0 +1,91 @@
+"""The foundation: settings errors, the embedded stack, and `geniehelper up` supervising processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from geniehelper.embedded import EmbeddedStack
+from tests.helpers import BIN, base_env, processes_using, spawn, wait_until
+
+
+def test_invalid_setting_stops_with_one_line_naming_the_variable() -> None:
+    result = subprocess.run(
+        [str(BIN / "geniehelper"), "version"],
+        env=base_env(POST_SCHEDULER_INTERVAL_S="soon"), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "POST_SCHEDULER_INTERVAL_S='soon'" in lines[0]
+
+
+def test_embedded_stack_is_reused_not_started_twice_and_stops_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = EmbeddedStack(data, durable=False)
+    urls = first.start()
+    try:
+        assert first.is_owner
+        pg_pid = first.postgres.running_pid_and_port()
+        second = EmbeddedStack(data, durable=False)
+        assert second.start() == urls
+        assert not second.is_owner
+        assert second.postgres.running_pid_and_port() == pg_pid
+        second.stop()  # not the owner: leaves the servers running
+        assert first.running() == urls
+    finally:
+        first.stop()
+    assert first.running() is None
+    assert wait_until(lambda: not processes_using(data), 10)
+
+
+def test_up_supervises_restarts_the_dead_and_stops_everything(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    procfile = tmp_path / "Procfile"
+    sleeper = f"{sys.executable} -c 'import time; print(\"ready\", flush=True); time.sleep(600)'"
+    procfile.write_text(f"alpha: {sleeper}\nbeta: {sleeper}\n")
+    env = base_env(DATA_DIR=str(data))
+    up = spawn([str(BIN / "geniehelper"), "up", "--procfile", str(procfile)], env)
+    try:
+        up.wait_for(r"starting 2 processes")
+        alpha = up.wait_for(r"started alpha \(pid (\d+)\)")[0]
+        up.wait_for(r"started beta \(pid (\d+)\)")
+        up.wait_for(r"^ready$", count=2)
+        servers = processes_using(data)
+        assert any("postgres" in p.name() for p in servers) and any("valkey" in p.name() for p in servers)
+
+        # A second `up` on the same data folder refuses and starts no second PostgreSQL.
+        again = subprocess.run(
+            [str(BIN / "geniehelper"), "up", "--procfile", str(procfile)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert again.returncode == 1 and "already running" in again.stderr
+        postmasters = [p for p in processes_using(data) if p.name() == "postgres" and "-D" in p.cmdline()]
+        assert len(postmasters) == 1
+
+        # Killing one process: reported by name, restarted, the other untouched.
+        psutil.Process(int(alpha.group(1))).kill()
+        up.wait_for(r"PROCESS DIED: alpha .* was killed by SIGKILL; restarting")
+        up.wait_for(r"started alpha \(pid (\d+)\)", count=2)
+        assert len(up.wait_for(r"started beta", count=1)) == 1
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(60) == 0, up.text()
+    assert "stopped" in up.text()
+    assert wait_until(lambda: not processes_using(data), 15), [p.cmdline() for p in processes_using(data)]
+    # The stopped servers must not leave their children behind either.
+    assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_health_reports_missing_role_with_nonzero_exit(project_env: dict[str, str], redis_url: str) -> None:
+    result = subprocess.run(
+        [str(BIN / "geniehelper"), "health", "--role", "worker", "--json"],
+        env=project_env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["missing_roles"] == ["worker"]
