@@ -1,1 +1,8 @@
-"""schedulers package."""
+"""Scheduler processes, one module each, all on `schedulers.base`. Run: `geniehelper scheduler NAME`."""
+
+from __future__ import annotations
+
+from schedulers.base import Scheduler
+from schedulers.outbox_relay import OutboxRelay
+
+SCHEDULERS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (OutboxRelay,)}

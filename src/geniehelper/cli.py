@@ -121,7 +121,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             asyncio.run(supervisor.run())
             if supervisor.deaths:
                 _say("processes that died while running: "
-                     + ", ".join(f"{name} ×{count}" for name, count in sorted(supervisor.deaths.items())))  # fmt: skip
+                     + ", ".join(f"{name} x{count}" for name, count in sorted(supervisor.deaths.items())))  # fmt: skip
         finally:
             if stack is not None:
                 _say("stopping the embedded servers")
@@ -168,6 +168,16 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
+    from geniehelper.stack import resolve_urls
+    from schedulers import SCHEDULERS
+    from schedulers.base import run_scheduler
+
+    urls = resolve_urls(settings)
+    run_scheduler(SCHEDULERS[args.name](), settings, urls.database_url, urls.redis_url)
+    return 0
+
+
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.contracts import ALL_CONTRACTS
     from geniehelper.db import Database
@@ -204,6 +214,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "up": cmd_up,
     "health": cmd_health,
     "worker": cmd_worker,
+    "scheduler": cmd_scheduler,
     "enqueue": cmd_enqueue,
 }
 
@@ -224,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
     worker = sub.add_parser("worker", help="run an arq worker for one queue")
     worker.add_argument("queue", choices=["default", "media"])
+    scheduler = sub.add_parser("scheduler", help="run one scheduler process (leader-elected; copies are safe)")
+    scheduler.add_argument("name", choices=_scheduler_names())
     enqueue = sub.add_parser("enqueue", help="enqueue a job for a creator, as services do")
     enqueue.add_argument("job")
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
@@ -232,7 +245,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-ROLE_OF_COMMAND = {"worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker"}
+def _scheduler_names() -> list[str]:
+    from schedulers import SCHEDULERS
+
+    return sorted(SCHEDULERS)
+
+
+ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
+    "worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker",
+    "scheduler": lambda a: str(a.name),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,7 @@ class Database:
         await self.system_pool.close()
 
     @asynccontextmanager
-    async def creator_tx(self, user_id: UUID | str) -> AsyncIterator[asyncpg.Connection]:
+    async def creator_tx(self, user_id: UUID | str) -> AsyncIterator[Any]:
         """A transaction acting for one creator: RLS shows and accepts only that creator's rows.
 
         `set_config(..., true)` is transaction-local, so the setting dies with COMMIT/ROLLBACK and
@@ -82,7 +82,7 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def system_tx(self) -> AsyncIterator[asyncpg.Connection]:
+    async def system_tx(self) -> AsyncIterator[Any]:
         """A transaction for cross-creator scans, limited to the system role's grants."""
         async with self.system_pool.acquire() as conn, conn.transaction():
             yield conn

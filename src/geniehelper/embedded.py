@@ -175,7 +175,7 @@ class EmbeddedPostgres:
         if not self.durable:
             # Test clusters trade crash safety for speed; the data is thrown away anyway.
             args += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-        log: IO[bytes] = open(self.log, "ab")  # noqa: SIM115 - handed to the child, closed below
+        log: IO[bytes] = open(self.log, "ab")
         if user:
             shutil.chown(self.log, user, user)
         try:
@@ -330,7 +330,7 @@ class EmbeddedStack:
         return self._owner_lock is not None
 
     def _take_ownership(self) -> None:
-        fh = open(self.data_dir / "stack.lock", "w")  # noqa: SIM115 - held for the process lifetime
+        fh = open(self.data_dir / "stack.lock", "w")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

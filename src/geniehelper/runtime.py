@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import os
+import random
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -128,7 +128,7 @@ def classify(exc: BaseException) -> tuple[ErrorClass, float | None]:
 def backoff_s(spec: JobSpec, attempt: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
     ceiling = min(spec.backoff_max_s, spec.backoff_base_s * 2 ** max(0, attempt - 1))
-    return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
 
 
 def _describe(exc: BaseException) -> str:
@@ -251,7 +251,9 @@ async def _attempt(ctx: JobContext, impl: JobImpl, payload: JobPayload) -> dict[
     except asyncio.CancelledError:
         # Worker shutting down: hand the job back (arq re-queues it) with the record queued again.
         with contextlib.suppress(Exception):
-            await asyncio.shield(_fenced(ctx, jobrecords.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0))
+            await asyncio.shield(
+                _fenced(ctx, jobrecords.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0)
+            )
         log.warning("job.interrupted")
         raise
     except Exception as exc:

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
 
     # Schedulers: one interval per scheduler, in seconds.
     post_scheduler_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    outbox_relay_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+    outbox_relay_grace_s: float = Field(
+        default=10.0, ge=0, le=3_600, description="Age before an unpushed job record counts as orphaned."
+    )
     scheduler_jitter_s: float = Field(
         default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
     )

@@ -1,0 +1,261 @@
+"""The job runtime end to end: enqueue API → Redis → real arq worker → job record in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+from arq.worker import create_worker
+
+from geniehelper import jobrecords
+from geniehelper.db import Database
+from geniehelper.jobspec import QUEUE_NAMES, InvalidPayload, JobRegistry, UnknownJob
+from geniehelper.queue import JobQueue, relay_unpushed
+from geniehelper.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.settings import Settings
+from geniehelper.worker import build_worker_settings
+from tests import jobs_for_tests
+from tests.conftest import make_creator
+
+
+@pytest.fixture
+def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
+    return JobQueue(db, arq_redis, JobRegistry(jobs_for_tests.CONTRACTS), load_tier_limits())
+
+
+def settings_for(database_url: str, redis_url: str) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, health_interval_s=1, job_heartbeat_interval_s=0.2)
+
+
+async def run_burst(database_url: str, redis_url: str, queue: str = "default") -> None:
+    """Run a real arq worker until its queue is empty (deferred retries included)."""
+    cls = build_worker_settings(
+        queue, jobs_for_tests.CONTRACTS, jobs_for_tests.IMPLEMENTATIONS, role=f"test_{queue}",
+        settings=settings_for(database_url, redis_url), database_url=database_url, redis_url=redis_url,
+    )  # fmt: skip
+    worker = create_worker(cls, burst=True, poll_delay=0.05, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+async def record(owner: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
+    row = await owner.fetchrow(jobrecords.GET, job_id)
+    assert row is not None
+    return dict(row)
+
+
+async def test_enqueued_job_runs_and_its_record_completes(
+    queue: JobQueue, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_echo", {"text": "hi", "times": 3}, user_id=creator)
+    before = await record(owner, job.id)
+    assert before["status"] == "queued" and before["enqueued_at"] is not None and before["queue"] == "default"
+    await run_burst(database_url, redis_url)
+    after = await record(owner, job.id)
+    assert after["status"] == "completed"
+    assert after["result"] == {"echo": "hihihi"}
+    assert after["attempts"] == 1 and after["progress"] == 100
+    assert after["started_at"] <= after["finished_at"]
+
+
+async def test_invalid_payload_is_refused_at_enqueue_with_field_and_reason(
+    queue: JobQueue, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    with pytest.raises(InvalidPayload) as refused:
+        await queue.enqueue("t_echo", {"text": "x" * 101, "times": "3", "extra": 1}, user_id=creator)
+    fields = {e.field: e.reason for e in refused.value.errors}
+    assert set(fields) == {"text", "times", "extra"}
+    assert "at most 100 characters" in fields["text"]
+    assert "Extra inputs are not permitted" in fields["extra"]
+    with pytest.raises(InvalidPayload, match="over the 65536-byte limit"):
+        await queue.enqueue("t_echo", json.dumps({"text": "a" * 70_000}), user_id=creator)
+    with pytest.raises(UnknownJob, match="unknown job 'nope'"):
+        await queue.enqueue("nope", {}, user_id=creator)
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 0
+
+
+async def test_invalid_payload_from_a_foreign_client_fails_that_job_and_the_worker_goes_on(
+    queue: JobQueue, arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    # A foreign client writes straight to Redis, in our JSON wire format, with a bad payload.
+    await arq_redis.enqueue_job(
+        "t_echo", _job_id="foreign-1", _queue_name=QUEUE_NAMES["default"],
+        user_id=str(creator), payload=json.dumps({"text": 42}),
+    )  # fmt: skip
+    await arq_redis.enqueue_job(
+        "t_echo", _job_id="foreign-2", _queue_name=QUEUE_NAMES["default"],
+        user_id="not-a-uuid", payload="{}",
+    )  # fmt: skip
+    good = await queue.enqueue("t_echo", {"text": "still here"}, user_id=creator)
+    await run_burst(database_url, redis_url)
+    rejected = await owner.fetchrow("select * from media_jobs where job_key = 'arq:foreign-1'")
+    assert rejected is not None
+    assert rejected["status"] == "failed" and rejected["error_kind"] == "invalid_payload"
+    assert "text: Input should be a valid string" in rejected["error"]
+    assert (await record(owner, good.id))["status"] == "completed"
+
+
+async def test_a_foreign_client_with_a_valid_payload_gets_a_record_and_a_run(
+    arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    await arq_redis.enqueue_job(
+        "t_echo", _job_id="foreign-ok", _queue_name=QUEUE_NAMES["default"],
+        user_id=str(creator), payload=json.dumps({"text": "from go"}),
+    )  # fmt: skip
+    await run_burst(database_url, redis_url)
+    row = await owner.fetchrow("select * from media_jobs where job_key = 'arq:foreign-ok'")
+    assert row is not None and row["status"] == "completed" and row["result"] == {"echo": "from go"}
+
+
+async def test_transient_failures_retry_then_succeed(
+    queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_count", {"counter": "flaky", "fail_first": 2}, user_id=creator)
+    await run_burst(database_url, redis_url)
+    row = await record(owner, job.id)
+    assert row["status"] == "completed" and row["attempts"] == 3 and row["error"] is None
+    assert int(await arq_redis.get("test:flaky:completed")) == 1
+
+
+async def test_retries_exhausted_marks_the_job_failed_with_its_last_error(
+    queue: JobQueue, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_count", {"counter": "doomed", "fail_first": 5}, user_id=creator)
+    await run_burst(database_url, redis_url)
+    row = await record(owner, job.id)
+    assert row["status"] == "failed" and row["attempts"] == 3
+    assert row["error"].startswith(
+        "retries exhausted after 3 attempts; last error: TransientJobError: planned failure 3"
+    )
+    assert row["finished_at"] is not None
+
+
+async def test_permanent_error_fails_at_once(
+    queue: JobQueue, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_permanent", {"counter": "no"}, user_id=creator)
+    await run_burst(database_url, redis_url)
+    row = await record(owner, job.id)
+    assert row["status"] == "failed" and row["attempts"] == 1 and row["error_kind"] == "permanent"
+    assert "will not change on retry" in row["error"]
+
+
+async def test_job_over_its_timeout_is_stopped_and_recorded(
+    queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_slow", {"counter": "slow", "sleep_s": 30}, user_id=creator)
+    started = asyncio.get_running_loop().time()
+    await run_burst(database_url, redis_url)
+    assert asyncio.get_running_loop().time() - started < 20
+    row = await record(owner, job.id)
+    assert row["status"] == "failed" and row["error_kind"] == "timeout"
+    assert "timed out after 0.5s" in row["error"]
+    assert await arq_redis.get("test:slow:completed") is None
+
+
+async def test_same_logical_key_runs_once(
+    queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    jobs = await asyncio.gather(
+        *[queue.enqueue("t_count", {"counter": "once"}, user_id=creator, key="once-key") for _ in range(10)]
+    )
+    assert len({j.id for j in jobs}) == 1
+    assert sum(not j.duplicate for j in jobs) == 1
+    await run_burst(database_url, redis_url)
+    again = await queue.enqueue("t_count", {"counter": "once"}, user_id=creator, key="once-key")
+    assert again.duplicate and again.status == "completed"
+    await run_burst(database_url, redis_url)
+    assert int(await arq_redis.get("test:once:completed")) == 1
+
+
+async def test_quota_admits_exactly_the_limit_under_concurrent_enqueues(
+    queue: JobQueue, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner, tier="starter")  # posts_published: 5 a month
+    results = await asyncio.gather(
+        *[queue.enqueue("t_quota", {"text": str(i)}, user_id=creator) for i in range(50)], return_exceptions=True
+    )
+    admitted = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, QuotaExceeded)]
+    assert len(admitted) == 5 and len(refused) == 45
+    assert refused[0].reason == "limit_reached" and refused[0].limit == 5 and refused[0].resets_at is not None
+    assert refused[0].as_dict()["error"] == "tier_limit_reached"
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 5
+    assert await owner.fetchval("select used from user_usage_counts where user_id = $1", creator) == 5
+
+
+async def test_operation_not_in_tier_is_refused_as_such(
+    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection
+) -> None:
+    from geniehelper.jobspec import JobSpec
+
+    contracts = [JobSpec("t_clip", jobs_for_tests.EchoPayload, quota_operation="ai_clip_operations")]
+    clip_queue = JobQueue(db, arq_redis, JobRegistry(contracts), load_tier_limits())
+    creator = await make_creator(owner, tier="starter")
+    with pytest.raises(QuotaExceeded) as refused:
+        await clip_queue.enqueue("t_clip", {"text": "x"}, user_id=creator)
+    assert refused.value.reason == "not_in_tier"
+    assert "not included in the starter tier" in str(refused.value)
+
+
+async def test_outbox_rolled_back_job_never_runs_and_unpushed_job_is_relayed(
+    queue: JobQueue, db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    with pytest.raises(RuntimeError):
+        async with db.creator_tx(creator) as conn:
+            await queue.record(conn, "t_count", {"counter": "rolled-back"}, user_id=creator)
+            raise RuntimeError("the service's own transaction fails")
+    # Committed, but the producer "dies" before push():
+    async with db.creator_tx(creator) as conn:
+        orphan = await queue.record(conn, "t_count", {"counter": "orphan"}, user_id=creator)
+    assert await arq_redis.zcard(QUEUE_NAMES["default"]) == 0
+    assert await relay_unpushed(db, arq_redis, grace_s=0) == 1
+    assert await relay_unpushed(db, arq_redis, grace_s=0) == 0
+    await run_burst(database_url, redis_url)
+    assert (await record(owner, orphan.id))["status"] == "completed"
+    assert await arq_redis.get("test:rolled-back:attempts") is None
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 1
+
+
+async def test_completion_of_a_superseded_attempt_is_fenced_off(
+    queue: JobQueue, db: Database, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_echo", {"text": "x"}, user_id=creator)
+    async with db.creator_tx(creator) as conn:
+        first = await conn.fetchrow(jobrecords.START_ATTEMPT, job.id, "worker-a")
+        second = await conn.fetchrow(jobrecords.START_ATTEMPT, job.id, "worker-b")  # worker-a presumed dead
+        assert (first["attempts"], second["attempts"]) == (1, 2)
+        stale = await conn.execute(jobrecords.COMPLETE, job.id, 1, {"from": "a"})
+        fresh = await conn.execute(jobrecords.COMPLETE, job.id, 2, {"from": "b"})
+    assert (stale, fresh) == ("UPDATE 0", "UPDATE 1")
+    assert (await record(owner, job.id))["result"] == {"from": "b"}
+
+
+async def test_media_jobs_run_only_on_the_media_worker(
+    queue: JobQueue, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_media_echo", {"text": "m"}, user_id=creator)
+    await run_burst(database_url, redis_url, queue="default")
+    assert (await record(owner, job.id))["status"] == "queued"
+    await run_burst(database_url, redis_url, queue="media")
+    row = await record(owner, job.id)
+    assert row["status"] == "completed" and row["queue"] == "media"
