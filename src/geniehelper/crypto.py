@@ -171,9 +171,7 @@ class CredentialCipher:
         key_id, nonce, sealed = _parse(stored)
         aead = self._aeads.get(key_id)
         if aead is None:
-            raise CredentialKeyError(
-                f"credential was encrypted with key id {key_id!r}, which is not configured"
-            )
+            raise CredentialKeyError(f"credential was encrypted with key id {key_id!r}, which is not configured")
         try:
             plaintext = aead.decrypt(nonce, sealed, ctx.associated_data(key_id))
         except InvalidTag:
@@ -199,9 +197,7 @@ class CredentialCipher:
 def _parse(stored: str) -> tuple[str, bytes, bytes]:
     parts = stored.split(":")
     if len(parts) != 4 or parts[0] != FORMAT_VERSION:
-        raise CredentialDecryptError(
-            f"credential is not in the {FORMAT_VERSION}:<key_id>:<nonce>:<data> form"
-        )
+        raise CredentialDecryptError(f"credential is not in the {FORMAT_VERSION}:<key_id>:<nonce>:<data> form")
     _, key_id, nonce_b64, sealed_b64 = parts
     if not _KEY_ID_RE.fullmatch(key_id):
         raise CredentialDecryptError("credential has an ill-formed key id")
