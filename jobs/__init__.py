@@ -6,5 +6,8 @@ IMPLEMENTATIONS maps each contract name (see geniehelper.contracts) to its funct
 from __future__ import annotations
 
 from geniehelper.runtime import JobImpl
+from jobs.publish_post import publish_post
 
-IMPLEMENTATIONS: dict[str, JobImpl] = {}
+IMPLEMENTATIONS: dict[str, JobImpl] = {
+    "publish_post": publish_post,
+}

@@ -28,6 +28,7 @@ select id, job_name, status, enqueued_at, run_at from media_jobs where user_id =
 """
 
 MARK_ENQUEUED = "update media_jobs set enqueued_at = now() where id = $1 and enqueued_at is null"
+MARK_ENQUEUED_MANY = "update media_jobs set enqueued_at = now() where id = any($1::uuid[]) and enqueued_at is null"
 
 START_ATTEMPT = """
 update media_jobs
@@ -86,7 +87,7 @@ select id, user_id, job_name, queue, payload, run_at from media_jobs
  limit $2
 """
 
-SYSTEM_MARK_ENQUEUED = "update media_jobs set enqueued_at = now() where id = any($1::uuid[]) and enqueued_at is null"
+SYSTEM_MARK_ENQUEUED = MARK_ENQUEUED_MANY
 
 GET = "select * from media_jobs where id = $1"
 

@@ -11,6 +11,7 @@ the outbox relay (`relay_unpushed`) pushes the record later. Either way a rolled
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -108,12 +109,19 @@ class JobQueue:
 
     async def push(self, job: EnqueuedJob) -> bool:
         """Hand a committed record to arq. Returns False when there was nothing to push."""
-        if job.status not in PUSHABLE:
-            return False
-        await push_to_arq(self.redis, job.id, job.user_id, job.job_name, job.queue, job.payload_json, job.run_at)
-        async with self.db.creator_tx(job.user_id) as conn:
-            await conn.execute(jobrecords.MARK_ENQUEUED, job.id)
-        return True
+        return await self.push_many([job]) == 1
+
+    async def push_many(self, jobs: list[EnqueuedJob]) -> int:
+        """Push committed records to arq, then mark them enqueued (one transaction per creator)."""
+        pushable = [job for job in jobs if job.status in PUSHABLE]
+        by_creator: dict[UUID, list[UUID]] = defaultdict(list)
+        for job in pushable:
+            await push_to_arq(self.redis, job.id, job.user_id, job.job_name, job.queue, job.payload_json, job.run_at)
+            by_creator[job.user_id].append(job.id)
+        for user_id, ids in by_creator.items():
+            async with self.db.creator_tx(user_id) as conn:
+                await conn.execute(jobrecords.MARK_ENQUEUED_MANY, ids)
+        return len(pushable)
 
 
 async def push_to_arq(

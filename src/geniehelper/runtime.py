@@ -29,6 +29,7 @@ from arq.connections import ArqRedis
 from pydantic import BaseModel
 
 from geniehelper import jobrecords
+from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.jobspec import InvalidPayload, JobPayload, JobRegistry, JobSpec
 from geniehelper.queue import JobQueue
@@ -62,7 +63,13 @@ class Resources:
     queue: JobQueue
     limits: TierLimits
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    extras: dict[str, Any] = field(default_factory=dict)
+    _cipher: CredentialCipher | None = None
+
+    def credential_cipher(self) -> CredentialCipher:
+        """Built on first use; a missing or malformed key raises CredentialKeyError naming the variable."""
+        if self._cipher is None:
+            self._cipher = self.settings.credential_cipher()
+        return self._cipher
 
 
 @dataclass

@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from geniehelper.crypto import CredentialCipher
 
 
 class Settings(BaseSettings):
@@ -43,6 +45,23 @@ class Settings(BaseSettings):
         default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
     )
 
+    # Platform credentials (AES-256-GCM). Never logged; see docs/credentials.md.
+    credentials_enc_key_b64: SecretStr | None = Field(default=None, description="32 random bytes, base64.")
+    credentials_enc_key_id: str = Field(default="k1", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    credentials_old_keys: SecretStr | None = Field(
+        default=None, description="Retired keys still accepted for decryption: 'id:base64,id:base64'."
+    )
+
+    # Publishing.
+    post_max_lateness_s: float = Field(
+        default=3600.0, gt=0, description="A post overdue by more than this is marked missed, not published."
+    )
+    post_dispatch_batch: int = Field(default=1000, ge=1, le=50_000)
+    post_requeue_after_s: float = Field(
+        default=300.0, gt=0, description="A post queued this long without an outcome is dispatched again."
+    )
+    platform_timeout_s: float = Field(default=15.0, gt=0, le=600)
+
     # Workers.
     worker_concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs at once, default queue.")
     media_worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs at once, media queue.")
@@ -53,6 +72,14 @@ class Settings(BaseSettings):
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
+
+    def credential_cipher(self) -> CredentialCipher:
+        """The cipher for platform tokens; raises CredentialKeyError naming the variable if unusable."""
+        return CredentialCipher.from_settings_values(
+            self.credentials_enc_key_b64.get_secret_value() if self.credentials_enc_key_b64 else None,
+            self.credentials_enc_key_id,
+            self.credentials_old_keys.get_secret_value() if self.credentials_old_keys else None,
+        )
 
     @property
     def health_stale_after_s(self) -> float:

@@ -18,6 +18,7 @@ import structlog
 from arq import func
 
 from geniehelper import health
+from geniehelper.crypto import CredentialKeyError
 from geniehelper.db import Database
 from geniehelper.jobspec import QUEUE_NAMES, JobRegistry, JobSpec, wire_dumps, wire_loads
 from geniehelper.queue import JobQueue
@@ -67,6 +68,10 @@ def build_worker_settings(
             settings=settings, db=db, redis=redis, http=http, registry=registry,
             queue=JobQueue(db, redis, registry, limits), limits=limits,
         )  # fmt: skip
+        try:
+            resources.credential_cipher()
+        except CredentialKeyError as exc:  # the worker still runs jobs that need no credentials
+            log.error("worker.credentials_unavailable", problem=str(exc))
         ctx["resources"] = resources
         ctx["health_task"] = asyncio.create_task(
             health.beat_forever(

@@ -1,0 +1,121 @@
+"""publish_post: publish one scheduled post to its platform, exactly once in effect.
+
+Before calling the platform the job records an attempt keyed on (creator, scheduled post,
+platform, revision) and sends an idempotency key derived from the same; when it finds an earlier
+attempt without a confirmed external id, it asks the platform whether that attempt landed before
+publishing again. So a worker killed after the platform accepted, a timeout after the request was
+sent, or a duplicate dispatch never creates a second post.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from geniehelper.contracts import PublishPostPayload
+from geniehelper.crypto import CredentialError
+from geniehelper.domain import platform as connections
+from geniehelper.domain import publishing
+from geniehelper.platforms import (
+    AuthExpired,
+    HttpPlatformClient,
+    OutcomeUnknown,
+    PermanentPlatformError,
+    PlatformError,
+    PostToPublish,
+    PublishedPost,
+    RateLimited,
+)
+from geniehelper.runtime import JobContext, PermanentJobError, TransientJobError
+
+log = structlog.get_logger("jobs.publish_post")
+
+
+async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str, Any]:
+    async with ctx.creator_tx() as conn:
+        post = await publishing.load_for_publish(conn, payload.scheduled_post_id)
+        if post is None:
+            raise PermanentJobError(f"scheduled post {payload.scheduled_post_id} does not exist")
+        if post.revision != payload.revision:
+            return {"outcome": "superseded", "current_revision": post.revision}
+        if post.status == "posted":
+            return {"outcome": "already_posted", "external_post_id": post.external_post_id}
+        if post.status in ("cancelled", "missed", "failed", "draft"):
+            return {"outcome": "not_publishable", "status": post.status}
+        await conn.execute(publishing.START_PUBLISHING, post.id, post.revision)
+        attempt = await publishing.record_attempt(conn, post)
+        connection = await connections.get(conn, post.platform_connection_id)
+    if connection is None or not connection.api_base_url:
+        await _fail(ctx, post, "the post's platform connection is missing or has no API address")
+        raise PermanentJobError("platform connection missing or without api_base_url")
+
+    try:
+        cipher = ctx.resources.credential_cipher()
+        token = connections.decrypt_token(cipher, connection)
+    except CredentialError as exc:
+        reason = f"stored credentials cannot be used: {exc}"
+        async with ctx.creator_tx() as conn:
+            await connections.mark_health(conn, connection.id, "unhealthy", reason)
+        await _fail(ctx, post, reason)
+        raise PermanentJobError(reason) from exc
+
+    client = HttpPlatformClient(
+        connection.api_base_url, token, ctx.resources.http, timeout_s=ctx.resources.settings.platform_timeout_s
+    )
+    try:
+        published: PublishedPost | None = None
+        if attempt.external_post_id is None and not attempt.created:
+            # An earlier attempt may have reached the platform: ask before posting again.
+            published = await client.find_post_by_idempotency_key(attempt.idempotency_key)
+            if published is not None:
+                log.info("publish.recovered_earlier_attempt", external_post_id=published.external_post_id)
+        if published is None and attempt.external_post_id is None:
+            text = " ".join([post.caption, *(f"#{tag.lstrip('#')}" for tag in post.hashtags)]).strip()
+            published = await client.publish_post(
+                PostToPublish(text=text or (post.title or "")), idempotency_key=attempt.idempotency_key
+            )
+    except AuthExpired as exc:
+        reason = "the platform rejected the credentials (auth expired): reconnect the account"
+        async with ctx.creator_tx() as conn:
+            await connections.mark_health(conn, connection.id, "auth_expired", str(exc))
+        await _fail(ctx, post, reason)
+        raise PermanentJobError(reason) from exc
+    except RateLimited as exc:
+        await _retry_or_fail(ctx, post, f"rate limited by the platform; retrying in {exc.retry_after_s:g}s")
+        raise TransientJobError(str(exc), retry_after_s=exc.retry_after_s) from exc
+    except OutcomeUnknown as exc:
+        await _retry_or_fail(ctx, post, "the platform did not answer after the post was sent; verifying before retry")
+        raise TransientJobError(f"outcome unknown: {exc}") from exc
+    except PermanentPlatformError as exc:
+        await _fail(ctx, post, f"the platform refused the post: {exc}")
+        raise PermanentJobError(str(exc)) from exc
+    except PlatformError as exc:
+        await _retry_or_fail(ctx, post, f"platform error, retrying: {exc}")
+        raise TransientJobError(str(exc)) from exc
+
+    external_id = published.external_post_id if published else attempt.external_post_id
+    posted_at = published.created_at if published else None
+    async with ctx.creator_tx() as conn:
+        if published is not None:
+            await conn.execute(publishing.CONFIRM_ATTEMPT, attempt.id, external_id, None)
+        await conn.execute(
+            publishing.MARK_POSTED, post.id, external_id, None, posted_at or post.scheduled_time, post.revision
+        )
+        await conn.execute(publishing.MARK_CONTENT_PUBLISHED, post.content_post_id, posted_at)
+    log.info("publish.posted", scheduled_post_id=str(post.id), external_post_id=external_id, platform=post.platform)
+    return {"outcome": "posted", "external_post_id": external_id}
+
+
+async def _fail(ctx: JobContext, post: publishing.PostToSend, reason: str) -> None:
+    async with ctx.creator_tx() as conn:
+        await conn.execute(publishing.MARK_FAILED, post.id, reason, post.revision)
+
+
+async def _retry_or_fail(ctx: JobContext, post: publishing.PostToSend, reason: str) -> None:
+    """A transient failure: the post waits in 'queued' for the retry, or fails on the last attempt."""
+    if ctx.is_last_attempt:
+        await _fail(ctx, post, f"gave up after {ctx.attempt} attempts: {reason}")
+    else:
+        async with ctx.creator_tx() as conn:
+            await conn.execute(publishing.MARK_RETRYING, post.id, reason, post.revision)

@@ -1,0 +1,103 @@
+"""Platform connections: the current state of each creator's platform account (credentials, health)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+from geniehelper.crypto import CredentialCipher, CredentialContext
+
+
+class PlatformConnection(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    platform: str
+    external_account_id: str
+    handle: str | None
+    api_base_url: str | None
+    auth_token_enc: str | None
+    credential_key_id: str | None
+    status: str
+    health: str
+    health_reason: str | None
+    follower_count: int | None
+    subscriber_count: int | None
+    stats_updated_at: datetime | None
+
+    def __repr__(self) -> str:  # the encrypted token is not a secret, but keep log lines short
+        return f"PlatformConnection(id={self.id}, platform={self.platform!r}, health={self.health!r})"
+
+
+TOKEN_COLUMN = "auth_token_enc"
+
+
+def token_context(connection_id: UUID, user_id: UUID) -> CredentialContext:
+    """The row identity bound into the ciphertext: a token moved to another row fails to decrypt."""
+    return CredentialContext("platform_connections", TOKEN_COLUMN, str(connection_id), str(user_id))
+
+
+GET = """
+select id, user_id, platform, external_account_id, handle, api_base_url, auth_token_enc, credential_key_id,
+       status, health, health_reason, follower_count, subscriber_count, stats_updated_at
+  from platform_connections where id = $1
+"""
+
+INSERT = """
+insert into platform_connections (user_id, platform, external_account_id, handle, api_base_url)
+values ($1, $2, $3, $4, $5)
+on conflict (user_id, platform, external_account_id) do update set handle = excluded.handle,
+    api_base_url = excluded.api_base_url
+returning id
+"""
+
+SET_TOKEN = """
+update platform_connections set auth_token_enc = $2, credential_key_id = $3 where id = $1
+"""
+
+MARK_HEALTH = """
+update platform_connections
+   set health = $2, health_reason = $3, last_health_check_at = now()
+ where id = $1
+"""
+
+ALL_WITH_TOKENS = "select id, user_id, auth_token_enc from platform_connections where auth_token_enc is not null"
+
+
+async def get(conn: Any, connection_id: UUID) -> PlatformConnection | None:
+    row = await conn.fetchrow(GET, connection_id)
+    return PlatformConnection(**dict(row)) if row else None
+
+
+async def connect_account(
+    conn: Any,
+    cipher: CredentialCipher,
+    *,
+    user_id: UUID,
+    platform: str,
+    external_account_id: str,
+    token: str,
+    handle: str | None = None,
+    api_base_url: str | None = None,
+) -> UUID:
+    """Create (or update) a connection and store its token encrypted, bound to the row."""
+    connection_id: UUID = await conn.fetchval(INSERT, user_id, platform, external_account_id, handle, api_base_url)
+    stored = cipher.encrypt(token, token_context(connection_id, user_id))
+    await conn.execute(SET_TOKEN, connection_id, stored, cipher.active_key_id)
+    return connection_id
+
+
+def decrypt_token(cipher: CredentialCipher, connection: PlatformConnection) -> str:
+    if not connection.auth_token_enc:
+        from geniehelper.crypto import CredentialKeyError
+
+        raise CredentialKeyError(f"platform connection {connection.id} has no stored token")
+    return cipher.decrypt(connection.auth_token_enc, token_context(connection.id, connection.user_id))
+
+
+async def mark_health(conn: Any, connection_id: UUID, health: str, reason: str | None) -> None:
+    await conn.execute(MARK_HEALTH, connection_id, health, reason)
