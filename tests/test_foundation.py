@@ -89,3 +89,25 @@ def test_health_reports_missing_role_with_nonzero_exit(project_env: dict[str, st
     )  # fmt: skip
     assert result.returncode == 1
     assert json.loads(result.stdout)["missing_roles"] == ["worker"]
+
+
+def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Path) -> None:
+    """README command 1: every Procfile process ready, the demo post published, health green, clean stop."""
+    data = tmp_path / "data"
+    env = base_env(DATA_DIR=str(data), HEALTH_INTERVAL_S="1")
+    root = Path(__file__).resolve().parent.parent
+    roles = [line.split(":", 1)[0] for line in (root / "Procfile").read_text().splitlines() if line.strip()]
+    up = spawn([str(BIN / "geniehelper"), "up"], env, cwd=root)
+    try:
+        for role in roles:
+            up.wait_for(rf'"event": "process.ready", "role": "{role}"|"role": "{role}".*"event": "process.ready"')
+        up.wait_for(r'"event": "publish.posted"', timeout_s=60)
+        health = subprocess.run(
+            [str(BIN / "geniehelper"), "health", *[arg for role in roles for arg in ("--role", role)]],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert health.returncode == 0, health.stdout + health.stderr
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        assert up.proc.wait(60) == 0, up.text()
+    assert wait_until(lambda: not processes_using(data), 15), [p.cmdline() for p in processes_using(data)]

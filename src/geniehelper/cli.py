@@ -94,8 +94,9 @@ def cmd_services(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from geniehelper.embedded import free_port
     from geniehelper.stack import start_stack
-    from geniehelper.supervisor import Supervisor, child_env, parse_procfile
+    from geniehelper.supervisor import ProcfileEntry, Supervisor, child_env, parse_procfile
 
     entries = parse_procfile(Path(args.procfile))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -115,10 +116,32 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         try:
             _run_migrations(urls.database_url)
             _print_urls(urls)
-            supervisor = Supervisor(entries, child_env(urls.as_env()), say=_say)
+            env = child_env(urls.as_env())
+            demo = stack is not None and not args.no_demo
+            if demo:
+                from geniehelper.demo import development_key
+
+                if settings.credentials_enc_key_b64 is None:
+                    env["CREDENTIALS_ENC_KEY_B64"] = development_key(settings.data_dir)
+                    _say(f"using the development credentials key in {settings.data_dir / 'credentials.key'}")
+                sandbox_url = f"http://127.0.0.1:{free_port()}"
+                entries.append(ProcfileEntry("sandbox_platform", f"geniehelper sandbox-platform --port "
+                                                                 f"{sandbox_url.rsplit(':', 1)[1]}"))  # fmt: skip
+            supervisor = Supervisor(entries, env, say=_say)
             _say(f"starting {len(entries)} processes: {', '.join(e.name for e in entries)} "
                  f"(servers ready in {time.monotonic() - started:.1f}s); Ctrl-C stops everything")  # fmt: skip
-            asyncio.run(supervisor.run())
+
+            async def run() -> None:
+                seeding = None
+                if demo:
+                    seeding = asyncio.create_task(
+                        _seed_demo(urls.database_url, sandbox_url, env["CREDENTIALS_ENC_KEY_B64"])
+                    )
+                await supervisor.run()
+                if seeding is not None:
+                    seeding.cancel()
+
+            asyncio.run(run())
             if supervisor.deaths:
                 _say("processes that died while running: "
                      + ", ".join(f"{name} x{count}" for name, count in sorted(supervisor.deaths.items())))  # fmt: skip
@@ -128,6 +151,67 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 stack.stop()
         _say("stopped")
     return 0
+
+
+async def _seed_demo(database_url: str, sandbox_url: str, key_b64: str) -> None:
+    from geniehelper.crypto import CredentialCipher
+    from geniehelper.demo import seed_demo
+
+    try:
+        cipher = CredentialCipher.from_settings_values(key_b64, "k1", None)
+        user_id = await seed_demo(database_url, sandbox_url, cipher)
+    except Exception as exc:  # the demo is a convenience: never take the system down with it
+        _say(f"demo: could not set up the demo creator: {type(exc).__name__}: {exc}")
+        return
+    _say(f"demo: creator {user_id} is connected to the sandbox platform at {sandbox_url}; 3 posts are due in "
+         "15, 30 and 45 s: watch post_scheduler dispatch them and worker publish them")  # fmt: skip
+
+
+def cmd_sandbox_platform(args: argparse.Namespace, _settings: Settings) -> int:
+    from geniehelper.platforms.sandbox import serve_sandbox
+
+    serve_sandbox(port=args.port)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    from geniehelper.crypto import CredentialError
+    from geniehelper.db import Database
+    from geniehelper.domain import platform as connections
+    from geniehelper.stack import resolve_urls
+
+    async def rotate() -> int:
+        try:
+            cipher = settings.credential_cipher()
+        except CredentialError as exc:
+            _say(f"cannot rotate: {exc}")
+            return 2
+        db = await Database.open(resolve_urls(settings).database_url, min_size=1, max_size=2)
+        rotated = failed = 0
+        try:
+            async with db.system_tx() as conn:
+                creators = [r["id"] for r in await conn.fetch("select id from creators")]
+            for user_id in creators:  # as each creator in turn: RLS applies to the rewrite too
+                async with db.creator_tx(user_id) as conn:
+                    for row in await conn.fetch(connections.ALL_WITH_TOKENS):
+                        if not cipher.needs_rotation(row["auth_token_enc"]):
+                            continue
+                        context = connections.token_context(row["id"], user_id)
+                        try:
+                            stored = cipher.reencrypt(row["auth_token_enc"], context)
+                        except CredentialError as exc:
+                            failed += 1
+                            _say(f"connection {row['id']}: cannot re-encrypt ({exc}); "
+                                 "is its old key in CREDENTIALS_OLD_KEYS?")  # fmt: skip
+                            continue
+                        await conn.execute(connections.SET_TOKEN, row["id"], stored, cipher.active_key_id)
+                        rotated += 1
+        finally:
+            await db.close()
+        _say(f"re-encrypted {rotated} tokens with key {cipher.active_key_id!r}; {failed} could not be read")
+        return 1 if failed else 0
+
+    return asyncio.run(rotate())
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,6 +300,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "worker": cmd_worker,
     "scheduler": cmd_scheduler,
     "enqueue": cmd_enqueue,
+    "sandbox-platform": cmd_sandbox_platform,
+    "keys": cmd_keys,
 }
 
 
@@ -230,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("services", help="run only the embedded PostgreSQL and Redis-compatible server, until Ctrl-C")
     up = sub.add_parser("up", help="run every Procfile process (with the embedded servers when URLs are unset)")
     up.add_argument("--procfile", default="Procfile", help="default: ./Procfile")
+    up.add_argument("--no-demo", action="store_true", help="on the embedded stack, skip the sandbox platform demo")
     health = sub.add_parser("health", help="list live processes; exit 1 if a --role is missing or stale")
     health.add_argument("--role", action="append", default=[], help="a role that must be alive (repeatable)")
     health.add_argument("--json", action="store_true")
@@ -242,6 +329,11 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
     enqueue.add_argument("--user", required=True, help="the creator's uuid")
     enqueue.add_argument("--key", help="a logical key: enqueueing the same key again creates nothing")
+    sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
+    sandbox.add_argument("--port", type=int, default=8765)
+    keys = sub.add_parser("keys", help="credential keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_sub.add_parser("rotate", help="re-encrypt every stored token with the active key (CREDENTIALS_ENC_KEY_ID)")
     return parser
 
 
@@ -254,6 +346,7 @@ def _scheduler_names() -> list[str]:
 ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
     "worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker",
     "scheduler": lambda a: str(a.name),
+    "sandbox-platform": lambda a: "sandbox_platform",
 }
 
 

@@ -58,7 +58,7 @@ def _run_as(user: str | None) -> dict[str, Any]:
     return {} if user is None else {"user": user, "group": user, "extra_groups": []}
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -193,7 +193,7 @@ class EmbeddedPostgres:
             port = int((self.pgdata.parent / "postgres.port").read_text())
             if _port_is_free(port):
                 return port
-        return _free_port()
+        return free_port()
 
     def _wait_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -250,7 +250,7 @@ class EmbeddedValkey:
         if running:
             return running[1], False
         self.dir.mkdir(parents=True, exist_ok=True)
-        port = _free_port()
+        port = free_port()
         with contextlib.suppress(OSError, ValueError):
             remembered = int((self.dir / "port").read_text())
             if _port_is_free(remembered):

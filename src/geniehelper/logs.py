@@ -54,6 +54,9 @@ def configure_logging(settings: Settings, role: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP request is noise at INFO; platform calls are logged by the jobs that make them.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str | None = None) -> Any:

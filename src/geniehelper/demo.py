@@ -1,0 +1,94 @@
+"""The demo `geniehelper up` sets up on the embedded stack, so the first run shows a real flow.
+
+A demo creator is connected to the sandbox platform (run by `up` beside the Procfile processes) and
+gets a few posts scheduled over the next minute: watch post_scheduler dispatch them and the worker
+publish them. Only for the embedded development stack; production never runs this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+
+from geniehelper.crypto import CredentialCipher
+from geniehelper.db import Database, connect_owner
+from geniehelper.domain import platform as connections
+
+DEMO_EMAIL = "demo@geniehelper.local"
+
+
+def development_key(data_dir: Path) -> str:
+    """A per-checkout credentials key for the embedded stack, kept beside its data (mode 0600)."""
+    path = data_dir / "credentials.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(base64.b64encode(os.urandom(32)).decode())
+    return path.read_text().strip()
+
+
+async def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                (await http.get(f"{url}/admin/requests", timeout=1.0)).raise_for_status()
+                return
+            except httpx.HTTPError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+
+async def seed_demo(database_url: str, sandbox_url: str, cipher: CredentialCipher, *, posts: int = 3) -> UUID:
+    """Create (or refresh) the demo creator, its sandbox connection, and `posts` posts due soon."""
+    await wait_for_http(sandbox_url)
+    async with httpx.AsyncClient() as http:
+        response = await http.post(f"{sandbox_url}/admin/accounts", json={"username": "demo", "n_fans": 25})
+        response.raise_for_status()
+        account = response.json()
+    owner = await connect_owner(database_url)
+    try:
+        # Registration is the one step not done as the creator: the creator row is the tenant root.
+        user_id: UUID = await owner.fetchval(
+            "insert into creators (email, display_name, tier) values ($1, 'Demo Creator', 'creator')"
+            " on conflict (email) do update set display_name = excluded.display_name returning id",
+            DEMO_EMAIL,
+        )
+    finally:
+        await owner.close()
+    db = await Database.open(database_url, min_size=1, max_size=2)
+    try:
+        async with db.creator_tx(user_id) as conn:
+            # The sandbox keeps its state in memory: each run is a new account; retire the old ones.
+            await conn.execute(
+                "update platform_connections set status = 'disconnected' where platform = 'sandbox'"
+                " and external_account_id <> $1",
+                account["account_id"],
+            )
+            connection_id = await connections.connect_account(
+                conn, cipher, user_id=user_id, platform="sandbox", external_account_id=account["account_id"],
+                token=account["token"], handle="demo", api_base_url=sandbox_url,
+            )  # fmt: skip
+            now = datetime.now(UTC)
+            for n in range(1, posts + 1):
+                post_id = await conn.fetchval(
+                    "insert into content_posts (user_id, title, caption, hashtags, platform_targets, status)"
+                    " values ($1, $2, $3, '{demo}', '{sandbox}', 'scheduled') returning id",
+                    user_id, f"Demo post {n}", f"Demo post {n}, scheduled by geniehelper up",
+                )  # fmt: skip
+                await conn.execute(
+                    "insert into scheduled_posts (user_id, content_post_id, platform_connection_id, platform,"
+                    " scheduled_time) values ($1, $2, $3, 'sandbox', $4)",
+                    user_id, post_id, connection_id, now + timedelta(seconds=15 * n),
+                )  # fmt: skip
+    finally:
+        await db.close()
+    return user_id
