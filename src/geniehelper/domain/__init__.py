@@ -4,8 +4,8 @@ Each module holds frozen pydantic models for the rows jobs read (only the column
 small async query functions. Conventions shared by all of them:
 
 - The connection passed in is already inside `Database.creator_tx(user_id)`: row-level security
-  scopes every statement to that creator. Functions still take `user_id` and use it in their
-  WHERE clauses and on insert, so a statement never depends on RLS alone to pick its rows.
+  scopes every statement to that creator. Inserts still pass `user_id` explicitly (the policy
+  only checks it); the fan CRM, media, analytics and automation queries also filter on it.
 - SQL is module-level constant strings with `$n` parameters, never built from input.
 - Writers are idempotent on the table's natural key: appends to ledgers and snapshots return
   `None` when the row was already there; upserts return the current row.

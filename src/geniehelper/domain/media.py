@@ -1,0 +1,211 @@
+"""Media: `media_assets` (the canonical record of every asset), presets, and where assets are used."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+
+AssetKind = Literal["image", "video", "audio", "document", "other"]
+AssetStatus = Literal["pending", "processing", "ready", "failed"]
+AssetSource = Literal["upload", "scrape", "generated", "import"]
+
+
+class MediaAsset(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    kind: AssetKind
+    status: AssetStatus
+    storage_key: str
+    original_filename: str | None
+    mime_type: str | None
+    byte_size: int | None
+    checksum_sha256: str | None
+    width: int | None
+    height: int | None
+    duration_ms: int | None
+    source: AssetSource
+    source_platform: str | None
+    source_external_id: str | None
+    derived_from_asset_id: UUID | None
+    produced_by_job_id: UUID | None
+    transcription_text: str | None
+    ai_description: str | None
+    ai_description_model: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    created_at: datetime
+
+
+class MediaPreset(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    name: str
+    watermark: dict[str, Any]
+    output_format: str | None
+    output_width: int | None
+    output_height: int | None
+    clip_duration_ms: int | None
+    strip_metadata_fields: list[str]
+    is_default: bool
+
+
+class MediaAssetUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    media_asset_id: UUID
+    content_post_id: UUID | None
+    campaign_id: UUID | None
+    media_collection_id: UUID | None
+    position: int | None
+
+
+ASSET_COLUMNS = """id, user_id, kind, status, storage_key, original_filename, mime_type, byte_size, checksum_sha256,
+       width, height, duration_ms, source, source_platform, source_external_id, derived_from_asset_id,
+       produced_by_job_id, transcription_text, ai_description, ai_description_model, tags, metadata, created_at"""
+PRESET_COLUMNS = """id, user_id, name, watermark, output_format, output_width, output_height, clip_duration_ms,
+       strip_metadata_fields, is_default"""
+USAGE_COLUMNS = "id, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position"
+
+# Either unique key (storage key; platform + external id of a scraped item) makes a second create a
+# no-op: the caller then gets the asset already stored.
+CREATE_ASSET = (
+    """
+insert into media_assets (user_id, kind, storage_key, status, source, original_filename, mime_type, byte_size,
+                          checksum_sha256, width, height, duration_ms, source_platform, source_external_id,
+                          derived_from_asset_id, produced_by_job_id, tags, metadata)
+values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+on conflict do nothing
+returning """
+    + ASSET_COLUMNS
+)
+
+FIND_EXISTING_ASSET = (
+    "select "
+    + ASSET_COLUMNS
+    + """ from media_assets
+ where user_id = $1
+   and (storage_key = $2 or (source_platform = $3 and source_external_id = $4))
+ order by (storage_key = $2) desc
+ limit 1"""
+)
+
+GET_ASSET = "select " + ASSET_COLUMNS + " from media_assets where user_id = $1 and id = $2"
+
+# Results of the transcription / description jobs; a NULL argument leaves the column as it is.
+SET_ASSET_ANALYSIS = (
+    """
+update media_assets
+   set transcription_text = coalesce($3, transcription_text),
+       ai_description = coalesce($4, ai_description),
+       ai_description_model = coalesce($5, ai_description_model)
+ where user_id = $1 and id = $2
+returning """
+    + ASSET_COLUMNS
+)
+
+GET_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and id = $2"
+GET_DEFAULT_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and is_default"
+
+# unique nulls not distinct (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id)
+RECORD_USAGE = (
+    """
+insert into media_asset_usages (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position)
+values ($1, $2, $3, $4, $5, $6)
+on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id) do update
+    set position = coalesce(excluded.position, media_asset_usages.position)
+returning """
+    + USAGE_COLUMNS
+)
+
+
+async def create_asset(
+    conn: Any,
+    user_id: UUID,
+    kind: AssetKind,
+    storage_key: str,
+    *,
+    status: AssetStatus = "ready",
+    source: AssetSource = "upload",
+    original_filename: str | None = None,
+    mime_type: str | None = None,
+    byte_size: int | None = None,
+    checksum_sha256: str | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    duration_ms: int | None = None,
+    source_platform: str | None = None,
+    source_external_id: str | None = None,
+    derived_from_asset_id: UUID | None = None,
+    produced_by_job_id: UUID | None = None,
+    tags: list[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> MediaAsset:
+    """Create the asset record, or return the one already stored under the same storage key (or the
+    same scraped item): a retried job creates nothing twice."""
+    row = await conn.fetchrow(
+        CREATE_ASSET, user_id, kind, storage_key, status, source, original_filename, mime_type, byte_size,
+        checksum_sha256, width, height, duration_ms, source_platform, source_external_id, derived_from_asset_id,
+        produced_by_job_id, tags or [], metadata or {},
+    )  # fmt: skip
+    if row is None:
+        row = await conn.fetchrow(FIND_EXISTING_ASSET, user_id, storage_key, source_platform, source_external_id)
+    return MediaAsset.model_validate(dict(row))
+
+
+async def get_asset(conn: Any, user_id: UUID, asset_id: UUID) -> MediaAsset | None:
+    row = await conn.fetchrow(GET_ASSET, user_id, asset_id)
+    return MediaAsset.model_validate(dict(row)) if row else None
+
+
+async def set_asset_analysis(
+    conn: Any,
+    user_id: UUID,
+    asset_id: UUID,
+    *,
+    transcription_text: str | None = None,
+    ai_description: str | None = None,
+    ai_description_model: str | None = None,
+) -> MediaAsset | None:
+    """Store transcription and/or AI description; `None` when the asset does not exist (any more)."""
+    row = await conn.fetchrow(
+        SET_ASSET_ANALYSIS, user_id, asset_id, transcription_text, ai_description, ai_description_model
+    )
+    return MediaAsset.model_validate(dict(row)) if row else None
+
+
+async def get_preset(conn: Any, user_id: UUID, preset_id: UUID | None = None) -> MediaPreset | None:
+    """A preset by id, or the creator's default preset when `preset_id` is None."""
+    if preset_id is None:
+        row = await conn.fetchrow(GET_DEFAULT_PRESET, user_id)
+    else:
+        row = await conn.fetchrow(GET_PRESET, user_id, preset_id)
+    return MediaPreset.model_validate(dict(row)) if row else None
+
+
+async def record_asset_usage(
+    conn: Any,
+    user_id: UUID,
+    media_asset_id: UUID,
+    *,
+    content_post_id: UUID | None = None,
+    campaign_id: UUID | None = None,
+    media_collection_id: UUID | None = None,
+    position: int | None = None,
+) -> MediaAssetUsage:
+    """Link an asset to exactly one post, campaign or collection (idempotent; a position updates)."""
+    targets = [t for t in (content_post_id, campaign_id, media_collection_id) if t is not None]
+    if len(targets) != 1:
+        raise ValueError("an asset usage needs exactly one of content_post_id, campaign_id, media_collection_id")
+    row = await conn.fetchrow(
+        RECORD_USAGE, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position
+    )
+    return MediaAssetUsage.model_validate(dict(row))
