@@ -340,3 +340,32 @@ async def test_post_scheduled_soon_is_dispatched_within_a_second_of_its_time(
     finally:
         runner.stop.set()
         await task
+
+
+async def test_sigterm_hands_a_running_job_back_and_it_completes_once(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str,
+    project_env: dict[str, str],
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    await sandbox.fault(kind="slow", count=1, path_prefix="/v1/posts", method="POST",
+                        account_id=creator.account_id, delay_s=30)  # fmt: skip
+    await scheduler_tick(settings, db, arq_redis, database_url)
+    job_id = await owner.fetchval("select id from media_jobs where scheduled_post_id = $1", scheduled_id)
+    env = dict(project_env, DATABASE_URL=database_url, CREDENTIALS_ENC_KEY_B64=KEY_B64, PLATFORM_TIMEOUT_S="60",
+               WORKER_SHUTDOWN_GRACE_S="1", LOG_FORMAT="json")  # fmt: skip
+    worker = spawn([str(BIN / "geniehelper"), "worker", "default"], env)
+    try:
+        worker.wait_for(r'"event": "job.started"')
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(20) == 0, worker.text()
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+    assert '"event": "job.interrupted"' in worker.text()
+    handed_back = await owner.fetchrow("select status, error_kind from media_jobs where id = $1", job_id)
+    assert (handed_back["status"], handed_back["error_kind"]) == ("queued", "interrupted")
+    await run_worker(settings)
+    assert (await post_row(owner, scheduled_id))["status"] == "posted"
+    assert len(await sandbox.posts(creator.account_id)) == 1
