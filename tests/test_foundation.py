@@ -50,7 +50,7 @@ def test_up_supervises_restarts_the_dead_and_stops_everything(tmp_path: Path) ->
     sleeper = f"{sys.executable} -c 'import time; print(\"ready\", flush=True); time.sleep(600)'"
     procfile.write_text(f"alpha: {sleeper}\nbeta: {sleeper}\n")
     env = base_env(DATA_DIR=str(data))
-    up = spawn([str(BIN / "geniehelper"), "up", "--procfile", str(procfile)], env)
+    up = spawn([str(BIN / "geniehelper"), "up", "--no-demo", "--procfile", str(procfile)], env)
     try:
         up.wait_for(r"starting 2 processes")
         alpha = up.wait_for(r"started alpha \(pid (\d+)\)")[0]
