@@ -259,3 +259,17 @@ async def test_media_jobs_run_only_on_the_media_worker(
     await run_burst(database_url, redis_url, queue="media")
     row = await record(owner, job.id)
     assert row["status"] == "completed" and row["queue"] == "media"
+
+
+async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRedis) -> None:
+    from geniehelper.redis_conn import config_warnings
+
+    await arq_redis.config_set("appendonly", "no")
+    await arq_redis.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        warnings = await config_warnings(arq_redis)
+    finally:
+        await arq_redis.config_set("maxmemory-policy", "noeviction")
+    assert any("appendonly" in w for w in warnings)
+    assert any("allkeys-lru" in w and "evict" in w for w in warnings)
+    assert [w for w in await config_warnings(arq_redis) if "maxmemory" in w] == []
