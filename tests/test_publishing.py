@@ -381,8 +381,9 @@ async def test_keys_rotate_reencrypts_every_token_with_the_active_key(
     env = dict(project_env, DATABASE_URL=database_url, CREDENTIALS_ENC_KEY_B64=new_key, CREDENTIALS_ENC_KEY_ID="k2",
                CREDENTIALS_OLD_KEYS=f"k1:{KEY_B64}")  # fmt: skip
     result = await asyncio.to_thread(
-        subprocess.run, [str(BIN / "geniehelper"), "keys", "rotate"], env=env, capture_output=True, text=True, timeout=60
-    )
+        subprocess.run, [str(BIN / "geniehelper"), "keys", "rotate"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "re-encrypted" in result.stderr and "0 could not be read" in result.stderr
     stored = await owner.fetchrow(
