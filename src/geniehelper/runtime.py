@@ -225,6 +225,9 @@ async def _run_enveloped(
             raise Retry(defer=delay) from exc
         raise
     if started is None:
+        if current is None:  # the producer's record is gone (or never committed): nothing to run against
+            log.error("job.record_missing", record_id=str(record_id))
+            return {"status": "failed", "error_kind": "record_missing"}
         log.info("job.skipped", record_id=str(record_id), record_status=current)
         return {"status": "skipped", "record_status": current}
 
