@@ -24,7 +24,7 @@ import structlog
 from geniehelper.contracts import PUBLISH_POST, PublishPostPayload, publish_post_key
 from geniehelper.db import SYSTEM_ROLE
 from geniehelper.domain import publishing
-from geniehelper.queue import EnqueuedJob
+from geniehelper.queue import EnqueuedJob, JobRequest
 from geniehelper.quotas import QuotaExceeded
 from geniehelper.settings import Settings
 from schedulers.base import Scheduler, SchedulerContext, TickResult
@@ -119,23 +119,22 @@ class PostScheduler(Scheduler):
         self, ctx: SchedulerContext, user_id: UUID, rows: list[asyncpg.Record], result: TickResult
     ) -> list[EnqueuedJob]:
         """One creator transaction records all of that creator's publish jobs (the outbox)."""
+        requests = [
+            JobRequest(
+                PublishPostPayload(scheduled_post_id=row["id"], revision=row["revision"]),
+                key=publish_post_key(row["id"], row["revision"]), scheduled_post_id=row["id"],
+            )
+            for row in rows
+        ]  # fmt: skip
         jobs = []
         async with ctx.db.creator_tx(user_id) as conn:
-            for row in rows:
-                try:
-                    async with conn.transaction():  # savepoint: a refused post does not undo the others
-                        jobs.append(
-                            await ctx.queue.record(
-                                conn, PUBLISH_POST.name,
-                                PublishPostPayload(scheduled_post_id=row["id"], revision=row["revision"]),
-                                user_id=user_id, key=publish_post_key(row["id"], row["revision"]),
-                                scheduled_post_id=row["id"],
-                            )
-                        )  # fmt: skip
-                except QuotaExceeded as exc:
+            outcomes = await ctx.queue.record_many(conn, PUBLISH_POST.name, requests, user_id=user_id)
+            for row, outcome in zip(rows, outcomes, strict=True):
+                if isinstance(outcome, QuotaExceeded):
                     result.details["refused"] += 1
-                    await conn.execute(publishing.MARK_FAILED, row["id"], f"tier_limit_reached: {exc}", row["revision"])
-                    log.warning("post.quota_refused", scheduled_post_id=str(row["id"]), **exc.as_dict())
+                    reason = f"tier_limit_reached: {outcome}"
+                    await conn.execute(publishing.MARK_FAILED, row["id"], reason, row["revision"])
+                    log.warning("post.quota_refused", scheduled_post_id=str(row["id"]), **outcome.as_dict())
+                else:
+                    jobs.append(outcome)
         return jobs
-
-

@@ -15,17 +15,23 @@ from uuid import UUID
 
 import asyncpg
 
-INSERT = """
-insert into media_jobs (user_id, job_name, queue, job_key, payload, priority, max_attempts, run_at,
+# Many records of one job for one creator in one statement; a key seen before inserts nothing.
+INSERT_MANY = """
+insert into media_jobs (user_id, job_name, queue, max_attempts, job_key, payload, priority, run_at,
                         scheduled_post_id, media_asset_id)
-values ($1, $2, $3, $4, $5, $6, $7, coalesce($8, now()), $9, $10)
+select $1, $2, $3, $4, t.job_key, t.payload, t.priority, coalesce(t.run_at, now()), t.scheduled_post_id,
+       t.media_asset_id
+  from unnest($5::text[], $6::jsonb[], $7::int[], $8::timestamptz[], $9::uuid[], $10::uuid[])
+       as t(job_key, payload, priority, run_at, scheduled_post_id, media_asset_id)
 on conflict (user_id, job_key) do nothing
-returning id, status, enqueued_at, run_at
+returning id, job_key, status, enqueued_at, run_at
 """
 
-FIND_BY_KEY = """
-select id, job_name, status, enqueued_at, run_at from media_jobs where user_id = $1 and job_key = $2
+FIND_BY_KEYS = """
+select id, job_key, job_name, status, enqueued_at, run_at from media_jobs where user_id = $1 and job_key = any($2)
 """
+
+DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
 
 MARK_ENQUEUED = "update media_jobs set enqueued_at = now() where id = $1 and enqueued_at is null"
 MARK_ENQUEUED_MANY = "update media_jobs set enqueued_at = now() where id = any($1::uuid[]) and enqueued_at is null"
@@ -94,14 +100,10 @@ GET = "select * from media_jobs where id = $1"
 
 @dataclass(frozen=True)
 class NewJobRecord:
-    user_id: UUID
-    job_name: str
-    queue: str
     job_key: str
     payload: dict[str, Any]
-    priority: int
-    max_attempts: int
-    run_at: datetime | None
+    priority: int = 10
+    run_at: datetime | None = None
     scheduled_post_id: UUID | None = None
     media_asset_id: UUID | None = None
 
@@ -109,25 +111,33 @@ class NewJobRecord:
 @dataclass(frozen=True)
 class RecordRef:
     id: UUID
+    job_key: str
     status: str
     enqueued_at: datetime | None
     run_at: datetime
     created: bool
 
 
-async def insert_or_find(conn: asyncpg.Connection, rec: NewJobRecord) -> RecordRef:
-    row = await conn.fetchrow(
-        INSERT, rec.user_id, rec.job_name, rec.queue, rec.job_key, rec.payload, rec.priority,
-        rec.max_attempts, rec.run_at, rec.scheduled_post_id, rec.media_asset_id,
+async def insert_many(
+    conn: asyncpg.Connection, user_id: UUID, job_name: str, queue: str, max_attempts: int, recs: list[NewJobRecord]
+) -> list[RecordRef]:
+    """Insert the records that are new; find the others. Results are in the order of `recs`."""
+    rows = await conn.fetch(
+        INSERT_MANY, user_id, job_name, queue, max_attempts,
+        [r.job_key for r in recs], [r.payload for r in recs], [r.priority for r in recs],
+        [r.run_at for r in recs], [r.scheduled_post_id for r in recs], [r.media_asset_id for r in recs],
     )  # fmt: skip
-    if row is not None:
-        return RecordRef(row["id"], row["status"], row["enqueued_at"], row["run_at"], created=True)
-    row = await conn.fetchrow(FIND_BY_KEY, rec.user_id, rec.job_key)
-    if row is None:  # pragma: no cover - the conflicting row was deleted in between
-        raise LookupError(f"job {rec.job_key} vanished during enqueue")
-    if row["job_name"] != rec.job_name:
-        raise ValueError(f"job key {rec.job_key!r} is already used by a {row['job_name']} job")
-    return RecordRef(row["id"], row["status"], row["enqueued_at"], row["run_at"], created=False)
+    refs = {row["job_key"]: RecordRef(row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], True)
+            for row in rows}  # fmt: skip
+    seen = [r.job_key for r in recs if r.job_key not in refs]
+    if seen:
+        for row in await conn.fetch(FIND_BY_KEYS, user_id, seen):
+            if row["job_name"] != job_name:
+                raise ValueError(f"job key {row['job_key']!r} is already used by a {row['job_name']} job")
+            refs[row["job_key"]] = RecordRef(
+                row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], False
+            )
+    return [refs[r.job_key] for r in recs]
 
 
 def payload_for_record(raw: str | bytes) -> dict[str, Any]:

@@ -10,6 +10,7 @@ the outbox relay (`relay_unpushed`) pushes the record later. Either way a rolled
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,9 +24,23 @@ from arq.connections import ArqRedis
 from geniehelper import jobrecords
 from geniehelper.db import Database
 from geniehelper.jobspec import QUEUE_NAMES, JobPayload, JobRegistry
-from geniehelper.quotas import TierLimits, consume
+from geniehelper.quotas import QuotaExceeded, TierLimits, consume_up_to
 
 PUSHABLE = ("queued",)
+# arq's enqueue is a WATCH/MULTI transaction per job: run a few at once over the connection pool.
+PUSH_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One job to record with `record_many`."""
+
+    payload: JobPayload | dict[str, Any] | str
+    key: str | None = None
+    run_at: datetime | None = None
+    priority: int = 10
+    scheduled_post_id: UUID | None = None
+    media_asset_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -88,24 +103,46 @@ class JobQueue:
         media_asset_id: UUID | None = None,
     ) -> EnqueuedJob:
         """Write the job record in the caller's creator transaction; `push()` it after commit."""
+        request = JobRequest(payload, key, run_at, priority, scheduled_post_id, media_asset_id)
+        (outcome,) = await self.record_many(conn, job_name, [request], user_id=user_id)
+        if isinstance(outcome, QuotaExceeded):
+            raise outcome
+        return outcome
+
+    async def record_many(
+        self, conn: asyncpg.Connection, job_name: str, requests: list[JobRequest], *, user_id: UUID
+    ) -> list[EnqueuedJob | QuotaExceeded]:
+        """Record many jobs of one kind for one creator (one statement); results in request order.
+
+        A request over the creator's quota gets a QuotaExceeded instead of a record; the others
+        are recorded. Raises InvalidPayload (nothing recorded) if any payload is invalid.
+        """
         spec = self.registry[job_name]
-        model = spec.parse_payload(payload)
-        payload_json = model.model_dump_json()
-        ref = await jobrecords.insert_or_find(
-            conn,
+        payloads = [spec.parse_payload(r.payload).model_dump_json() for r in requests]
+        keys = [r.key or f"{spec.name}:{uuid4()}" for r in requests]
+        records = [
             jobrecords.NewJobRecord(
-                user_id=user_id, job_name=spec.name, queue=spec.queue, job_key=key or f"{spec.name}:{uuid4()}",
-                payload=json.loads(payload_json), priority=priority, max_attempts=spec.max_attempts,
-                run_at=run_at, scheduled_post_id=scheduled_post_id, media_asset_id=media_asset_id,
-            ),
-        )  # fmt: skip
-        if ref.created and spec.quota_operation is not None:
-            # Same transaction as the record: a refusal rolls the record back with it.
-            await consume(conn, self.limits, user_id, spec.quota_operation)
-        return EnqueuedJob(
-            id=ref.id, user_id=user_id, job_name=spec.name, job_key=key or "", queue=spec.queue,
-            status=ref.status, payload_json=payload_json, run_at=ref.run_at, duplicate=not ref.created,
-        )  # fmt: skip
+                key, json.loads(payload), r.priority, r.run_at, r.scheduled_post_id, r.media_asset_id
+            )
+            for key, payload, r in zip(keys, payloads, requests, strict=True)
+        ]
+        refs = await jobrecords.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
+        refused: dict[UUID, QuotaExceeded] = {}
+        created = [ref for ref in refs if ref.created]
+        if created and spec.quota_operation is not None:
+            # Same transaction as the records: what the quota does not admit is removed again.
+            admitted, refusal = await consume_up_to(conn, self.limits, user_id, spec.quota_operation, len(created))
+            if refusal is not None:
+                rejected = created[admitted:]
+                await conn.execute(jobrecords.DELETE_UNADMITTED, [ref.id for ref in rejected])
+                refused = {ref.id: refusal for ref in rejected}
+        return [
+            refused.get(ref.id) or EnqueuedJob(
+                id=ref.id, user_id=user_id, job_name=spec.name, job_key=key, queue=spec.queue, status=ref.status,
+                payload_json=payload, run_at=ref.run_at, duplicate=not ref.created,
+            )
+            for ref, key, payload in zip(refs, keys, payloads, strict=True)
+        ]  # fmt: skip
 
     async def push(self, job: EnqueuedJob) -> bool:
         """Hand a committed record to arq. Returns False when there was nothing to push."""
@@ -115,8 +152,13 @@ class JobQueue:
         """Push committed records to arq, then mark them enqueued (one transaction per creator)."""
         pushable = [job for job in jobs if job.status in PUSHABLE]
         by_creator: dict[UUID, list[UUID]] = defaultdict(list)
+        for start in range(0, len(pushable), PUSH_CONCURRENCY):
+            chunk = pushable[start : start + PUSH_CONCURRENCY]
+            await asyncio.gather(*[
+                push_to_arq(self.redis, job.id, job.user_id, job.job_name, job.queue, job.payload_json, job.run_at)
+                for job in chunk
+            ])  # fmt: skip
         for job in pushable:
-            await push_to_arq(self.redis, job.id, job.user_id, job.job_name, job.queue, job.payload_json, job.run_at)
             by_creator[job.user_id].append(job.id)
         for user_id, ids in by_creator.items():
             async with self.db.creator_tx(user_id) as conn:

@@ -1,8 +1,8 @@
 """Tier quotas (`tier_rate_limits.json`), checked and consumed atomically before a job is enqueued.
 
 Counters live in `user_usage_counts`, one row per (creator, operation, period). The period is the
-calendar month in UTC. Consuming is one conditional upsert: there is no read-then-write race, so N
-concurrent callers at the limit admit exactly the limit.
+calendar month in UTC. Consuming is one update under the counter's row lock: there is no
+read-then-write race, so N concurrent callers at the limit admit exactly the limit.
 """
 
 from __future__ import annotations
@@ -73,28 +73,58 @@ class QuotaExceeded(Exception):
         }
 
 
-CONSUME_SQL = """
-insert into user_usage_counts (user_id, operation, period_start, used)
-values ($1, $2, $3, 1)
-on conflict (user_id, operation, period_start) do update
-    set used = user_usage_counts.used + 1, updated_at = now()
-    where $4::int < 0 or user_usage_counts.used + 1 <= $4::int
-returning used
+# Creating the period's row first means the row lock below always exists to serialise on.
+ENSURE_COUNTER = """
+insert into user_usage_counts (user_id, operation, period_start, used) values ($1, $2, $3, 0)
+on conflict (user_id, operation, period_start) do nothing
 """
+
+# Admit up to $4 uses under the limit $5 (-1 = unlimited) in one locked read-modify-write: the
+# subquery takes the row lock, so concurrent callers queue up and each sees the previous total.
+CONSUME_UP_TO = """
+update user_usage_counts u
+   set used = u.used + least($4::int, case when $5::int < 0 then $4::int else greatest(0, $5::int - o.used) end),
+       updated_at = now()
+  from (select used from user_usage_counts
+         where user_id = $1 and operation = $2 and period_start = $3 for update) o
+ where u.user_id = $1 and u.operation = $2 and u.period_start = $3
+returning u.used - o.used as admitted
+"""
+
+
+async def creator_tier(conn: asyncpg.Connection, user_id: UUID) -> str:
+    tier: str | None = await conn.fetchval("select tier from creators where id = $1", user_id)
+    if tier is None:
+        raise LookupError(f"creator {user_id} not found")
+    return tier
+
+
+async def consume_up_to(
+    conn: asyncpg.Connection,
+    limits: TierLimits,
+    user_id: UUID,
+    operation: str,
+    count: int,
+    *,
+    tier: str | None = None,
+    now: datetime | None = None,
+) -> tuple[int, QuotaExceeded | None]:
+    """Admit up to `count` uses for the creator of this transaction: (admitted, refusal for the rest)."""
+    tier = tier or await creator_tier(conn, user_id)
+    limit = limits.limit(tier, operation)
+    if limit == NOT_IN_TIER:
+        return 0, QuotaExceeded("not_in_tier", operation, tier, limit, None)
+    period_start, resets_at = period_bounds(now or datetime.now(UTC))
+    await conn.execute(ENSURE_COUNTER, user_id, operation, period_start)
+    admitted = int(await conn.fetchval(CONSUME_UP_TO, user_id, operation, period_start, count, limit))
+    refusal = None if admitted == count else QuotaExceeded("limit_reached", operation, tier, limit, resets_at)
+    return admitted, refusal
 
 
 async def consume(
     conn: asyncpg.Connection, limits: TierLimits, user_id: UUID, operation: str, *, now: datetime | None = None
-) -> int:
+) -> None:
     """Count one use of `operation` for the creator of this transaction, or raise QuotaExceeded."""
-    tier = await conn.fetchval("select tier from creators where id = $1", user_id)
-    if tier is None:
-        raise LookupError(f"creator {user_id} not found")
-    limit = limits.limit(tier, operation)
-    if limit == NOT_IN_TIER:
-        raise QuotaExceeded("not_in_tier", operation, tier, limit, None)
-    period_start, resets_at = period_bounds(now or datetime.now(UTC))
-    used = await conn.fetchval(CONSUME_SQL, user_id, operation, period_start, limit)
-    if used is None:
-        raise QuotaExceeded("limit_reached", operation, tier, limit, resets_at)
-    return int(used)
+    _admitted, refusal = await consume_up_to(conn, limits, user_id, operation, 1, now=now)
+    if refusal is not None:
+        raise refusal

@@ -332,12 +332,9 @@ async def _heartbeat(ctx: JobContext, interval_s: float) -> None:
 async def _record_foreign_job(
     conn: asyncpg.Connection, spec: JobSpec, arq_job_id: str, envelope: Envelope, payload: JobPayload
 ) -> UUID:
-    ref = await jobrecords.insert_or_find(
-        conn,
-        jobrecords.NewJobRecord(
-            user_id=envelope.user_id, job_name=spec.name, queue=spec.queue, job_key=f"arq:{arq_job_id}",
-            payload=payload.model_dump(mode="json"), priority=10, max_attempts=spec.max_attempts, run_at=None,
-        ),
+    (ref,) = await jobrecords.insert_many(
+        conn, envelope.user_id, spec.name, spec.queue, spec.max_attempts,
+        [jobrecords.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
     )  # fmt: skip
     await conn.execute(jobrecords.MARK_ENQUEUED, ref.id)
     return ref.id
