@@ -238,6 +238,8 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{p.role:<20} {state:<6} {p.host}:{p.pid:<8} last beat {p.age_s:5.1f}s ago  {p.details}")
             for role in missing:
                 print(f"{role:<20} MISSING")
+            if not processes:
+                print("no live processes (none has refreshed its health key recently)")
         return 1 if missing or not processes else 0
 
     return asyncio.run(check())
