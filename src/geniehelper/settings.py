@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     worker_shutdown_grace_s: float = Field(
         default=20.0, ge=0, le=3_600, description="On SIGTERM, time to finish running jobs before handing them back."
     )
+    worker_poll_delay_s: float = Field(
+        default=0.05, gt=0, le=60,
+        description="How often an idle worker asks Redis for jobs; arq starts at most max_jobs per poll.",
+    )
     job_heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3_600)
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.

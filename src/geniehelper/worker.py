@@ -116,6 +116,8 @@ def build_worker_settings(
         "job_serializer": wire_dumps,
         "job_deserializer": wire_loads,
         "max_jobs": max_jobs,
+        # arq's default 0.5 s caps a worker at max_jobs / 0.5 s job starts per second (20/s at 10).
+        "poll_delay": settings.worker_poll_delay_s,
         "health_check_interval": settings.health_interval_s,
         "job_completion_wait": int(settings.worker_shutdown_grace_s),
         "keep_result": 3600,

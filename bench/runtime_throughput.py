@@ -1,0 +1,333 @@
+"""Runtime throughput: N no-op jobs through our runtime, beside the same N through bare arq.
+
+Ours: a no-op job contract defined here, enqueued with `JobQueue.enqueue` (validate, record in
+PostgreSQL, push to arq, mark enqueued), then drained by a real arq worker built with
+`build_worker_settings` (attempt started and completion recorded in PostgreSQL around each run).
+Bare arq: a plain `async def noop(ctx)` enqueued with `ArqRedis.enqueue_job` (arq's default
+pickle serializer) and drained by a plain `arq.worker.Worker`. Same Redis, same producer
+concurrency, same worker concurrency (`worker_concurrency`), same poll delay, same run. A variant
+enqueues our jobs with `record()` in batches (one creator transaction per batch) and `push_many`.
+
+The main rows poll every 0.01 s so that the cost of running jobs is what is measured; a second
+table drains both with arq's own default poll delay (0.5 s; our workers poll every
+WORKER_POLL_DELAY_S = 0.05 s) to show the cap polling puts on a worker.
+
+Afterwards every job must be `completed` in PostgreSQL with one attempt (ours) or counted complete
+by the worker (bare); a run that lost or failed jobs says so and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from arq import func
+from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.worker import Worker, create_worker
+from pydantic import Field
+
+from bench.common import (
+    Servers,
+    Stopwatch,
+    bench_settings,
+    fmt,
+    fresh_database,
+    make_creator,
+    prepare_redis,
+    print_header,
+    print_table,
+    quiet_logs,
+    rate,
+    servers,
+    write_results,
+)
+from geniehelper.db import Database, connect_owner
+from geniehelper.jobspec import QUEUE_NAMES, JobPayload, JobRegistry, JobSpec
+from geniehelper.queue import EnqueuedJob, JobQueue
+from geniehelper.quotas import load_tier_limits
+from geniehelper.runtime import JobContext
+from geniehelper.settings import Settings
+from geniehelper.worker import build_worker_settings
+
+NAME = "runtime_throughput"
+BARE_QUEUE = "bench:bare:queue"
+N_CREATORS = 10
+FAST_POLL_S = 0.01
+ARQ_DEFAULT_POLL_S = 0.5
+DEPLOYED_JOBS_MAX = 1000  # the poll-delay-bound rows: enough to see the ceiling, short enough to wait for
+
+
+class NoopPayload(JobPayload):
+    n: int = Field(ge=0)
+
+
+NOOP = JobSpec("bench_noop", NoopPayload, max_attempts=3)
+
+
+async def noop_job(ctx: JobContext, payload: NoopPayload) -> None:
+    return None
+
+
+async def bare_noop(ctx: dict[str, Any]) -> None:
+    return None
+
+
+@dataclass
+class Phase:
+    label: str
+    jobs: int
+    enqueue_s: float | None = None
+    run_s: float = 0.0
+    completed: int = 0
+    check: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enqueue_per_s(self) -> float | None:
+        return None if self.enqueue_s is None else rate(self.jobs, self.enqueue_s)
+
+    @property
+    def run_per_s(self) -> float:
+        return rate(self.jobs, self.run_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "jobs": self.jobs, "enqueue_s": self.enqueue_s, "enqueue_jobs_per_s": self.enqueue_per_s,
+            "run_s": self.run_s, "run_jobs_per_s": self.run_per_s, "completed": self.completed,
+            "verified": self.check, **self.extra,
+        }  # fmt: skip
+
+
+@dataclass
+class Bench:
+    srv: Servers
+    settings: Settings
+    database_url: str
+    owner: asyncpg.Connection
+    db: Database
+    redis: ArqRedis
+    queue: JobQueue
+    creators: list[UUID]
+    producers: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def concurrency(self) -> int:
+        return self.settings.worker_concurrency
+
+    def our_worker(self, poll_delay: float) -> Worker:
+        cls = build_worker_settings(
+            "default", [NOOP], {NOOP.name: noop_job}, role="bench_worker", settings=self.settings,
+            database_url=self.database_url, redis_url=self.srv.redis_url,
+        )  # fmt: skip
+        return create_worker(cls, burst=True, handle_signals=False, poll_delay=poll_delay)
+
+    def bare_worker(self, poll_delay: float) -> Worker:
+        return Worker(
+            functions=[func(bare_noop, name="noop")], queue_name=BARE_QUEUE,
+            redis_settings=RedisSettings.from_dsn(self.srv.redis_url), burst=True, max_jobs=self.concurrency,
+            handle_signals=False, poll_delay=poll_delay,
+        )  # fmt: skip
+
+    async def verify_ours(self, phase: Phase, ids: list[UUID]) -> None:
+        rows = await self.owner.fetch(
+            "select status, count(*)::int as n, sum(attempts)::int as attempts from media_jobs"
+            " where id = any($1::uuid[]) group by status",
+            ids,
+        )
+        statuses = {r["status"]: r["n"] for r in rows}
+        attempts = sum(r["attempts"] for r in rows)
+        phase.completed = statuses.get("completed", 0)
+        phase.check = f"{phase.completed:,}/{phase.jobs:,} completed in PostgreSQL, {attempts:,} attempts"
+        phase.extra.update(statuses=statuses, attempts=attempts)
+        if phase.completed != phase.jobs or attempts != phase.jobs:
+            self.problems.append(f"{phase.label}: statuses {statuses}, {attempts} attempts for {phase.jobs} jobs")
+
+    def verify_bare(self, phase: Phase, worker: Worker) -> None:
+        phase.completed = worker.jobs_complete
+        phase.check = f"{phase.completed:,}/{phase.jobs:,} completed (worker's count)"
+        if worker.jobs_complete != phase.jobs or worker.jobs_failed or worker.jobs_retried:
+            self.problems.append(
+                f"{phase.label}: {worker.jobs_complete} completed, {worker.jobs_failed} failed, "
+                f"{worker.jobs_retried} retried of {phase.jobs}"
+            )
+
+    async def ours_one_by_one(self, label: str, n: int, poll_delay: float, *, time_enqueue: bool = True) -> Phase:
+        phase = Phase(label, n)
+        with Stopwatch() as sw:
+            jobs: list[EnqueuedJob] = await in_parallel(
+                n, self.producers,
+                lambda i: self.queue.enqueue(NOOP.name, NoopPayload(n=i), user_id=self.creators[i % N_CREATORS]),
+            )  # fmt: skip
+        phase.enqueue_s = sw.seconds if time_enqueue else None
+        phase.run_s = await drain(self.our_worker(poll_delay))
+        ids = [j.id for j in jobs]
+        await self.verify_ours(phase, ids)
+        window: float = await self.owner.fetchval(
+            "select extract(epoch from max(finished_at) - min(started_at))::float8 from media_jobs"
+            " where id = any($1::uuid[])",
+            ids,
+        )
+        phase.extra["run_window_in_postgres_s"] = window
+        phase.extra["run_jobs_per_s_in_postgres"] = rate(n, window)
+        return phase
+
+    async def ours_batched(self, label: str, n: int, batch: int, poll_delay: float) -> Phase:
+        phase = Phase(label, n, extra={"batch_size": batch})
+
+        async def record_batch(b: int) -> list[EnqueuedJob]:
+            user = self.creators[b % N_CREATORS]
+            async with self.db.creator_tx(user) as conn:
+                recorded = [
+                    await self.queue.record(conn, NOOP.name, NoopPayload(n=i), user_id=user)
+                    for i in range(b * batch, min((b + 1) * batch, n))
+                ]
+            await self.queue.push_many(recorded)
+            return recorded
+
+        n_batches = -(-n // batch)
+        with Stopwatch() as sw:
+            batches: list[list[EnqueuedJob]] = await in_parallel(
+                n_batches, min(self.producers, n_batches), record_batch
+            )
+        phase.enqueue_s = sw.seconds
+        phase.run_s = await drain(self.our_worker(poll_delay))
+        await self.verify_ours(phase, [j.id for b in batches for j in b])
+        return phase
+
+    async def bare(self, label: str, n: int, poll_delay: float, *, time_enqueue: bool = True) -> Phase:
+        phase = Phase(label, n)
+        # arq's own defaults: pickle serializer, default queue name overridden only to keep apart from ours.
+        pool = await create_pool(RedisSettings.from_dsn(self.srv.redis_url), default_queue_name=BARE_QUEUE)
+        try:
+            with Stopwatch() as sw:
+                await in_parallel(n, self.producers, lambda _i: pool.enqueue_job("noop"))
+        finally:
+            await pool.aclose()
+        phase.enqueue_s = sw.seconds if time_enqueue else None
+        worker = self.bare_worker(poll_delay)
+        phase.run_s = await drain(worker)
+        self.verify_bare(phase, worker)
+        return phase
+
+
+async def in_parallel(n: int, producers: int, one: Callable[[int], Awaitable[Any]]) -> list[Any]:
+    """Call one(i) for i in range(n) from `producers` concurrent loops; results in index order."""
+    results: list[Any] = [None] * n
+
+    async def loop(start: int) -> None:
+        for i in range(start, n, producers):
+            results[i] = await one(i)
+
+    await asyncio.gather(*(loop(p) for p in range(producers)))
+    return results
+
+
+async def drain(worker: Worker) -> float:
+    """Run a burst worker until its queue is empty; seconds from start (startup included) to done."""
+    try:
+        with Stopwatch() as sw:
+            await worker.main()
+    finally:
+        await worker.close()
+    return sw.seconds
+
+
+async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool) -> int:
+    n_deployed = min(n_jobs, DEPLOYED_JOBS_MAX)
+    async with fresh_database(srv, NAME) as database_url:
+        settings = bench_settings(database_url, srv.redis_url)
+        logs = quiet_logs(settings, NAME)
+        print_header(
+            "runtime throughput: no-op jobs, our runtime vs bare arq",
+            srv,
+            {
+                "jobs": f"{n_jobs:,} per row; {producers} concurrent producers; one burst worker in-process, "
+                f"max_jobs={settings.worker_concurrency} (WORKER_CONCURRENCY) on both sides",
+                "baseline": "bare arq on the same Redis: plain `async def noop(ctx)`, arq's default pickle "
+                "serializer, no PostgreSQL",
+            },
+        )
+        redis = await prepare_redis(srv, [QUEUE_NAMES["default"], BARE_QUEUE])
+        owner = await connect_owner(database_url)
+        db = await Database.open(database_url, min_size=1, max_size=max(producers, 2))
+        try:
+            creators = [await make_creator(owner, tier="pro") for _ in range(N_CREATORS)]
+            bench = Bench(
+                srv, settings, database_url, owner, db, redis, JobQueue(db, redis, JobRegistry([NOOP]),
+                load_tier_limits()), creators, producers,
+            )  # fmt: skip
+            main_rows = [await bench.ours_one_by_one("ours: enqueue() one by one", n_jobs, FAST_POLL_S)]
+            if variant:
+                main_rows.append(
+                    await bench.ours_batched(f"ours: record() x{batch} + push_many", n_jobs, batch, FAST_POLL_S)
+                )
+            bare = await bench.bare("baseline: bare arq (pickle)", n_jobs, FAST_POLL_S)
+            deployed = [
+                await bench.ours_one_by_one("ours", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
+                await bench.bare("baseline: bare arq", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
+            ]
+        finally:
+            await db.close()
+            await owner.close()
+            await redis.aclose()
+
+    ours = main_rows[0]
+    ratio = {
+        "enqueue": (ours.enqueue_per_s or 0) / (bare.enqueue_per_s or 1),
+        "run": ours.run_per_s / bare.run_per_s,
+    }
+    print()
+    print(f"-- poll_delay {FAST_POLL_S} s (the cost of the runtime itself) --")
+    rows = [[p.label, fmt(p.enqueue_per_s, 0), fmt(p.run_per_s, 0), p.check] for p in [*main_rows, bare]]
+    rows.append(["ratio ours / bare", f"{ratio['enqueue']:.2f}x", f"{ratio['run']:.2f}x", ""])
+    print_table(["", "enqueue jobs/s", "run jobs/s", "verified"], rows)
+    print(
+        "run jobs/s = jobs / wall time of the burst worker, startup included; ours in PostgreSQL "
+        f"(first start to last finish): {ours.extra['run_jobs_per_s_in_postgres']:,.0f} jobs/s"
+    )
+    print()
+    print(f"-- arq's own default poll_delay {ARQ_DEFAULT_POLL_S} s (ours: WORKER_POLL_DELAY_S) ({n_deployed:,} jobs) --")
+    print_table(["", "run jobs/s", "verified"], [[p.label, fmt(p.run_per_s, 0), p.check] for p in deployed])
+    print(
+        "arq reads at most queue_read_limit = max(5 x max_jobs, 100) job ids per poll and sleeps out the rest of "
+        f"poll_delay: about {max(5 * bench.concurrency, 100) / ARQ_DEFAULT_POLL_S:,.0f} jobs/s per worker process "
+        "whatever the jobs cost"
+    )
+    figures: dict[str, Any] = {
+        "jobs": n_jobs, "producers": producers, "worker_max_jobs": bench.concurrency,
+        "fast_poll_delay_s": FAST_POLL_S,
+        "rows": {p.label: p.as_dict() for p in [*main_rows, bare]},
+        "ratio_ours_over_bare": ratio,
+        "arq_default_poll_delay": {
+            "poll_delay_s": ARQ_DEFAULT_POLL_S, "rows": {p.label: p.as_dict() for p in deployed},
+        },
+        "problems": bench.problems,
+        "logged": logs.summary(),
+    }  # fmt: skip
+    print(logs.line())
+    path = write_results(NAME, figures)
+    print(f"figures: {path}")
+    for problem in bench.problems:
+        print(f"LOST, FAILED OR RETRIED JOBS: {problem}")
+    return 1 if bench.problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench runtime_throughput", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=5000, help="jobs per row (default 5000)")
+    parser.add_argument("--producers", type=int, default=10, help="concurrent enqueuers, both sides (default 10)")
+    parser.add_argument("--batch", type=int, default=500, help="batch size of the record() + push_many variant")
+    parser.add_argument("--no-batch-variant", dest="variant", action="store_false", help="skip the batched variant")
+    args = parser.parse_args(argv)
+    with servers() as srv:
+        return asyncio.run(run(srv, args.jobs, args.producers, args.batch, args.variant))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
