@@ -292,7 +292,7 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
         f"(first start to last finish): {ours.extra['run_jobs_per_s_in_postgres']:,.0f} jobs/s"
     )
     print()
-    print(f"-- arq's own default poll_delay {ARQ_DEFAULT_POLL_S} s (ours: WORKER_POLL_DELAY_S) ({n_deployed:,} jobs) --")
+    print(f"-- arq's own default poll_delay {ARQ_DEFAULT_POLL_S} s, ours aside ({n_deployed:,} jobs) --")
     print_table(["", "run jobs/s", "verified"], [[p.label, fmt(p.run_per_s, 0), p.check] for p in deployed])
     print(
         "arq reads at most queue_read_limit = max(5 x max_jobs, 100) job ids per poll and sleeps out the rest of "
