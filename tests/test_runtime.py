@@ -273,3 +273,22 @@ async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRe
     assert any("appendonly" in w for w in warnings)
     assert any("allkeys-lru" in w and "evict" in w for w in warnings)
     assert [w for w in await config_warnings(arq_redis) if "maxmemory" in w] == []
+
+
+async def test_record_many_admits_up_to_the_quota_and_counts_a_repeated_key_once(
+    queue: JobQueue, db: Database, owner: asyncpg.Connection
+) -> None:
+    from geniehelper.queue import EnqueuedJob, JobRequest
+
+    creator = await make_creator(owner, tier="starter")  # posts_published: 5 a month
+    requests = [JobRequest({"text": str(i)}, key=f"k{i}") for i in range(4)] + [JobRequest({"text": "0"}, key="k0")]
+    async with db.creator_tx(creator) as conn:
+        first = await queue.record_many(conn, "t_quota", requests, user_id=creator)
+    assert [isinstance(o, EnqueuedJob) and o.duplicate for o in first] == [False, False, False, False, True]
+    more = [JobRequest({"text": str(i)}, key=f"k{i}") for i in range(4, 8)]
+    async with db.creator_tx(creator) as conn:
+        second = await queue.record_many(conn, "t_quota", more, user_id=creator)
+    assert isinstance(second[0], EnqueuedJob)
+    assert all(isinstance(o, QuotaExceeded) and o.reason == "limit_reached" for o in second[1:])
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 5
+    assert await owner.fetchval("select used from user_usage_counts where user_id = $1", creator) == 5

@@ -128,7 +128,7 @@ class JobQueue:
         ]
         refs = await jobrecords.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
         refused: dict[UUID, QuotaExceeded] = {}
-        created = [ref for ref in refs if ref.created]
+        created = list({ref.id: ref for ref in refs if ref.created}.values())  # a key twice in one batch counts once
         if created and spec.quota_operation is not None:
             # Same transaction as the records: what the quota does not admit is removed again.
             admitted, refusal = await consume_up_to(conn, self.limits, user_id, spec.quota_operation, len(created))
@@ -136,13 +136,16 @@ class JobQueue:
                 rejected = created[admitted:]
                 await conn.execute(jobrecords.DELETE_UNADMITTED, [ref.id for ref in rejected])
                 refused = {ref.id: refusal for ref in rejected}
-        return [
-            refused.get(ref.id) or EnqueuedJob(
+        outcomes: list[EnqueuedJob | QuotaExceeded] = []
+        first_seen: set[UUID] = set()
+        for ref, key, payload in zip(refs, keys, payloads, strict=True):
+            duplicate = not ref.created or ref.id in first_seen
+            first_seen.add(ref.id)
+            outcomes.append(refused.get(ref.id) or EnqueuedJob(
                 id=ref.id, user_id=user_id, job_name=spec.name, job_key=key, queue=spec.queue, status=ref.status,
-                payload_json=payload, run_at=ref.run_at, duplicate=not ref.created,
-            )
-            for ref, key, payload in zip(refs, keys, payloads, strict=True)
-        ]  # fmt: skip
+                payload_json=payload, run_at=ref.run_at, duplicate=duplicate,
+            ))  # fmt: skip
+        return outcomes
 
     async def push(self, job: EnqueuedJob) -> bool:
         """Hand a committed record to arq. Returns False when there was nothing to push."""
