@@ -292,3 +292,28 @@ async def test_record_many_admits_up_to_the_quota_and_counts_a_repeated_key_once
     assert all(isinstance(o, QuotaExceeded) and o.reason == "limit_reached" for o in second[1:])
     assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 5
     assert await owner.fetchval("select used from user_usage_counts where user_id = $1", creator) == 5
+
+
+async def test_shell_enqueue_records_the_job_or_names_the_bad_field(
+    owner: asyncpg.Connection, database_url: str, redis_url: str, project_env: dict[str, str]
+) -> None:
+    import subprocess
+
+    from tests.helpers import BIN
+
+    creator = await make_creator(owner)
+    env = dict(project_env, DATABASE_URL=database_url)
+
+    def enqueue(payload: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "geniehelper"), "enqueue", "publish_post", "--user", str(creator), "--payload", payload],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    bad = await asyncio.to_thread(enqueue, '{"scheduled_post_id": "x", "revision": 1}')
+    assert bad.returncode == 2 and "refused: invalid payload for publish_post: scheduled_post_id:" in bad.stderr
+    good = await asyncio.to_thread(enqueue, json.dumps({"scheduled_post_id": str(uuid.uuid4()), "revision": 1}))
+    assert good.returncode == 0, good.stderr
+    job_id = uuid.UUID(json.loads(good.stdout)["id"])
+    row = await record(owner, job_id)
+    assert row["status"] == "queued" and row["enqueued_at"] is not None and row["user_id"] == creator

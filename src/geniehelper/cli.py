@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,8 @@ def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncpg
+
     from geniehelper.contracts import ALL_CONTRACTS
     from geniehelper.db import Database
     from geniehelper.jobspec import InvalidPayload, JobRegistry, UnknownJob
@@ -280,8 +283,11 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         try:
             queue = JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits())
             job = await queue.enqueue(args.job, args.payload, user_id=args.user, key=args.key)
-        except (InvalidPayload, UnknownJob, QuotaExceeded, ValueError) as exc:
+        except (InvalidPayload, UnknownJob, QuotaExceeded, LookupError, ValueError) as exc:
             _say(f"refused: {exc}")
+            return 2
+        except asyncpg.ForeignKeyViolationError:
+            _say(f"refused: no creator {args.user}")
             return 2
         finally:
             await redis.aclose()
@@ -329,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = sub.add_parser("enqueue", help="enqueue a job for a creator, as services do")
     enqueue.add_argument("job")
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
-    enqueue.add_argument("--user", required=True, help="the creator's uuid")
+    enqueue.add_argument("--user", required=True, type=_creator_id, help="the creator's uuid")
     enqueue.add_argument("--key", help="a logical key: enqueueing the same key again creates nothing")
     sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
     sandbox.add_argument("--port", type=int, default=8765)
@@ -337,6 +343,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     keys_sub.add_parser("rotate", help="re-encrypt every stored token with the active key (CREDENTIALS_ENC_KEY_ID)")
     return parser
+
+
+def _creator_id(text: str) -> str:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a creator uuid") from None
 
 
 def _scheduler_names() -> list[str]:

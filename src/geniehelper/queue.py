@@ -19,12 +19,15 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
+import structlog
 from arq.connections import ArqRedis
 
 from geniehelper import jobrecords
 from geniehelper.db import Database
-from geniehelper.jobspec import QUEUE_NAMES, JobPayload, JobRegistry
+from geniehelper.jobspec import QUEUE_NAMES, InvalidPayload, JobPayload, JobRegistry
 from geniehelper.quotas import QuotaExceeded, TierLimits, consume_up_to
+
+log = structlog.get_logger("geniehelper.queue")
 
 PUSHABLE = ("queued",)
 # arq's enqueue is a WATCH/MULTI transaction per job: run a few at once over the connection pool.
@@ -118,7 +121,11 @@ class JobQueue:
         are recorded. Raises InvalidPayload (nothing recorded) if any payload is invalid.
         """
         spec = self.registry[job_name]
-        payloads = [spec.parse_payload(r.payload).model_dump_json() for r in requests]
+        try:
+            payloads = [spec.parse_payload(r.payload).model_dump_json() for r in requests]
+        except InvalidPayload as exc:
+            log.warning("job.enqueue_refused", user_id=str(user_id), **exc.as_dict())
+            raise
         keys = [r.key or f"{spec.name}:{uuid4()}" for r in requests]
         records = [
             jobrecords.NewJobRecord(
