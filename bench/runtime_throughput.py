@@ -50,7 +50,7 @@ from geniehelper.db import Database, connect_owner
 from geniehelper.jobspec import QUEUE_NAMES, JobPayload, JobRegistry, JobSpec
 from geniehelper.queue import EnqueuedJob, JobQueue
 from geniehelper.quotas import load_tier_limits
-from geniehelper.runtime import JobContext
+from geniehelper.runtime import Job, JobContext
 from geniehelper.settings import Settings
 from geniehelper.worker import build_worker_settings
 
@@ -122,7 +122,7 @@ class Bench:
 
     def our_worker(self, poll_delay: float) -> Worker:
         cls = build_worker_settings(
-            "default", [NOOP], {NOOP.name: noop_job}, role="bench_worker", settings=self.settings,
+            "default", [NOOP], {NOOP.name: Job(noop_job)}, role="bench_worker", settings=self.settings,
             database_url=self.database_url, redis_url=self.srv.redis_url,
         )  # fmt: skip
         return create_worker(cls, burst=True, handle_signals=False, poll_delay=poll_delay)

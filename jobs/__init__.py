@@ -5,9 +5,9 @@ IMPLEMENTATIONS maps each contract name (see geniehelper.contracts) to its funct
 
 from __future__ import annotations
 
-from geniehelper.runtime import JobImpl
-from jobs.publish_post import publish_post
+from geniehelper.runtime import Job
+from jobs.publish_post import PUBLISH_POST_JOB
 
-IMPLEMENTATIONS: dict[str, JobImpl] = {
-    "publish_post": publish_post,
+IMPLEMENTATIONS: dict[str, Job] = {
+    "publish_post": PUBLISH_POST_JOB,
 }

@@ -27,7 +27,7 @@ from geniehelper.platforms import (
     PublishedPost,
     RateLimited,
 )
-from geniehelper.runtime import JobContext, PermanentJobError, TransientJobError
+from geniehelper.runtime import Job, JobContext, PermanentJobError, TransientJobError
 
 log = structlog.get_logger("jobs.publish_post")
 
@@ -82,16 +82,16 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         await _fail(ctx, post, reason)
         raise PermanentJobError(reason) from exc
     except RateLimited as exc:
-        await _retry_or_fail(ctx, post, f"rate limited by the platform; retrying in {exc.retry_after_s:g}s")
+        await _note_retry(ctx, post, f"rate limited by the platform; retrying in {exc.retry_after_s:g}s")
         raise TransientJobError(str(exc), retry_after_s=exc.retry_after_s) from exc
     except OutcomeUnknown as exc:
-        await _retry_or_fail(ctx, post, "the platform did not answer after the post was sent; verifying before retry")
+        await _note_retry(ctx, post, "the platform did not answer after the post was sent; verifying before retry")
         raise TransientJobError(f"outcome unknown: {exc}") from exc
     except PermanentPlatformError as exc:
         await _fail(ctx, post, f"the platform refused the post: {exc}")
         raise PermanentJobError(str(exc)) from exc
     except PlatformError as exc:
-        await _retry_or_fail(ctx, post, f"platform error, retrying: {exc}")
+        await _note_retry(ctx, post, f"platform error, retrying: {exc}")
         raise TransientJobError(str(exc)) from exc
 
     external_id = published.external_post_id if published else attempt.external_post_id
@@ -112,10 +112,18 @@ async def _fail(ctx: JobContext, post: publishing.PostToSend, reason: str) -> No
         await conn.execute(publishing.MARK_FAILED, post.id, reason, post.revision)
 
 
-async def _retry_or_fail(ctx: JobContext, post: publishing.PostToSend, reason: str) -> None:
-    """A transient failure: the post waits in 'queued' for the retry, or fails on the last attempt."""
-    if ctx.is_last_attempt:
-        await _fail(ctx, post, f"gave up after {ctx.attempt} attempts: {reason}")
-    else:
-        async with ctx.creator_tx() as conn:
-            await conn.execute(publishing.MARK_RETRYING, post.id, reason, post.revision)
+async def _note_retry(ctx: JobContext, post: publishing.PostToSend, reason: str) -> None:
+    """A transient failure: the post waits in 'queued' for the retry, saying why."""
+    async with ctx.creator_tx() as conn:
+        await conn.execute(publishing.MARK_RETRYING, post.id, reason, post.revision)
+
+
+async def publish_post_failed(ctx: JobContext, payload: PublishPostPayload, error: str) -> None:
+    """The runtime gave up (last attempt failed or timed out, or workers died on every attempt)."""
+    async with ctx.creator_tx() as conn:
+        await conn.execute(
+            publishing.MARK_GIVEN_UP, payload.scheduled_post_id, f"not published: {error}", payload.revision
+        )
+
+
+PUBLISH_POST_JOB = Job(publish_post, on_failure=publish_post_failed)

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from geniehelper.jobspec import JobPayload, JobSpec
-from geniehelper.runtime import JobContext, PermanentJobError, TransientJobError
+from geniehelper.runtime import Job, JobContext, PermanentJobError, TransientJobError
 
 
 class EchoPayload(JobPayload):
@@ -55,10 +55,10 @@ CONTRACTS = [
 ]
 
 IMPLEMENTATIONS = {
-    "t_echo": echo,
-    "t_count": count,
-    "t_permanent": permanent,
-    "t_slow": count,
-    "t_quota": echo,
-    "t_media_echo": echo,
+    "t_echo": Job(echo),
+    "t_count": Job(count),
+    "t_permanent": Job(permanent),
+    "t_slow": Job(count),
+    "t_quota": Job(echo),
+    "t_media_echo": Job(echo),
 }

@@ -370,3 +370,35 @@ async def test_sigterm_hands_a_running_job_back_and_it_completes_once(
     assert (await post_row(owner, scheduled_id))["status"] == "posted"
     assert len(await sandbox.posts(creator.account_id)) == 1
 
+
+
+async def test_a_post_whose_job_the_runtime_gives_up_on_is_marked_failed(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    import dataclasses
+
+    from geniehelper.contracts import PUBLISH_POST
+
+    settings = settings_for(database_url, redis_url, platform_timeout_s=30)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    await sandbox.fault(kind="slow", count=1, path_prefix="/v1/posts", method="POST",
+                        account_id=creator.account_id, delay_s=10)  # fmt: skip
+    await scheduler_tick(settings, db, arq_redis, database_url)
+    # This job may have one attempt of half a second (attempts are fixed on the record at enqueue).
+    await owner.execute("update media_jobs set max_attempts = 1 where scheduled_post_id = $1", scheduled_id)
+    impatient = [dataclasses.replace(PUBLISH_POST, timeout_s=0.5)]
+    cls = build_worker_settings(
+        "default", impatient, IMPLEMENTATIONS, role="worker", settings=settings,
+        database_url=database_url, redis_url=redis_url,
+    )  # fmt: skip
+    worker = create_worker(cls, burst=True, poll_delay=0.05, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    row = await post_row(owner, scheduled_id)
+    assert row["status"] == "failed"
+    assert row["error_message"] == "not published: retries exhausted after 1 attempts; last error: timed out after 0.5s"
+    job = await owner.fetchrow("select status, error_kind from media_jobs where scheduled_post_id = $1", scheduled_id)
+    assert (job["status"], job["error_kind"]) == ("failed", "timeout")

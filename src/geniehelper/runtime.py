@@ -98,6 +98,17 @@ class JobContext:
 
 JobResult = BaseModel | dict[str, Any] | None
 JobImpl = Callable[[JobContext, Any], Awaitable[JobResult]]
+FailureHook = Callable[[JobContext, Any, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's implementation: `run(ctx, payload)`, and `on_failure(ctx, payload, error)`, called once
+    when the runtime fails the job for good (its last attempt failed or timed out, or its attempts
+    were used up by workers that died), so the job can settle its own domain rows."""
+
+    run: JobImpl
+    on_failure: FailureHook | None = None
 
 ErrorClass = Literal["transient", "permanent"]
 
@@ -175,7 +186,7 @@ def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
     return Envelope(record_id, user_id, payload)
 
 
-def make_arq_function(spec: JobSpec, impl: JobImpl) -> Callable[..., Awaitable[dict[str, Any]]]:
+def make_arq_function(spec: JobSpec, impl: Job) -> Callable[..., Awaitable[dict[str, Any]]]:
     """The coroutine arq calls for `spec.name`."""
 
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -196,7 +207,7 @@ def make_arq_function(spec: JobSpec, impl: JobImpl) -> Callable[..., Awaitable[d
 
 
 async def _run_enveloped(
-    resources: Resources, spec: JobSpec, impl: JobImpl, arq_job_id: str, envelope: Envelope
+    resources: Resources, spec: JobSpec, impl: Job, arq_job_id: str, envelope: Envelope
 ) -> dict[str, Any]:
     db = resources.db
     record_id = envelope.record_id
@@ -239,11 +250,12 @@ async def _run_enveloped(
             error = f"retries exhausted: attempt {attempt} of {max_attempts} (earlier attempts did not finish)"
             await _fenced(ctx, jobrecords.FAIL, error, "retries_exhausted")
             log.error("job.failed", error=error, error_kind="retries_exhausted")
+            await _on_failure(ctx, impl, payload, error)
             return {"status": "failed", "error_kind": "retries_exhausted", "error": error}
         return await _attempt(ctx, impl, payload)
 
 
-async def _attempt(ctx: JobContext, impl: JobImpl, payload: JobPayload) -> dict[str, Any]:
+async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str, Any]:
     spec, settings = ctx.spec, ctx.resources.settings
     log.info("job.started")
     loop = asyncio.get_running_loop()
@@ -253,7 +265,7 @@ async def _attempt(ctx: JobContext, impl: JobImpl, payload: JobPayload) -> dict[
     try:
         try:
             async with asyncio.timeout(spec.timeout_s) as deadline:
-                result = await impl(ctx, payload)
+                result = await impl.run(ctx, payload)
         except TimeoutError:
             if deadline.expired():
                 timed_out = True
@@ -283,6 +295,7 @@ async def _attempt(ctx: JobContext, impl: JobImpl, payload: JobPayload) -> dict[
             error = f"retries exhausted after {ctx.attempt} attempts; last error: {error}"
         await _record_outcome(ctx, jobrecords.FAIL, error, kind)
         log.error("job.failed", error=error, error_kind=kind, took_ms=took_ms)
+        await _on_failure(ctx, impl, payload, error)
         return {"status": "failed", "error_kind": kind, "error": error}
     finally:
         heartbeat.cancel()
@@ -304,6 +317,15 @@ async def _fenced(ctx: JobContext, sql: str, *args: Any) -> bool:
     async with ctx.creator_tx() as conn:
         status = await conn.execute(sql, ctx.record_id, ctx.attempt, *args)
     return bool(status.endswith(" 1"))
+
+
+async def _on_failure(ctx: JobContext, impl: Job, payload: JobPayload, error: str) -> None:
+    if impl.on_failure is None:
+        return
+    try:
+        await impl.on_failure(ctx, payload, error)
+    except Exception as exc:  # the job is failed either way; say that its rows may not say so
+        log.error("job.failure_hook_failed", error=_describe(exc))
 
 
 async def _record_outcome(ctx: JobContext, sql: str, *args: Any) -> None:

@@ -24,7 +24,7 @@ from geniehelper.jobspec import QUEUE_NAMES, JobRegistry, JobSpec, wire_dumps, w
 from geniehelper.queue import JobQueue
 from geniehelper.quotas import load_tier_limits
 from geniehelper.redis_conn import config_warnings, redis_settings
-from geniehelper.runtime import JobImpl, Resources, make_arq_function
+from geniehelper.runtime import Job, Resources, make_arq_function
 from geniehelper.settings import Settings, load_settings
 from geniehelper.stack import resolve_urls
 
@@ -34,7 +34,7 @@ log = structlog.get_logger("geniehelper.worker")
 def build_worker_settings(
     queue: str,
     contracts: Iterable[JobSpec],
-    implementations: Mapping[str, JobImpl],
+    implementations: Mapping[str, Job],
     *,
     role: str,
     settings: Settings | None = None,

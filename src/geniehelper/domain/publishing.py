@@ -118,6 +118,12 @@ MARK_FAILED = """
 update scheduled_posts set status = 'failed', error_message = $2 where id = $1 and revision = $3
 """
 
+# Only a post still in flight: one the job already settled (failed with its reason) keeps its status.
+MARK_GIVEN_UP = """
+update scheduled_posts set status = 'failed', error_message = $2
+ where id = $1 and revision = $3 and status in ('queued', 'publishing')
+"""
+
 MARK_RETRYING = """
 update scheduled_posts set status = 'queued', error_message = $2 where id = $1 and revision = $3
    and status = 'publishing'
