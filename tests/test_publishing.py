@@ -399,6 +399,6 @@ async def test_a_post_whose_job_the_runtime_gives_up_on_is_marked_failed(
         await worker.close()
     row = await post_row(owner, scheduled_id)
     assert row["status"] == "failed"
-    assert row["error_message"] == "not published: retries exhausted after 1 attempts; last error: timed out after 0.5s"
+    assert row["error_message"] == "not published: retries exhausted after 1 attempt; last error: timed out after 0.5s"
     job = await owner.fetchrow("select status, error_kind from media_jobs where scheduled_post_id = $1", scheduled_id)
     assert (job["status"], job["error_kind"]) == ("failed", "timeout")

@@ -292,7 +292,8 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str,
             log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2), took_ms=took_ms)
             raise Retry(defer=delay) from exc
         if error_class == "transient":
-            error = f"retries exhausted after {ctx.attempt} attempts; last error: {error}"
+            attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
+            error = f"retries exhausted after {attempts}; last error: {error}"
         await _record_outcome(ctx, jobrecords.FAIL, error, kind)
         log.error("job.failed", error=error, error_kind=kind, took_ms=took_ms)
         await _on_failure(ctx, impl, payload, error)
