@@ -12,6 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+from arq.worker import create_worker
+
+from geniehelper.jobspec import JobSpec
+from geniehelper.runtime import Job
+from geniehelper.settings import Settings
+from geniehelper.worker import build_worker_settings
 
 BIN = Path(sys.executable).parent
 
@@ -87,3 +93,19 @@ def base_env(**extra: str) -> dict[str, str]:
     env["LOG_FORMAT"] = "json"
     env.update(extra)
     return env
+
+
+async def drain_queue(
+    settings: Settings, contracts: list[JobSpec], implementations: dict[str, Job], queue: str = "default"
+) -> None:
+    """Run a real arq worker in this process until its queue is empty (deferred retries included)."""
+    assert settings.database_url and settings.redis_url
+    cls = build_worker_settings(
+        queue, contracts, implementations, role=f"test_{queue}", settings=settings,
+        database_url=settings.database_url, redis_url=settings.redis_url,
+    )  # fmt: skip
+    worker = create_worker(cls, burst=True, handle_signals=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()

@@ -19,7 +19,6 @@ import psutil
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
-from arq.worker import create_worker
 
 from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.crypto import CredentialCipher
@@ -30,12 +29,11 @@ from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandb
 from geniehelper.queue import JobQueue
 from geniehelper.quotas import load_tier_limits
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 from jobs import IMPLEMENTATIONS
 from schedulers.base import SchedulerContext, SchedulerRunner
 from schedulers.post_scheduler import PostScheduler
 from tests.conftest import make_creator
-from tests.helpers import BIN, spawn
+from tests.helpers import BIN, drain_queue, spawn
 
 KEY_B64 = base64.b64encode(os.urandom(32)).decode()
 
@@ -123,23 +121,39 @@ async def scheduler_tick(settings: Settings, db: Database, redis: ArqRedis, data
         await ctx.http.aclose()
 
 
-async def run_worker(settings: Settings, *, burst: bool = True) -> None:
-    assert settings.database_url and settings.redis_url
-    cls = build_worker_settings(
-        "default", ALL_CONTRACTS, IMPLEMENTATIONS, role="worker", settings=settings,
-        database_url=settings.database_url, redis_url=settings.redis_url,
-    )  # fmt: skip
-    worker = create_worker(cls, burst=burst, poll_delay=0.05, handle_signals=False)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
+async def run_worker(settings: Settings) -> None:
+    await drain_queue(settings, ALL_CONTRACTS, IMPLEMENTATIONS)
 
 
 async def post_row(owner: asyncpg.Connection, scheduled_id: uuid.UUID) -> dict[str, Any]:
     row = await owner.fetchrow("select * from scheduled_posts where id = $1", scheduled_id)
     assert row is not None
     return dict(row)
+
+
+@dataclass
+class FaultyPost:
+    creator: Creator
+    scheduled_id: uuid.UUID
+    job_id: uuid.UUID
+
+
+async def dispatch_post_meeting_fault(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, settings: Settings, **fault: Any
+) -> FaultyPost:
+    """A connected creator's due post, dispatched, with a fault waiting for its publish call."""
+    assert settings.database_url
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    await sandbox.fault(count=1, path_prefix="/v1/posts", method="POST", account_id=creator.account_id, **fault)
+    await scheduler_tick(settings, db, arq_redis, settings.database_url)
+    job_id = await owner.fetchval("select id from media_jobs where scheduled_post_id = $1", scheduled_id)
+    return FaultyPost(creator, scheduled_id, job_id)
+
+
+def spawn_worker_process(project_env: dict[str, str], database_url: str, **settings: str) -> Any:
+    env = dict(project_env, DATABASE_URL=database_url, CREDENTIALS_ENC_KEY_B64=KEY_B64, LOG_FORMAT="json", **settings)
+    return spawn([str(BIN / "geniehelper"), "worker", "default"], env)
 
 
 async def test_due_post_is_published_exactly_once(
@@ -205,11 +219,9 @@ async def test_rate_limit_is_honoured_then_the_post_goes_out_once(
     db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     settings = settings_for(database_url, redis_url)
-    creator = await make_connected_creator(db, owner, sandbox)
-    scheduled_id = await schedule_post(db, creator)
-    await sandbox.fault(kind="rate_limit", count=1, path_prefix="/v1/posts", account_id=creator.account_id,
-                        retry_after_s=1.5)  # fmt: skip
-    await scheduler_tick(settings, db, arq_redis, database_url)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="rate_limit",
+                                             retry_after_s=1.5)  # fmt: skip
+    creator, scheduled_id = post.creator, post.scheduled_id
     started = time.monotonic()
     await run_worker(settings)
     assert time.monotonic() - started >= 1.5
@@ -269,11 +281,9 @@ async def test_timeout_after_accept_is_verified_not_reposted(
     db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     settings = settings_for(database_url, redis_url, platform_timeout_s=1)
-    creator = await make_connected_creator(db, owner, sandbox)
-    scheduled_id = await schedule_post(db, creator)
-    await sandbox.fault(kind="accept_then_timeout", count=1, path_prefix="/v1/posts", method="POST",
-                        account_id=creator.account_id, delay_s=3)  # fmt: skip
-    await scheduler_tick(settings, db, arq_redis, database_url)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="accept_then_timeout",
+                                             delay_s=3)  # fmt: skip
+    creator, scheduled_id = post.creator, post.scheduled_id
     await run_worker(settings)
     assert len(await sandbox.posts(creator.account_id)) == 1
     row = await post_row(owner, scheduled_id)
@@ -287,16 +297,11 @@ async def test_worker_killed_after_the_platform_accepted_does_not_post_twice(
     project_env: dict[str, str],
 ) -> None:
     settings = settings_for(database_url, redis_url)
-    creator = await make_connected_creator(db, owner, sandbox)
-    scheduled_id = await schedule_post(db, creator)
     # The platform stores the post, then holds the response: the worker is killed while it waits.
-    await sandbox.fault(kind="accept_then_timeout", count=1, path_prefix="/v1/posts", method="POST",
-                        account_id=creator.account_id, delay_s=30)  # fmt: skip
-    await scheduler_tick(settings, db, arq_redis, database_url)
-    job = await owner.fetchrow("select * from media_jobs where scheduled_post_id = $1", scheduled_id)
-    env = dict(project_env, DATABASE_URL=database_url, CREDENTIALS_ENC_KEY_B64=KEY_B64, PLATFORM_TIMEOUT_S="60",
-               LOG_FORMAT="json")  # fmt: skip
-    worker = spawn([str(BIN / "geniehelper"), "worker", "default"], env)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="accept_then_timeout",
+                                             delay_s=30)  # fmt: skip
+    creator, scheduled_id = post.creator, post.scheduled_id
+    worker = spawn_worker_process(project_env, database_url, PLATFORM_TIMEOUT_S="60")
     try:
         deadline = time.monotonic() + 30
         while not await sandbox.posts(creator.account_id):
@@ -310,13 +315,13 @@ async def test_worker_killed_after_the_platform_accepted_does_not_post_twice(
     assert (await post_row(owner, scheduled_id))["status"] == "publishing"
     # arq hands a dead worker's job to another once its in-progress marker expires (job timeout +
     # 10 s); expire it now instead of waiting.
-    assert await arq_redis.delete(in_progress_key_prefix + str(job["id"])) == 1
+    assert await arq_redis.delete(in_progress_key_prefix + str(post.job_id)) == 1
     await run_worker(settings)
     posts = await sandbox.posts(creator.account_id)
     assert len(posts) == 1
     row = await post_row(owner, scheduled_id)
     assert row["status"] == "posted" and row["external_post_id"] == posts[0]["external_post_id"]
-    assert (await owner.fetchval("select attempts from media_jobs where id = $1", job["id"])) == 2
+    assert (await owner.fetchval("select attempts from media_jobs where id = $1", post.job_id)) == 2
 
 
 async def test_post_scheduled_soon_is_dispatched_within_a_second_of_its_time(
@@ -347,15 +352,9 @@ async def test_sigterm_hands_a_running_job_back_and_it_completes_once(
     project_env: dict[str, str],
 ) -> None:
     settings = settings_for(database_url, redis_url)
-    creator = await make_connected_creator(db, owner, sandbox)
-    scheduled_id = await schedule_post(db, creator)
-    await sandbox.fault(kind="slow", count=1, path_prefix="/v1/posts", method="POST",
-                        account_id=creator.account_id, delay_s=30)  # fmt: skip
-    await scheduler_tick(settings, db, arq_redis, database_url)
-    job_id = await owner.fetchval("select id from media_jobs where scheduled_post_id = $1", scheduled_id)
-    env = dict(project_env, DATABASE_URL=database_url, CREDENTIALS_ENC_KEY_B64=KEY_B64, PLATFORM_TIMEOUT_S="60",
-               WORKER_SHUTDOWN_GRACE_S="1", LOG_FORMAT="json")  # fmt: skip
-    worker = spawn([str(BIN / "geniehelper"), "worker", "default"], env)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="slow", delay_s=30)
+    creator, scheduled_id, job_id = post.creator, post.scheduled_id, post.job_id
+    worker = spawn_worker_process(project_env, database_url, PLATFORM_TIMEOUT_S="60", WORKER_SHUTDOWN_GRACE_S="1")
     try:
         worker.wait_for(r'"event": "job.started"')
         worker.proc.send_signal(signal.SIGTERM)
@@ -380,23 +379,12 @@ async def test_a_post_whose_job_the_runtime_gives_up_on_is_marked_failed(
     from geniehelper.contracts import PUBLISH_POST
 
     settings = settings_for(database_url, redis_url, platform_timeout_s=30)
-    creator = await make_connected_creator(db, owner, sandbox)
-    scheduled_id = await schedule_post(db, creator)
-    await sandbox.fault(kind="slow", count=1, path_prefix="/v1/posts", method="POST",
-                        account_id=creator.account_id, delay_s=10)  # fmt: skip
-    await scheduler_tick(settings, db, arq_redis, database_url)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="slow", delay_s=10)
+    scheduled_id = post.scheduled_id
     # This job may have one attempt of half a second (attempts are fixed on the record at enqueue).
     await owner.execute("update media_jobs set max_attempts = 1 where scheduled_post_id = $1", scheduled_id)
     impatient = [dataclasses.replace(PUBLISH_POST, timeout_s=0.5)]
-    cls = build_worker_settings(
-        "default", impatient, IMPLEMENTATIONS, role="worker", settings=settings,
-        database_url=database_url, redis_url=redis_url,
-    )  # fmt: skip
-    worker = create_worker(cls, burst=True, poll_delay=0.05, handle_signals=False)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
+    await drain_queue(settings, impatient, IMPLEMENTATIONS)
     row = await post_row(owner, scheduled_id)
     assert row["status"] == "failed"
     assert row["error_message"] == "not published: retries exhausted after 1 attempt; last error: timed out after 0.5s"

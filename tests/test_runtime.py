@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
-from arq.worker import create_worker
 
 from geniehelper import jobrecords
 from geniehelper.db import Database
@@ -18,9 +17,9 @@ from geniehelper.jobspec import QUEUE_NAMES, InvalidPayload, JobRegistry, Unknow
 from geniehelper.queue import JobQueue, relay_unpushed
 from geniehelper.quotas import QuotaExceeded, load_tier_limits
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
+from tests.helpers import drain_queue
 
 
 @pytest.fixture
@@ -33,16 +32,8 @@ def settings_for(database_url: str, redis_url: str) -> Settings:
 
 
 async def run_burst(database_url: str, redis_url: str, queue: str = "default") -> None:
-    """Run a real arq worker until its queue is empty (deferred retries included)."""
-    cls = build_worker_settings(
-        queue, jobs_for_tests.CONTRACTS, jobs_for_tests.IMPLEMENTATIONS, role=f"test_{queue}",
-        settings=settings_for(database_url, redis_url), database_url=database_url, redis_url=redis_url,
-    )  # fmt: skip
-    worker = create_worker(cls, burst=True, poll_delay=0.05, handle_signals=False)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
+    settings = settings_for(database_url, redis_url)
+    await drain_queue(settings, jobs_for_tests.CONTRACTS, jobs_for_tests.IMPLEMENTATIONS, queue)
 
 
 async def record(owner: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
