@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import asyncpg
-import httpx
 import structlog
 from arq.connections import ArqRedis
 
@@ -51,7 +50,6 @@ class SchedulerContext:
     db: Database
     redis: ArqRedis
     queue: JobQueue
-    http: httpx.AsyncClient
     database_url: str
 
 
@@ -97,10 +95,9 @@ class SchedulerRunner:
         interval = self.scheduler.interval_s(self.settings)
         redis = await create_arq_redis(self.redis_url)
         db = await Database.open(self.database_url, min_size=1, max_size=4)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         ctx = SchedulerContext(
             self.settings, db, redis, JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits()),
-            http, self.database_url,
+            self.database_url,
         )  # fmt: skip
         beat = asyncio.create_task(
             health.beat_forever(
@@ -131,7 +128,6 @@ class SchedulerRunner:
             await self._release()
             with contextlib.suppress(Exception):
                 await redis.delete(health.health_key(name))
-            await http.aclose()
             await db.close()
             await redis.aclose()
             log.info("process.stopped", scheduler=name)

@@ -112,13 +112,9 @@ async def schedule_post(
 
 async def scheduler_tick(settings: Settings, db: Database, redis: ArqRedis, database_url: str) -> Any:
     ctx = SchedulerContext(
-        settings, db, redis, JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits()), httpx.AsyncClient(),
-        database_url,
+        settings, db, redis, JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits()), database_url,
     )  # fmt: skip
-    try:
-        return await PostScheduler().tick(ctx)
-    finally:
-        await ctx.http.aclose()
+    return await PostScheduler().tick(ctx)
 
 
 async def run_worker(settings: Settings) -> None:

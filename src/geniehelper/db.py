@@ -22,9 +22,6 @@ import asyncpg
 APP_ROLE = "geniehelper_app"
 SYSTEM_ROLE = "geniehelper_system"
 
-Connection = asyncpg.Connection  # re-exported for type hints in query modules
-
-
 async def init_connection(conn: asyncpg.Connection) -> None:
     """JSON on the wire as Python objects, for json and jsonb columns."""
     for type_name in ("json", "jsonb"):

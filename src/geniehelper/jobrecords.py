@@ -93,7 +93,6 @@ select id, user_id, job_name, queue, payload, run_at from media_jobs
  limit $2
 """
 
-SYSTEM_MARK_ENQUEUED = MARK_ENQUEUED_MANY
 
 GET = "select * from media_jobs where id = $1"
 

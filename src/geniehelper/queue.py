@@ -58,10 +58,6 @@ class EnqueuedJob:
     run_at: datetime
     duplicate: bool  # the key was seen before: this call created nothing
 
-    @property
-    def arq_job_id(self) -> str:
-        return str(self.id)
-
 
 class JobQueue:
     def __init__(self, db: Database, redis: ArqRedis, registry: JobRegistry, limits: TierLimits) -> None:
@@ -201,5 +197,5 @@ async def relay_unpushed(db: Database, redis: ArqRedis, *, grace_s: float = 5.0,
                 json.dumps(row["payload"]), row["run_at"],
             )  # fmt: skip
         if rows:
-            await conn.execute(jobrecords.SYSTEM_MARK_ENQUEUED, [r["id"] for r in rows])
+            await conn.execute(jobrecords.MARK_ENQUEUED_MANY, [r["id"] for r in rows])
     return len(rows)

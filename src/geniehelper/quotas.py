@@ -119,12 +119,3 @@ async def consume_up_to(
     admitted = int(await conn.fetchval(CONSUME_UP_TO, user_id, operation, period_start, count, limit))
     refusal = None if admitted == count else QuotaExceeded("limit_reached", operation, tier, limit, resets_at)
     return admitted, refusal
-
-
-async def consume(
-    conn: asyncpg.Connection, limits: TierLimits, user_id: UUID, operation: str, *, now: datetime | None = None
-) -> None:
-    """Count one use of `operation` for the creator of this transaction, or raise QuotaExceeded."""
-    _admitted, refusal = await consume_up_to(conn, limits, user_id, operation, 1, now=now)
-    if refusal is not None:
-        raise refusal
