@@ -32,7 +32,7 @@ from geniehelper.db import connect_owner
 from geniehelper.embedded import EmbeddedStack
 from geniehelper.logs import configure_logging
 from geniehelper.migrations import apply_migrations
-from geniehelper.redis_conn import create_arq_redis
+from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

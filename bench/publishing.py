@@ -58,12 +58,12 @@ from bench.common import (
 from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.db import Database, connect_owner
 from geniehelper.domain import platform as connections
-from geniehelper.jobspec import QUEUE_NAMES
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
-from geniehelper.redis_conn import create_arq_redis
+from geniehelper.runtime.definition import QUEUE_NAMES
+from geniehelper.runtime.transport import create_arq_redis
+from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 from jobs import IMPLEMENTATIONS
 from schedulers.base import SchedulerRunner
 from schedulers.post_scheduler import PostScheduler

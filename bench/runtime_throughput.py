@@ -47,12 +47,12 @@ from bench.common import (
     write_results,
 )
 from geniehelper.db import Database, connect_owner
-from geniehelper.jobspec import QUEUE_NAMES, JobPayload, JobRegistry, JobSpec
-from geniehelper.queue import EnqueuedJob, JobQueue
-from geniehelper.quotas import load_tier_limits
-from geniehelper.runtime import Job, JobContext
+from geniehelper.runtime.context import Job, JobContext
+from geniehelper.runtime.definition import QUEUE_NAMES, JobPayload, JobRegistry, JobSpec
+from geniehelper.runtime.queue import EnqueuedJob, JobQueue
+from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 
 NAME = "runtime_throughput"
 BARE_QUEUE = "bench:bare:queue"

@@ -5,7 +5,7 @@ IMPLEMENTATIONS maps each contract name (see geniehelper.contracts) to its funct
 
 from __future__ import annotations
 
-from geniehelper.runtime import Job
+from geniehelper.runtime.context import Job
 from jobs.publish_post import PUBLISH_POST_JOB
 
 IMPLEMENTATIONS: dict[str, Job] = {

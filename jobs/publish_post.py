@@ -27,7 +27,8 @@ from geniehelper.platforms import (
     PublishedPost,
     RateLimited,
 )
-from geniehelper.runtime import Job, JobContext, PermanentJobError, TransientJobError
+from geniehelper.runtime.context import Job, JobContext
+from geniehelper.runtime.retry import PermanentJobError, TransientJobError
 
 log = structlog.get_logger("jobs.publish_post")
 

@@ -27,10 +27,10 @@ from arq.connections import ArqRedis
 from geniehelper import health
 from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.db import SYSTEM_ROLE, Database
-from geniehelper.jobspec import JobRegistry
-from geniehelper.queue import JobQueue
-from geniehelper.quotas import load_tier_limits
-from geniehelper.redis_conn import create_arq_redis
+from geniehelper.runtime.definition import JobRegistry
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
 
 log = structlog.get_logger("schedulers")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from geniehelper.queue import relay_unpushed
+from geniehelper.runtime.queue import relay_unpushed
 from geniehelper.settings import Settings
 from schedulers.base import Scheduler, SchedulerContext, TickResult
 

@@ -24,8 +24,8 @@ import structlog
 from geniehelper.contracts import PUBLISH_POST, PublishPostPayload, publish_post_key
 from geniehelper.db import SYSTEM_ROLE
 from geniehelper.domain import publishing
-from geniehelper.queue import EnqueuedJob, JobRequest
-from geniehelper.quotas import QuotaExceeded
+from geniehelper.runtime.queue import EnqueuedJob, JobRequest
+from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.settings import Settings
 from schedulers.base import Scheduler, SchedulerContext, TickResult
 

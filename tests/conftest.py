@@ -22,7 +22,7 @@ from arq.connections import ArqRedis
 from geniehelper.db import Database, connect_owner
 from geniehelper.embedded import EmbeddedStack, StackUrls
 from geniehelper.migrations import apply_migrations
-from geniehelper.redis_conn import create_arq_redis
+from geniehelper.runtime.transport import create_arq_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}"

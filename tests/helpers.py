@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 from arq.worker import create_worker
 
-from geniehelper.jobspec import JobSpec
-from geniehelper.runtime import Job
+from geniehelper.runtime.context import Job
+from geniehelper.runtime.definition import JobSpec
+from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 
 BIN = Path(sys.executable).parent
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import Field
 
-from geniehelper.jobspec import JobPayload, JobSpec
-from geniehelper.runtime import Job, JobContext, PermanentJobError, TransientJobError
+from geniehelper.runtime.context import Job, JobContext
+from geniehelper.runtime.definition import JobPayload, JobSpec
+from geniehelper.runtime.retry import PermanentJobError, TransientJobError
 
 
 class EchoPayload(JobPayload):

@@ -24,10 +24,10 @@ from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
-from geniehelper.jobspec import JobRegistry
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
-from geniehelper.queue import JobQueue
-from geniehelper.quotas import load_tier_limits
+from geniehelper.runtime.definition import JobRegistry
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.settings import Settings
 from jobs import IMPLEMENTATIONS
 from schedulers.base import SchedulerContext, SchedulerRunner

@@ -11,11 +11,11 @@ import asyncpg
 import pytest
 from arq.connections import ArqRedis
 
-from geniehelper import jobrecords
 from geniehelper.db import Database
-from geniehelper.jobspec import QUEUE_NAMES, InvalidPayload, JobRegistry, UnknownJob
-from geniehelper.queue import JobQueue, relay_unpushed
-from geniehelper.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.runtime import store
+from geniehelper.runtime.definition import QUEUE_NAMES, InvalidPayload, JobRegistry, UnknownJob
+from geniehelper.runtime.queue import JobQueue, relay_unpushed
+from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
@@ -37,7 +37,7 @@ async def run_burst(database_url: str, redis_url: str, queue: str = "default") -
 
 
 async def record(owner: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
-    row = await owner.fetchrow(jobrecords.GET, job_id)
+    row = await owner.fetchrow(store.GET, job_id)
     assert row is not None
     return dict(row)
 
@@ -194,7 +194,7 @@ async def test_quota_admits_exactly_the_limit_under_concurrent_enqueues(
 async def test_operation_not_in_tier_is_refused_as_such(
     db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection
 ) -> None:
-    from geniehelper.jobspec import JobSpec
+    from geniehelper.runtime.definition import JobSpec
 
     contracts = [JobSpec("t_clip", jobs_for_tests.EchoPayload, quota_operation="ai_clip_operations")]
     clip_queue = JobQueue(db, arq_redis, JobRegistry(contracts), load_tier_limits())
@@ -231,11 +231,11 @@ async def test_completion_of_a_superseded_attempt_is_fenced_off(
     creator = await make_creator(owner)
     job = await queue.enqueue("t_echo", {"text": "x"}, user_id=creator)
     async with db.creator_tx(creator) as conn:
-        first = await conn.fetchrow(jobrecords.START_ATTEMPT, job.id, "worker-a")
-        second = await conn.fetchrow(jobrecords.START_ATTEMPT, job.id, "worker-b")  # worker-a presumed dead
+        first = await conn.fetchrow(store.START_ATTEMPT, job.id, "worker-a")
+        second = await conn.fetchrow(store.START_ATTEMPT, job.id, "worker-b")  # worker-a presumed dead
         assert (first["attempts"], second["attempts"]) == (1, 2)
-        stale = await conn.execute(jobrecords.COMPLETE, job.id, 1, {"from": "a"})
-        fresh = await conn.execute(jobrecords.COMPLETE, job.id, 2, {"from": "b"})
+        stale = await conn.execute(store.COMPLETE, job.id, 1, {"from": "a"})
+        fresh = await conn.execute(store.COMPLETE, job.id, 2, {"from": "b"})
     assert (stale, fresh) == ("UPDATE 0", "UPDATE 1")
     assert (await record(owner, job.id))["result"] == {"from": "b"}
 
@@ -253,7 +253,7 @@ async def test_media_jobs_run_only_on_the_media_worker(
 
 
 async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRedis) -> None:
-    from geniehelper.redis_conn import config_warnings
+    from geniehelper.runtime.transport import config_warnings
 
     await arq_redis.config_set("appendonly", "no")
     await arq_redis.config_set("maxmemory-policy", "allkeys-lru")
@@ -269,7 +269,7 @@ async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRe
 async def test_record_many_admits_up_to_the_quota_and_counts_a_repeated_key_once(
     queue: JobQueue, db: Database, owner: asyncpg.Connection
 ) -> None:
-    from geniehelper.queue import EnqueuedJob, JobRequest
+    from geniehelper.runtime.queue import EnqueuedJob, JobRequest
 
     creator = await make_creator(owner, tier="starter")  # posts_published: 5 a month
     requests = [JobRequest({"text": str(i)}, key=f"k{i}") for i in range(4)] + [JobRequest({"text": "0"}, key="k0")]

@@ -11,7 +11,7 @@ from typing import ClassVar
 import psutil
 
 from geniehelper.health import read_health
-from geniehelper.redis_conn import create_arq_redis
+from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
 from schedulers.base import Scheduler, SchedulerContext, SchedulerRunner, TickResult
 from tests.helpers import BIN, spawn, wait_until

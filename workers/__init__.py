@@ -7,8 +7,8 @@ same thing.
 from __future__ import annotations
 
 from geniehelper.contracts import ALL_CONTRACTS
+from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
-from geniehelper.worker import build_worker_settings
 from jobs import IMPLEMENTATIONS
 
 ROLES = {"default": "worker", "media": "media_worker"}

@@ -217,7 +217,7 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.health import read_health
-    from geniehelper.redis_conn import create_arq_redis
+    from geniehelper.runtime.transport import create_arq_redis
     from geniehelper.stack import resolve_urls
 
     async def check() -> int:
@@ -270,10 +270,10 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
     from geniehelper.contracts import ALL_CONTRACTS
     from geniehelper.db import Database
-    from geniehelper.jobspec import InvalidPayload, JobRegistry, UnknownJob
-    from geniehelper.queue import JobQueue
-    from geniehelper.quotas import QuotaExceeded, load_tier_limits
-    from geniehelper.redis_conn import create_arq_redis
+    from geniehelper.runtime.definition import InvalidPayload, JobRegistry, UnknownJob
+    from geniehelper.runtime.queue import JobQueue
+    from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+    from geniehelper.runtime.transport import create_arq_redis
     from geniehelper.stack import resolve_urls
 
     async def enqueue() -> int:

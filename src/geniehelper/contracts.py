@@ -10,7 +10,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from geniehelper.jobspec import JobPayload, JobSpec
+from geniehelper.runtime.definition import JobPayload, JobSpec
 
 
 class PublishPostPayload(JobPayload):

@@ -113,19 +113,3 @@ class JobRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._specs)
-
-
-def _json_default(value: object) -> object:
-    # arq stores a failed job's exception as its result: keep it readable instead of unserialisable.
-    if isinstance(value, BaseException):
-        return {"error": type(value).__name__, "message": str(value)}
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def wire_dumps(value: Any) -> bytes:
-    """The one serializer for arq jobs and results (both directions)."""
-    return json.dumps(value, default=_json_default, separators=(",", ":")).encode()
-
-
-def wire_loads(data: bytes) -> Any:
-    return json.loads(data)

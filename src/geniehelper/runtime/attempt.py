@@ -13,145 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import random
-import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
-import httpx
 import structlog
 from arq import Retry
-from arq.connections import ArqRedis
 from pydantic import BaseModel
 
-from geniehelper import jobrecords
-from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
-from geniehelper.jobspec import InvalidPayload, JobPayload, JobRegistry, JobSpec
-from geniehelper.queue import JobQueue
-from geniehelper.quotas import TierLimits
-from geniehelper.settings import Settings
+from geniehelper.runtime import store
+from geniehelper.runtime.context import Job, JobContext, Resources
+from geniehelper.runtime.definition import InvalidPayload, JobPayload, JobSpec
+from geniehelper.runtime.retry import backoff_s, classify, describe
 
 log = structlog.get_logger("geniehelper.runtime")
-
-
-class TransientJobError(Exception):
-    """Raise from a job for a failure worth retrying; `retry_after_s` overrides the backoff."""
-
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-
-class PermanentJobError(Exception):
-    """Raise from a job for a failure that retrying will not fix."""
-
-
-@dataclass
-class Resources:
-    """What a worker process builds at start-up and every job shares (no module-level state)."""
-
-    settings: Settings
-    db: Database
-    redis: ArqRedis
-    http: httpx.AsyncClient
-    registry: JobRegistry
-    queue: JobQueue
-    limits: TierLimits
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    _cipher: CredentialCipher | None = None
-
-    def credential_cipher(self) -> CredentialCipher:
-        """Built on first use; a missing or malformed key raises CredentialKeyError naming the variable."""
-        if self._cipher is None:
-            self._cipher = self.settings.credential_cipher()
-        return self._cipher
-
-
-@dataclass
-class JobContext:
-    """A job's typed view of its run."""
-
-    resources: Resources
-    spec: JobSpec
-    record_id: UUID
-    user_id: UUID
-    attempt: int
-    max_attempts: int
-
-    def creator_tx(self) -> Any:
-        """A transaction acting for this job's creator (RLS-scoped)."""
-        return self.resources.db.creator_tx(self.user_id)
-
-    @property
-    def is_last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
-
-    async def progress(self, percent: int) -> None:
-        async with self.creator_tx() as conn:
-            await conn.execute(jobrecords.PROGRESS, self.record_id, self.attempt, max(0, min(100, percent)))
-
-
-JobResult = BaseModel | dict[str, Any] | None
-JobImpl = Callable[[JobContext, Any], Awaitable[JobResult]]
-FailureHook = Callable[[JobContext, Any, str], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job's implementation: `run(ctx, payload)`, and `on_failure(ctx, payload, error)`, called once
-    when the runtime fails the job for good (its last attempt failed or timed out, or its attempts
-    were used up by workers that died), so the job can settle its own domain rows."""
-
-    run: JobImpl
-    on_failure: FailureHook | None = None
-
-ErrorClass = Literal["transient", "permanent"]
-
-_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    ConnectionError,
-    OSError,
-    TimeoutError,
-    httpx.TransportError,
-)
-
-
-def classify(exc: BaseException) -> tuple[ErrorClass, float | None]:
-    """(class, retry-after seconds or None for the job's backoff)."""
-    if isinstance(exc, TransientJobError):
-        return "transient", exc.retry_after_s
-    if isinstance(exc, PermanentJobError | InvalidPayload):
-        return "permanent", None
-    retryable = getattr(exc, "retryable", None)  # platform errors say it themselves
-    if isinstance(retryable, bool):
-        return ("transient" if retryable else "permanent"), getattr(exc, "retry_after_s", None)
-    if isinstance(exc, httpx.HTTPStatusError):
-        status = exc.response.status_code
-        return ("transient" if status == 429 or status >= 500 else "permanent"), None
-    if isinstance(exc, _TRANSIENT_TYPES):
-        return "transient", None
-    return "permanent", None
-
-
-def backoff_s(spec: JobSpec, attempt: int, rng: random.Random | None = None) -> float:
-    """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
-    ceiling = min(spec.backoff_max_s, spec.backoff_base_s * 2 ** max(0, attempt - 1))
-    return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"[:2000]
 
 
 @dataclass(frozen=True)
@@ -217,7 +95,7 @@ async def _run_enveloped(
         try:
             await _record_rejection(db, spec, arq_job_id, envelope, exc)
         except Exception as record_exc:  # e.g. unknown creator: the log line is then the only record
-            log.error("job.rejection_not_recorded", error=_describe(record_exc))
+            log.error("job.rejection_not_recorded", error=describe(record_exc))
         log.error("job.invalid_payload", errors=exc.as_dict()["errors"])
         return {"status": "failed", "error_kind": "invalid_payload", "error": str(exc)}
 
@@ -225,14 +103,14 @@ async def _run_enveloped(
         async with db.creator_tx(envelope.user_id) as conn:
             if record_id is None:  # pushed straight to Redis by a foreign client: record it now
                 record_id = await _record_foreign_job(conn, spec, arq_job_id, envelope, payload)
-            started = await conn.fetchrow(jobrecords.START_ATTEMPT, record_id, resources.worker_id)
+            started = await conn.fetchrow(store.START_ATTEMPT, record_id, resources.worker_id)
             if started is None:
                 current = await conn.fetchval("select status from media_jobs where id = $1", record_id)
     except Exception as exc:
         error_class, _ = classify(exc)
         if error_class == "transient":
             delay = backoff_s(spec, 1)
-            log.warning("job.start_deferred", error=_describe(exc), retry_in_s=round(delay, 2))
+            log.warning("job.start_deferred", error=describe(exc), retry_in_s=round(delay, 2))
             raise Retry(defer=delay) from exc
         raise
     if started is None:
@@ -248,7 +126,7 @@ async def _run_enveloped(
         if attempt > max_attempts:
             # Earlier attempts died without recording an outcome (worker killed, timeouts).
             error = f"retries exhausted: attempt {attempt} of {max_attempts} (earlier attempts did not finish)"
-            await _fenced(ctx, jobrecords.FAIL, error, "retries_exhausted")
+            await _fenced(ctx, store.FAIL, error, "retries_exhausted")
             log.error("job.failed", error=error, error_kind="retries_exhausted")
             await _on_failure(ctx, impl, payload, error)
             return {"status": "failed", "error_kind": "retries_exhausted", "error": error}
@@ -274,7 +152,7 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str,
         # Worker shutting down: hand the job back (arq re-queues it) with the record queued again.
         with contextlib.suppress(Exception):
             await asyncio.shield(
-                _fenced(ctx, jobrecords.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0)
+                _fenced(ctx, store.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0)
             )
         log.warning("job.interrupted")
         raise
@@ -285,16 +163,16 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str,
             error = f"timed out after {spec.timeout_s:g}s"
         else:
             error_class, retry_after = classify(exc)
-            kind, error = error_class, _describe(exc)
+            kind, error = error_class, describe(exc)
         if error_class == "transient" and not ctx.is_last_attempt:
             delay = max(retry_after or 0.0, backoff_s(spec, ctx.attempt))
-            await _record_outcome(ctx, jobrecords.SCHEDULE_RETRY, error, kind, delay)
+            await _record_outcome(ctx, store.SCHEDULE_RETRY, error, kind, delay)
             log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2), took_ms=took_ms)
             raise Retry(defer=delay) from exc
         if error_class == "transient":
             attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
             error = f"retries exhausted after {attempts}; last error: {error}"
-        await _record_outcome(ctx, jobrecords.FAIL, error, kind)
+        await _record_outcome(ctx, store.FAIL, error, kind)
         log.error("job.failed", error=error, error_kind=kind, took_ms=took_ms)
         await _on_failure(ctx, impl, payload, error)
         return {"status": "failed", "error_kind": kind, "error": error}
@@ -305,7 +183,7 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str,
 
     took_ms = round((loop.time() - started_at) * 1000)
     stored = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-    written = await _fenced(ctx, jobrecords.COMPLETE, stored)
+    written = await _fenced(ctx, store.COMPLETE, stored)
     if not written:
         log.warning("job.stale_completion_ignored", took_ms=took_ms)
         return {"status": "stale", "result": stored}
@@ -326,7 +204,7 @@ async def _on_failure(ctx: JobContext, impl: Job, payload: JobPayload, error: st
     try:
         await impl.on_failure(ctx, payload, error)
     except Exception as exc:  # the job is failed either way; say that its rows may not say so
-        log.error("job.failure_hook_failed", error=_describe(exc))
+        log.error("job.failure_hook_failed", error=describe(exc))
 
 
 async def _record_outcome(ctx: JobContext, sql: str, *args: Any) -> None:
@@ -338,7 +216,7 @@ async def _record_outcome(ctx: JobContext, sql: str, *args: Any) -> None:
         await _fenced(ctx, sql, *args)
     except Exception as exc:
         delay = backoff_s(ctx.spec, ctx.attempt)
-        log.warning("job.outcome_not_recorded", error=_describe(exc), retry_in_s=round(delay, 2))
+        log.warning("job.outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
 
 
@@ -347,19 +225,19 @@ async def _heartbeat(ctx: JobContext, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
         try:
             async with ctx.creator_tx() as conn:
-                await conn.execute(jobrecords.HEARTBEAT, ctx.record_id, ctx.attempt)
+                await conn.execute(store.HEARTBEAT, ctx.record_id, ctx.attempt)
         except Exception as exc:  # a missed beat is not worth failing the job over
-            log.warning("job.heartbeat_failed", error=_describe(exc))
+            log.warning("job.heartbeat_failed", error=describe(exc))
 
 
 async def _record_foreign_job(
     conn: asyncpg.Connection, spec: JobSpec, arq_job_id: str, envelope: Envelope, payload: JobPayload
 ) -> UUID:
-    (ref,) = await jobrecords.insert_many(
+    (ref,) = await store.insert_many(
         conn, envelope.user_id, spec.name, spec.queue, spec.max_attempts,
-        [jobrecords.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
+        [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
     )  # fmt: skip
-    await conn.execute(jobrecords.MARK_ENQUEUED, ref.id)
+    await conn.execute(store.MARK_ENQUEUED, ref.id)
     return ref.id
 
 
@@ -376,6 +254,6 @@ async def _record_rejection(
             )
         else:
             await conn.execute(
-                jobrecords.RECORD_REJECTED, envelope.user_id, spec.name, spec.queue, f"arq:{arq_job_id}",
-                jobrecords.payload_for_record(envelope.payload_raw), str(exc),
+                store.RECORD_REJECTED, envelope.user_id, spec.name, spec.queue, f"arq:{arq_job_id}",
+                store.payload_for_record(envelope.payload_raw), str(exc),
             )  # fmt: skip

@@ -20,11 +20,12 @@ from arq import func
 from geniehelper import health
 from geniehelper.crypto import CredentialKeyError
 from geniehelper.db import Database
-from geniehelper.jobspec import QUEUE_NAMES, JobRegistry, JobSpec, wire_dumps, wire_loads
-from geniehelper.queue import JobQueue
-from geniehelper.quotas import load_tier_limits
-from geniehelper.redis_conn import config_warnings, redis_settings
-from geniehelper.runtime import Job, Resources, make_arq_function
+from geniehelper.runtime.attempt import make_arq_function
+from geniehelper.runtime.context import Job, Resources
+from geniehelper.runtime.definition import QUEUE_NAMES, JobRegistry, JobSpec
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.transport import config_warnings, redis_settings, wire_dumps, wire_loads
 from geniehelper.settings import Settings, load_settings
 from geniehelper.stack import resolve_urls
 

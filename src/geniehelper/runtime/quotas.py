@@ -32,7 +32,7 @@ class TierLimits(BaseModel):
 
 
 def load_tier_limits() -> TierLimits:
-    text = resources.files("geniehelper").joinpath("tier_rate_limits.json").read_text(encoding="utf-8")
+    text = resources.files("geniehelper.runtime").joinpath("tier_rate_limits.json").read_text(encoding="utf-8")
     return TierLimits.model_validate(json.loads(text))
 
 

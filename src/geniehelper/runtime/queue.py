@@ -22,10 +22,10 @@ import asyncpg
 import structlog
 from arq.connections import ArqRedis
 
-from geniehelper import jobrecords
 from geniehelper.db import Database
-from geniehelper.jobspec import QUEUE_NAMES, InvalidPayload, JobPayload, JobRegistry
-from geniehelper.quotas import QuotaExceeded, TierLimits, consume_up_to
+from geniehelper.runtime import store
+from geniehelper.runtime.definition import QUEUE_NAMES, InvalidPayload, JobPayload, JobRegistry
+from geniehelper.runtime.quotas import QuotaExceeded, TierLimits, consume_up_to
 
 log = structlog.get_logger("geniehelper.queue")
 
@@ -124,12 +124,12 @@ class JobQueue:
             raise
         keys = [r.key or f"{spec.name}:{uuid4()}" for r in requests]
         records = [
-            jobrecords.NewJobRecord(
+            store.NewJobRecord(
                 key, json.loads(payload), r.priority, r.run_at, r.scheduled_post_id, r.media_asset_id
             )
             for key, payload, r in zip(keys, payloads, requests, strict=True)
         ]
-        refs = await jobrecords.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
+        refs = await store.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
         refused: dict[UUID, QuotaExceeded] = {}
         created = list({ref.id: ref for ref in refs if ref.created}.values())  # a key twice in one batch counts once
         if created and spec.quota_operation is not None:
@@ -137,7 +137,7 @@ class JobQueue:
             admitted, refusal = await consume_up_to(conn, self.limits, user_id, spec.quota_operation, len(created))
             if refusal is not None:
                 rejected = created[admitted:]
-                await conn.execute(jobrecords.DELETE_UNADMITTED, [ref.id for ref in rejected])
+                await conn.execute(store.DELETE_UNADMITTED, [ref.id for ref in rejected])
                 refused = {ref.id: refusal for ref in rejected}
         outcomes: list[EnqueuedJob | QuotaExceeded] = []
         first_seen: set[UUID] = set()
@@ -168,7 +168,7 @@ class JobQueue:
             by_creator[job.user_id].append(job.id)
         for user_id, ids in by_creator.items():
             async with self.db.creator_tx(user_id) as conn:
-                await conn.execute(jobrecords.MARK_ENQUEUED_MANY, ids)
+                await conn.execute(store.MARK_ENQUEUED_MANY, ids)
         return len(pushable)
 
 
@@ -190,12 +190,12 @@ async def push_to_arq(
 async def relay_unpushed(db: Database, redis: ArqRedis, *, grace_s: float = 5.0, batch: int = 500) -> int:
     """Push records committed but never pushed (their producer died between commit and push)."""
     async with db.system_tx() as conn:
-        rows = await conn.fetch(jobrecords.UNPUSHED, grace_s, batch)
+        rows = await conn.fetch(store.UNPUSHED, grace_s, batch)
         for row in rows:
             await push_to_arq(
                 redis, row["id"], row["user_id"], row["job_name"], row["queue"],
                 json.dumps(row["payload"]), row["run_at"],
             )  # fmt: skip
         if rows:
-            await conn.execute(jobrecords.MARK_ENQUEUED_MANY, [r["id"] for r in rows])
+            await conn.execute(store.MARK_ENQUEUED_MANY, [r["id"] for r in rows])
     return len(rows)

@@ -1,0 +1,83 @@
+"""What a job sees: its typed context, the resources its worker built, and its implementation type."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import httpx
+from arq.connections import ArqRedis
+from pydantic import BaseModel
+
+from geniehelper.crypto import CredentialCipher
+from geniehelper.db import Database
+from geniehelper.runtime import store
+from geniehelper.runtime.definition import JobRegistry, JobSpec
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import TierLimits
+from geniehelper.settings import Settings
+
+
+@dataclass
+class Resources:
+    """What a worker process builds at start-up and every job shares (no module-level state)."""
+
+    settings: Settings
+    db: Database
+    redis: ArqRedis
+    http: httpx.AsyncClient
+    registry: JobRegistry
+    queue: JobQueue
+    limits: TierLimits
+    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    _cipher: CredentialCipher | None = None
+
+    def credential_cipher(self) -> CredentialCipher:
+        """Built on first use; a missing or malformed key raises CredentialKeyError naming the variable."""
+        if self._cipher is None:
+            self._cipher = self.settings.credential_cipher()
+        return self._cipher
+
+
+@dataclass
+class JobContext:
+    """A job's typed view of its run."""
+
+    resources: Resources
+    spec: JobSpec
+    record_id: UUID
+    user_id: UUID
+    attempt: int
+    max_attempts: int
+
+    def creator_tx(self) -> Any:
+        """A transaction acting for this job's creator (RLS-scoped)."""
+        return self.resources.db.creator_tx(self.user_id)
+
+    @property
+    def is_last_attempt(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+    async def progress(self, percent: int) -> None:
+        async with self.creator_tx() as conn:
+            await conn.execute(store.PROGRESS, self.record_id, self.attempt, max(0, min(100, percent)))
+
+
+JobResult = BaseModel | dict[str, Any] | None
+JobImpl = Callable[[JobContext, Any], Awaitable[JobResult]]
+FailureHook = Callable[[JobContext, Any, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's implementation: `run(ctx, payload)`, and `on_failure(ctx, payload, error)`, called once
+    when the runtime fails the job for good (its last attempt failed or timed out, or its attempts
+    were used up by workers that died), so the job can settle its own domain rows."""
+
+    run: JobImpl
+    on_failure: FailureHook | None = None
+
