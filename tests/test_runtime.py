@@ -159,7 +159,7 @@ async def test_job_over_its_timeout_is_stopped_and_recorded(
     assert await arq_redis.get("test:slow:completed") is None
 
 
-async def test_same_logical_key_runs_once(
+async def test_same_key_runs_once_while_active_and_again_after_it_finished(
     queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     creator = await make_creator(owner)
@@ -169,10 +169,13 @@ async def test_same_logical_key_runs_once(
     assert len({j.id for j in jobs}) == 1
     assert sum(not j.duplicate for j in jobs) == 1
     await run_burst(database_url, redis_url)
-    again = await queue.enqueue("t_count", {"counter": "once"}, user_id=creator, key="once-key")
-    assert again.duplicate and again.status == "completed"
-    await run_burst(database_url, redis_url)
     assert int(await arq_redis.get("test:once:completed")) == 1
+    # Unique while active: the finished job keeps its record, and the key may run again.
+    again = await queue.enqueue("t_count", {"counter": "once"}, user_id=creator, key="once-key")
+    assert not again.duplicate and again.id != jobs[0].id
+    await run_burst(database_url, redis_url)
+    assert int(await arq_redis.get("test:once:completed")) == 2
+    assert await owner.fetchval("select count(*) from media_jobs where job_key = 'once-key'") == 2
 
 
 async def test_quota_admits_exactly_the_limit_under_concurrent_enqueues(

@@ -23,12 +23,13 @@ select $1, $2, $3, $4, t.job_key, t.payload, t.priority, coalesce(t.run_at, now(
        t.media_asset_id
   from unnest($5::text[], $6::jsonb[], $7::int[], $8::timestamptz[], $9::uuid[], $10::uuid[])
        as t(job_key, payload, priority, run_at, scheduled_post_id, media_asset_id)
-on conflict (user_id, job_key) do nothing
+on conflict (user_id, job_key) where status in ('queued', 'processing') do nothing
 returning id, job_key, status, enqueued_at, run_at
 """
 
 FIND_BY_KEYS = """
-select id, job_key, job_name, status, enqueued_at, run_at from media_jobs where user_id = $1 and job_key = any($2)
+select id, job_key, job_name, status, enqueued_at, run_at from media_jobs
+ where user_id = $1 and job_key = any($2) and status in ('queued', 'processing')
 """
 
 DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
@@ -79,10 +80,9 @@ RECORD_REJECTED = """
 insert into media_jobs (user_id, job_name, queue, job_key, payload, status, error, error_kind,
                         enqueued_at, finished_at)
 values ($1, $2, $3, $4, $5, 'failed', $6, 'invalid_payload', now(), now())
-on conflict (user_id, job_key) do update
+on conflict (user_id, job_key) where status in ('queued', 'processing') do update
     set status = 'failed', error = excluded.error, error_kind = excluded.error_kind,
         finished_at = now(), updated_at = now()
-  where media_jobs.status in ('queued', 'processing')
 """
 
 # Outbox relay: records committed but never pushed to Redis (producer died between commit and push).
@@ -120,23 +120,32 @@ class RecordRef:
 async def insert_many(
     conn: asyncpg.Connection, user_id: UUID, job_name: str, queue: str, max_attempts: int, recs: list[NewJobRecord]
 ) -> list[RecordRef]:
-    """Insert the records that are new; find the others. Results are in the order of `recs`."""
-    rows = await conn.fetch(
-        INSERT_MANY, user_id, job_name, queue, max_attempts,
-        [r.job_key for r in recs], [r.payload for r in recs], [r.priority for r in recs],
-        [r.run_at for r in recs], [r.scheduled_post_id for r in recs], [r.media_asset_id for r in recs],
-    )  # fmt: skip
-    refs = {row["job_key"]: RecordRef(row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], True)
-            for row in rows}  # fmt: skip
-    seen = [r.job_key for r in recs if r.job_key not in refs]
-    if seen:
-        for row in await conn.fetch(FIND_BY_KEYS, user_id, seen):
-            if row["job_name"] != job_name:
-                raise ValueError(f"job key {row['job_key']!r} is already used by a {row['job_name']} job")
+    """Insert the records whose key has no active record; find the active ones. In the order of `recs`."""
+    refs: dict[str, RecordRef] = {}
+    pending = recs
+    # A conflicting record can finish between the insert and the look-up: insert that key again.
+    for _ in range(3):
+        rows = await conn.fetch(
+            INSERT_MANY, user_id, job_name, queue, max_attempts,
+            [r.job_key for r in pending], [r.payload for r in pending], [r.priority for r in pending],
+            [r.run_at for r in pending], [r.scheduled_post_id for r in pending], [r.media_asset_id for r in pending],
+        )  # fmt: skip
+        for row in rows:
             refs[row["job_key"]] = RecordRef(
-                row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], False
+                row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], True
             )
-    return [refs[r.job_key] for r in recs]
+        seen = [r.job_key for r in pending if r.job_key not in refs]
+        if seen:
+            for row in await conn.fetch(FIND_BY_KEYS, user_id, seen):
+                if row["job_name"] != job_name:
+                    raise ValueError(f"job key {row['job_key']!r} is already used by a {row['job_name']} job")
+                refs[row["job_key"]] = RecordRef(
+                    row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], False
+                )
+        pending = [r for r in pending if r.job_key not in refs]
+        if not pending:
+            return [refs[r.job_key] for r in recs]
+    raise RuntimeError(f"job keys {[r.job_key for r in pending]} kept changing while being recorded")
 
 
 def payload_for_record(raw: str | bytes) -> dict[str, Any]:
