@@ -14,7 +14,8 @@ from arq.connections import ArqRedis
 from geniehelper.db import Database
 from geniehelper.runtime import store
 from geniehelper.runtime.definition import QUEUE_NAMES, InvalidPayload, JobRegistry, UnknownJob
-from geniehelper.runtime.queue import JobQueue, relay_unpushed
+from geniehelper.runtime.delivery import relay_unpushed
+from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
@@ -220,22 +221,25 @@ async def test_outbox_rolled_back_job_never_runs_and_unpushed_job_is_relayed(
     async with db.creator_tx(creator) as conn:
         orphan = await queue.record(conn, "t_count", {"counter": "orphan"}, user_id=creator)
     assert await arq_redis.zcard(QUEUE_NAMES["default"]) == 0
-    assert await relay_unpushed(db, arq_redis, grace_s=0) == 1
-    assert await relay_unpushed(db, arq_redis, grace_s=0) == 0
+    assert await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600) == (1, 0)
+    assert await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600) == (0, 0)
     await run_burst(database_url, redis_url)
     assert (await record(owner, orphan.id))["status"] == "completed"
     assert await arq_redis.get("test:rolled-back:attempts") is None
     assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 1
 
 
-async def test_completion_of_a_superseded_attempt_is_fenced_off(
+async def test_a_fresh_lease_refuses_a_second_start_and_a_superseded_attempt_is_fenced_off(
     queue: JobQueue, db: Database, owner: asyncpg.Connection
 ) -> None:
     creator = await make_creator(owner)
     job = await queue.enqueue("t_echo", {"text": "x"}, user_id=creator)
     async with db.creator_tx(creator) as conn:
-        first = await conn.fetchrow(store.START_ATTEMPT, job.id, "worker-a")
-        second = await conn.fetchrow(store.START_ATTEMPT, job.id, "worker-b")  # worker-a presumed dead
+        first = await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-a", 30.0)
+        assert await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-b", 30.0) is None  # lease is fresh
+        await conn.execute("update media_jobs set lease_expires_at = now() - interval '1 second' where id = $1", job.id)
+        assert await conn.fetchrow(store.START_ATTEMPT, job.id, 2, "worker-b", 30.0) is None  # not its dispatch
+        second = await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-b", 30.0)  # worker-a presumed dead
         assert (first["attempts"], second["attempts"]) == (1, 2)
         stale = await conn.execute(store.COMPLETE, job.id, 1, {"from": "a"})
         fresh = await conn.execute(store.COMPLETE, job.id, 2, {"from": "b"})

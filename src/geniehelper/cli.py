@@ -247,11 +247,10 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from arq.worker import run_worker
-
+    from geniehelper.runtime.worker import run_worker
     from workers import settings_for_queue
 
-    run_worker(settings_for_queue(args.queue, settings))
+    asyncio.run(run_worker(settings_for_queue(args.queue, settings)))
     return 0
 
 

@@ -6,11 +6,13 @@ stops the process at start with one line naming the variable (see `load_settings
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from geniehelper.crypto import CredentialCipher
@@ -20,8 +22,50 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     # Servers. Unset: the embedded stack under DATA_DIR is used (see geniehelper.embedded).
-    database_url: str | None = Field(default=None, description="PostgreSQL 16 URL (schema owner).")
-    redis_url: str | None = Field(default=None, description="Redis-compatible server URL.")
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL 16 URL (schema owner): postgres[ql]://user@host[:port]/db."
+    )
+    redis_url: str | None = Field(
+        default=None, description="Redis-compatible server URL: redis://, rediss:// or unix://."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # unset (or empty): the embedded stack
+        parts = urlsplit(value)
+        if parts.scheme not in ("postgres", "postgresql"):
+            raise ValueError("expected a postgresql:// (or postgres://) URL")
+        hosts = parts.netloc.rpartition("@")[2]
+        if not hosts and not parse_qs(parts.query).get("host"):
+            raise ValueError("no host: give one (postgresql://user@host:5432/db) or a socket directory (?host=/run/...)")
+        # One host: its port must be a number (`.port` raises ValueError); multi-host URLs are left to asyncpg.
+        if "," not in hosts and hosts and parts.port == 0:
+            raise ValueError("port 0")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError("no socket path (unix:///path/to/redis.sock)")
+        else:
+            if not parts.hostname:
+                raise ValueError("no host (redis://host:6379/0)")
+            if parts.port == 0:  # `.port` raises ValueError for a port that is not a number in range
+                raise ValueError("port 0")
+            if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+                raise ValueError("the path must be a database number (redis://host:6379/0)")
+        if any(not db.isdigit() for db in parse_qs(parts.query).get("db", [])):
+            raise ValueError("db= must be a database number")
+        return value
 
     data_dir: Path = Field(
         default=Path(".data"), description="Where the embedded servers keep their data (git-ignored)."
@@ -72,7 +116,19 @@ class Settings(BaseSettings):
         default=0.05, gt=0, le=60,
         description="How often an idle worker asks Redis for jobs; arq starts at most max_jobs per poll.",
     )
-    job_heartbeat_interval_s: float = Field(default=15.0, gt=0, le=3_600)
+    job_heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, le=3_600, description="How often a running job extends its lease."
+    )
+    job_lease_s: float = Field(
+        default=20.0, gt=0, le=86_400,
+        description="A running job whose lease is not extended for this long is re-driven elsewhere.",
+    )
+    job_dispatch_ttl_s: float = Field(
+        default=86_400.0, ge=60, description="How long a dispatch may wait in Redis past its start time."
+    )
+    job_retention_s: float = Field(
+        default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
+    )
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
@@ -90,6 +146,32 @@ class Settings(BaseSettings):
         return self.health_interval_s * 3
 
 
+def mask_url(url: str) -> str:
+    """The URL without its password (userinfo and ?password=), safe to print or log."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    masked = url
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        masked = masked.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hosts}", 1)
+    head, question, query = masked.partition("?")
+    return head + question + re.sub(r"(?i)((?:^|&)password=)[^&#]*", r"\1***", query)
+
+
+_URL_FIELDS = {"database_url", "redis_url"}
+_SECRET_FIELDS = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+
+
+def _shown(field: str, value: object) -> str:
+    if field in _SECRET_FIELDS:
+        return "'***'"
+    if field in _URL_FIELDS and isinstance(value, str):
+        return repr(mask_url(value))
+    return repr(value)
+
+
 def load_settings() -> Settings:
     """Read the settings; on an invalid value print one line naming the variable and exit(2)."""
     try:
@@ -97,7 +179,7 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = ".".join(str(part) for part in err["loc"]).upper()
-            problems.append(f"{name}={err.get('input')!r}: {err['msg']}")
+            field = ".".join(str(part) for part in err["loc"])
+            problems.append(f"{field.upper()}={_shown(field, err.get('input'))}: {err['msg']}")
         print(f"geniehelper: invalid setting {'; '.join(problems)}", file=sys.stderr)
         raise SystemExit(2) from None

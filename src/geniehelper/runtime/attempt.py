@@ -1,21 +1,30 @@
-"""Running one job: the wrapper every job implementation runs inside.
+"""One delivery of a job, from arq's call to the recorded outcome.
 
-For each arq delivery it: checks the envelope and validates the payload (an invalid one fails that
-job with a recorded validation error; the worker keeps running), starts an attempt on the job
-record (the attempt number is the fencing token of every later write), runs the implementation
-under a timeout with a heartbeat, and records the outcome. Errors are classified: transient ones
-(connection errors, timeouts, 5xx, 429) are retried through arq's `Retry` with exponential backoff
-and jitter until the job's attempts are used up; permanent ones fail at once. A failed job is
-always recorded failed with its last error, never dropped.
+The record in PostgreSQL decides; Redis only carries "dispatch n of record r". For each delivery:
+1. the envelope and payload are checked (an invalid one fails that job with its field and reason;
+   the worker goes on);
+2. an outcome parked by an earlier delivery (PostgreSQL was down when it finished) is recorded
+   instead of running the job again;
+3. an attempt starts only for the record's current dispatch and while no other attempt holds a
+   fresh lease; the attempt number fences every later write;
+4. the implementation runs under its timeout with a heartbeat that extends the lease, and is
+   cancelled if the heartbeat finds the lease lost;
+5. the outcome is written with bounded in-process retries; if PostgreSQL stays down it is parked in
+   Redis and the next delivery records it. `on_failure` runs only when the failure was recorded.
+
+Transient errors (connection errors, timeouts, 5xx, 429) are retried through arq's `Retry` with
+exponential backoff and jitter until the record's attempts are used up; permanent ones fail at once.
+arq's own try counter is not a limit: infrastructure deferrals never use attempts up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -23,13 +32,23 @@ import structlog
 from arq import Retry
 from pydantic import BaseModel
 
-from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.context import Job, JobContext, Resources
+from geniehelper.runtime.context import Job, JobContext, LeaseLost, Resources
 from geniehelper.runtime.definition import InvalidPayload, JobPayload, JobSpec
 from geniehelper.runtime.retry import backoff_s, classify, describe
+from geniehelper.runtime.transport import dispatch_no_of
 
 log = structlog.get_logger("geniehelper.runtime")
+
+OUTCOME_PREFIX = "geniehelper:outcome:"
+OUTCOME_TTL_S = 7 * 86_400
+# In-process retries of an outcome write before it is parked in Redis (about 8 s in all).
+OUTCOME_WRITE_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+# An unknown job name is handed back this often (every UNKNOWN_JOB_RETRY_S) before it is failed.
+UNKNOWN_JOB_RETRY_S = 10.0
+UNKNOWN_JOB_MAX_TRIES = 30
+
+Outcome = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -37,13 +56,14 @@ class Envelope:
     record_id: UUID | None
     user_id: UUID
     payload_raw: str
+    dispatch_no: int
 
 
 class EnvelopeError(ValueError):
     pass
 
 
-def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
+def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any], arq_job_id: str) -> Envelope:
     if args:
         raise EnvelopeError("positional arguments are not accepted; send record_id, user_id, payload")
     unknown = set(kwargs) - JobSpec.RESERVED_KWARGS
@@ -61,103 +81,131 @@ def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Envelope:
     payload = kwargs.get("payload")
     if not isinstance(payload, str):
         raise EnvelopeError("payload: must be a JSON object encoded as a string")
-    return Envelope(record_id, user_id, payload)
+    dispatch_no = dispatch_no_of(arq_job_id, record_id) if record_id is not None else 1
+    return Envelope(record_id, user_id, payload, dispatch_no)
 
 
-def make_arq_function(spec: JobSpec, impl: Job) -> Callable[..., Awaitable[dict[str, Any]]]:
+def make_arq_function(spec: JobSpec, impl: Job) -> Callable[..., Awaitable[Outcome]]:
     """The coroutine arq calls for `spec.name`."""
 
-    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Outcome:
         resources: Resources = ctx["resources"]
         arq_job_id: str = ctx["job_id"]
         with structlog.contextvars.bound_contextvars(job_id=arq_job_id, job_name=spec.name, job_try=ctx["job_try"]):
             try:
-                envelope = parse_envelope(args, kwargs)
+                envelope = parse_envelope(args, kwargs, arq_job_id)
             except EnvelopeError as exc:
                 # No creator to record it against: the log line is the record.
                 log.error("job.rejected", reason=str(exc))
                 return {"status": "rejected", "error": str(exc)}
             with structlog.contextvars.bound_contextvars(user_id=str(envelope.user_id)):
-                return await _run_enveloped(resources, spec, impl, arq_job_id, envelope)
+                return await _deliver(resources, spec, impl, arq_job_id, ctx["job_try"], envelope)
 
     run.__qualname__ = run.__name__ = spec.name
     return run
 
 
-async def _run_enveloped(
-    resources: Resources, spec: JobSpec, impl: Job, arq_job_id: str, envelope: Envelope
-) -> dict[str, Any]:
+async def _deliver(
+    resources: Resources, spec: JobSpec, impl: Job, arq_job_id: str, job_try: int, envelope: Envelope
+) -> Outcome:
     db = resources.db
-    record_id = envelope.record_id
     try:
         payload = spec.parse_payload(envelope.payload_raw)
     except InvalidPayload as exc:
-        try:
-            await _record_rejection(db, spec, arq_job_id, envelope, exc)
-        except Exception as record_exc:  # e.g. unknown creator: the log line is then the only record
-            log.error("job.rejection_not_recorded", error=describe(record_exc))
         log.error("job.invalid_payload", errors=exc.as_dict()["errors"])
+        await _record_rejection(resources, spec, arq_job_id, envelope, str(exc), "invalid_payload")
         return {"status": "failed", "error_kind": "invalid_payload", "error": str(exc)}
 
+    record_id = envelope.record_id
+    if record_id is not None and (job_try > 1 or envelope.dispatch_no > 1):
+        settled = await _record_parked_outcome(resources, spec, impl, record_id, envelope.user_id, payload)
+        if settled is not None:
+            return settled
     try:
         async with db.creator_tx(envelope.user_id) as conn:
             if record_id is None:  # pushed straight to Redis by a foreign client: record it now
                 record_id = await _record_foreign_job(conn, spec, arq_job_id, envelope, payload)
-            started = await conn.fetchrow(store.START_ATTEMPT, record_id, resources.worker_id)
-            if started is None:
-                current = await conn.fetchval("select status from media_jobs where id = $1", record_id)
+            started = await conn.fetchrow(
+                store.START_ATTEMPT,
+                record_id,
+                envelope.dispatch_no,
+                resources.worker_id,
+                resources.settings.job_lease_s,
+            )
+            refused = None if started else await conn.fetchrow(store.START_REFUSED, record_id)
+    except asyncpg.ForeignKeyViolationError:
+        reason = f"user_id: no creator {envelope.user_id}"
+        log.error("job.rejected", reason=reason)
+        return {"status": "rejected", "error": reason}
     except Exception as exc:
-        error_class, _ = classify(exc)
-        if error_class == "transient":
-            delay = backoff_s(spec, 1)
-            log.warning("job.start_deferred", error=describe(exc), retry_in_s=round(delay, 2))
-            raise Retry(defer=delay) from exc
-        raise
-    if started is None:
-        if current is None:  # the producer's record is gone (or never committed): nothing to run against
-            log.error("job.record_missing", record_id=str(record_id))
-            return {"status": "failed", "error_kind": "record_missing"}
-        log.info("job.skipped", record_id=str(record_id), record_status=current)
-        return {"status": "skipped", "record_status": current}
+        if classify(exc)[0] != "transient":
+            raise
+        delay = backoff_s(spec, 1)
+        log.warning("job.start_deferred", error=describe(exc), retry_in_s=round(delay, 2))
+        raise Retry(defer=delay) from exc
 
-    attempt, max_attempts = started["attempts"], started["max_attempts"]
-    ctx = JobContext(resources, spec, record_id, envelope.user_id, attempt, max_attempts)
-    with structlog.contextvars.bound_contextvars(record_id=str(record_id), attempt=attempt):
-        if attempt > max_attempts:
-            # Earlier attempts died without recording an outcome (worker killed, timeouts).
-            error = f"retries exhausted: attempt {attempt} of {max_attempts} (earlier attempts did not finish)"
-            await _fenced(ctx, store.FAIL, error, "retries_exhausted")
-            log.error("job.failed", error=error, error_kind="retries_exhausted")
-            await _on_failure(ctx, impl, payload, error)
-            return {"status": "failed", "error_kind": "retries_exhausted", "error": error}
-        return await _attempt(ctx, impl, payload)
+    with structlog.contextvars.bound_contextvars(record_id=str(record_id)):
+        if started is None:
+            return _not_started(refused, envelope.dispatch_no)
+        ctx = JobContext(resources, spec, record_id, envelope.user_id, started["attempts"], started["max_attempts"])
+        with structlog.contextvars.bound_contextvars(attempt=ctx.attempt):
+            if ctx.attempt > ctx.max_attempts:
+                # Earlier attempts died without recording an outcome (worker killed, timeouts).
+                error = (
+                    f"retries exhausted: attempt {ctx.attempt} of {ctx.max_attempts} (earlier attempts did not finish)"
+                )
+                return await _settle(
+                    ctx, impl, payload, {"kind": "fail", "error": error, "error_kind": "retries_exhausted"}
+                )
+            return await _attempt(ctx, impl, payload)
 
 
-async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str, Any]:
-    spec, settings = ctx.spec, ctx.resources.settings
+def _not_started(refused: asyncpg.Record | None, dispatch_no: int) -> Outcome:
+    if refused is None:  # the producer's record is gone (or never committed): nothing to run against
+        log.error("job.record_missing")
+        return {"status": "failed", "error_kind": "record_missing"}
+    if refused["dispatch_no"] != dispatch_no:
+        log.info("job.superseded_dispatch", dispatch_no=dispatch_no, current_dispatch_no=refused["dispatch_no"])
+        return {"status": "superseded", "current_dispatch_no": refused["dispatch_no"]}
+    if refused["status"] == "processing":
+        log.info("job.lease_held", attempt=refused["attempts"])
+        return {"status": "lease_held"}
+    if refused["status"] == "queued":  # delivered before its time (e.g. re-driven early): come back then
+        raise Retry(defer=max(0.1, refused["starts_in_s"]))
+    log.info("job.skipped", record_status=refused["status"])
+    return {"status": "skipped", "record_status": refused["status"]}
+
+
+async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> Outcome:
+    spec = ctx.spec
     log.info("job.started")
     loop = asyncio.get_running_loop()
     started_at = loop.time()
-    heartbeat = asyncio.create_task(_heartbeat(ctx, settings.job_heartbeat_interval_s))
+    lease_lost = asyncio.Event()
+    run_task = asyncio.ensure_future(impl.run(ctx, payload))
+    heartbeat = asyncio.create_task(_heartbeat(ctx, run_task, lease_lost))
     timed_out = False
     try:
         try:
             async with asyncio.timeout(spec.timeout_s) as deadline:
-                result = await impl.run(ctx, payload)
+                result = await run_task
         except TimeoutError:
             if deadline.expired():
                 timed_out = True
             raise
     except asyncio.CancelledError:
-        # Worker shutting down: hand the job back (arq re-queues it) with the record queued again.
+        if lease_lost.is_set() and not _cancelling():
+            log.warning("job.lease_lost", took_ms=_ms(loop, started_at))
+            return {"status": "lease_lost"}
+        # Worker shutting down: hand the job back (arq re-queues this dispatch) with the record queued.
         with contextlib.suppress(Exception):
-            await asyncio.shield(
-                _fenced(ctx, store.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0)
-            )
+            await asyncio.shield(_fenced(ctx, store.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0))
         log.warning("job.interrupted")
         raise
+    except LeaseLost:
+        log.warning("job.lease_lost", took_ms=_ms(loop, started_at))
+        return {"status": "lease_lost"}
     except Exception as exc:
-        took_ms = round((loop.time() - started_at) * 1000)
         if timed_out:
             error_class, retry_after, kind = "transient", None, "timeout"
             error = f"timed out after {spec.timeout_s:g}s"
@@ -166,34 +214,132 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> dict[str,
             kind, error = error_class, describe(exc)
         if error_class == "transient" and not ctx.is_last_attempt:
             delay = max(retry_after or 0.0, backoff_s(spec, ctx.attempt))
-            await _record_outcome(ctx, store.SCHEDULE_RETRY, error, kind, delay)
-            log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2), took_ms=took_ms)
-            raise Retry(defer=delay) from exc
+            log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2),
+                        took_ms=_ms(loop, started_at))  # fmt: skip
+            return await _settle(
+                ctx, impl, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay}
+            )
         if error_class == "transient":
             attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
             error = f"retries exhausted after {attempts}; last error: {error}"
-        await _record_outcome(ctx, store.FAIL, error, kind)
-        log.error("job.failed", error=error, error_kind=kind, took_ms=took_ms)
-        await _on_failure(ctx, impl, payload, error)
-        return {"status": "failed", "error_kind": kind, "error": error}
+        return await _settle(ctx, impl, payload, {"kind": "fail", "error": error, "error_kind": kind},
+                             took_ms=_ms(loop, started_at))  # fmt: skip
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
+        if not run_task.done():
+            run_task.cancel()
 
-    took_ms = round((loop.time() - started_at) * 1000)
     stored = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-    written = await _fenced(ctx, store.COMPLETE, stored)
-    if not written:
-        log.warning("job.stale_completion_ignored", took_ms=took_ms)
-        return {"status": "stale", "result": stored}
-    log.info("job.completed", took_ms=took_ms)
-    return {"status": "completed", "result": stored}
+    return await _settle(ctx, impl, payload, {"kind": "complete", "result": stored}, took_ms=_ms(loop, started_at))
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _ms(loop: asyncio.AbstractEventLoop, since: float) -> int:
+    return round((loop.time() - since) * 1000)
+
+
+OutcomeKind = Literal["complete", "fail", "retry"]
+
+
+def _outcome_sql(outcome: Outcome) -> tuple[str, tuple[Any, ...]]:
+    kind: OutcomeKind = outcome["kind"]
+    if kind == "complete":
+        return store.COMPLETE, (outcome.get("result"),)
+    if kind == "fail":
+        return store.FAIL, (outcome["error"], outcome["error_kind"])
+    return store.SCHEDULE_RETRY, (outcome["error"], outcome["error_kind"], outcome["delay_s"])
+
+
+async def _settle(
+    ctx: JobContext, impl: Job, payload: JobPayload, outcome: Outcome, *, took_ms: int | None = None
+) -> Outcome:
+    """Record an attempt's outcome; park it in Redis if PostgreSQL stays unreachable."""
+    sql, args = _outcome_sql(outcome)
+    try:
+        landed = await _write_with_retries(ctx, sql, args)
+    except Exception as exc:
+        await _park(ctx, outcome, exc)
+        raise Retry(defer=backoff_s(ctx.spec, ctx.attempt)) from exc
+    return await _after_write(ctx, impl, payload, outcome, landed, took_ms)
+
+
+async def _after_write(
+    ctx: JobContext, impl: Job, payload: JobPayload, outcome: Outcome, landed: bool, took_ms: int | None = None
+) -> Outcome:
+    kind = outcome["kind"]
+    if not landed:
+        log.warning("job.stale_outcome_ignored", outcome=kind, took_ms=took_ms)
+        return {"status": "stale", "outcome": kind}
+    if kind == "complete":
+        log.info("job.completed", took_ms=took_ms)
+        return {"status": "completed", "result": outcome.get("result")}
+    if kind == "retry":
+        raise Retry(defer=outcome["delay_s"])
+    log.error("job.failed", error=outcome["error"], error_kind=outcome["error_kind"], took_ms=took_ms)
+    await _on_failure(replace(ctx, fenced=False), impl, payload, outcome["error"])
+    return {"status": "failed", "error_kind": outcome["error_kind"], "error": outcome["error"]}
+
+
+async def _write_with_retries(ctx: JobContext, sql: str, args: tuple[Any, ...]) -> bool:
+    last: Exception | None = None
+    for delay in (*OUTCOME_WRITE_DELAYS_S, None):
+        try:
+            return await asyncio.shield(_fenced(ctx, sql, *args))
+        except Exception as exc:
+            last = exc
+            log.warning("job.outcome_write_failed", error=describe(exc), retry_in_s=delay)
+            if delay is not None:
+                await asyncio.sleep(delay)
+    assert last is not None
+    raise last
+
+
+async def _park(ctx: JobContext, outcome: Outcome, exc: Exception) -> None:
+    """Keep the outcome in Redis by record and attempt: the next delivery records it."""
+    value = json.dumps({**outcome, "attempt": ctx.attempt})
+    try:
+        await ctx.resources.redis.set(f"{OUTCOME_PREFIX}{ctx.record_id}", value, ex=OUTCOME_TTL_S)
+    except Exception as redis_exc:
+        log.error("job.outcome_lost", outcome=outcome["kind"], error=describe(exc), redis_error=describe(redis_exc))
+        return
+    log.warning("job.outcome_parked", outcome=outcome["kind"], error=describe(exc))
+
+
+async def _record_parked_outcome(
+    resources: Resources, spec: JobSpec, impl: Job, record_id: UUID, user_id: UUID, payload: JobPayload
+) -> Outcome | None:
+    """Record an outcome an earlier delivery parked; None when there is none (or it was a retry)."""
+    key = f"{OUTCOME_PREFIX}{record_id}"
+    raw = await resources.redis.get(key)
+    if raw is None:
+        return None
+    outcome = json.loads(raw)
+    attempt = int(outcome.pop("attempt"))
+    ctx = JobContext(resources, spec, record_id, user_id, attempt, attempt)
+    sql, args = _outcome_sql(outcome)
+    try:
+        landed = await _fenced(ctx, sql, *args)
+    except Exception as exc:
+        delay = backoff_s(spec, attempt)
+        log.warning("job.parked_outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
+        raise Retry(defer=delay) from exc
+    await resources.redis.delete(key)
+    log.info("job.parked_outcome_recorded", outcome=outcome["kind"], attempt=attempt, landed=landed)
+    if outcome["kind"] == "retry" and landed:
+        return None  # recorded; this delivery now starts the next attempt when it is due
+    with structlog.contextvars.bound_contextvars(attempt=attempt):
+        return await _after_write(ctx, impl, payload, outcome, landed)
 
 
 async def _fenced(ctx: JobContext, sql: str, *args: Any) -> bool:
     """A record write that only lands if this attempt is still the current one."""
-    async with ctx.creator_tx() as conn:
+    async with ctx.resources.db.creator_tx(ctx.user_id) as conn:
         status = await conn.execute(sql, ctx.record_id, ctx.attempt, *args)
     return bool(status.endswith(" 1"))
 
@@ -207,27 +353,21 @@ async def _on_failure(ctx: JobContext, impl: Job, payload: JobPayload, error: st
         log.error("job.failure_hook_failed", error=describe(exc))
 
 
-async def _record_outcome(ctx: JobContext, sql: str, *args: Any) -> None:
-    """Record a failure or a retry; if PostgreSQL is unreachable, come back later to record it.
-
-    The next delivery starts a new attempt, which fails the job for good once attempts are used up.
-    """
-    try:
-        await _fenced(ctx, sql, *args)
-    except Exception as exc:
-        delay = backoff_s(ctx.spec, ctx.attempt)
-        log.warning("job.outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
-        raise Retry(defer=delay) from exc
-
-
-async def _heartbeat(ctx: JobContext, interval_s: float) -> None:
+async def _heartbeat(ctx: JobContext, run_task: asyncio.Future[Any], lease_lost: asyncio.Event) -> None:
+    """Extend the lease; when it is found lost, stop the run (its writes are fenced anyway)."""
+    settings = ctx.resources.settings
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(settings.job_heartbeat_interval_s)
         try:
-            async with ctx.creator_tx() as conn:
-                await conn.execute(store.HEARTBEAT, ctx.record_id, ctx.attempt)
+            async with ctx.resources.db.creator_tx(ctx.user_id) as conn:
+                status = await conn.execute(store.HEARTBEAT, ctx.record_id, ctx.attempt, settings.job_lease_s)
         except Exception as exc:  # a missed beat is not worth failing the job over
             log.warning("job.heartbeat_failed", error=describe(exc))
+            continue
+        if not status.endswith(" 1"):
+            lease_lost.set()
+            run_task.cancel()
+            return
 
 
 async def _record_foreign_job(
@@ -237,23 +377,65 @@ async def _record_foreign_job(
         conn, envelope.user_id, spec.name, spec.queue, spec.max_attempts,
         [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
     )  # fmt: skip
-    await conn.execute(store.MARK_ENQUEUED, ref.id)
+    await conn.execute(store.MARK_ENQUEUED_MANY, [ref.id], [ref.dispatch_no])
     return ref.id
 
 
 async def _record_rejection(
-    db: Database, spec: JobSpec, arq_job_id: str, envelope: Envelope, exc: InvalidPayload
+    resources: Resources, spec: JobSpec, arq_job_id: str, envelope: Envelope, error: str, kind: str
 ) -> None:
-    async with db.creator_tx(envelope.user_id) as conn:
-        if envelope.record_id is not None:
-            await conn.execute(
-                "update media_jobs set status = 'failed', error = $2, error_kind = 'invalid_payload',"
-                " finished_at = now(), updated_at = now() where id = $1 and status in ('queued', 'processing')",
-                envelope.record_id,
-                str(exc),
-            )
-        else:
-            await conn.execute(
-                store.RECORD_REJECTED, envelope.user_id, spec.name, spec.queue, f"arq:{arq_job_id}",
-                store.payload_for_record(envelope.payload_raw), str(exc),
-            )  # fmt: skip
+    try:
+        async with resources.db.creator_tx(envelope.user_id) as conn:
+            if envelope.record_id is not None:
+                await conn.execute(store.REJECT, envelope.record_id, envelope.dispatch_no, error, kind)
+            else:
+                await conn.execute(
+                    store.RECORD_REJECTED, envelope.user_id, spec.name, spec.queue, f"arq:{arq_job_id}",
+                    store.payload_for_record(envelope.payload_raw), error,
+                )  # fmt: skip
+    except Exception as exc:  # e.g. unknown creator: the log line is then the only record
+        log.error("job.rejection_not_recorded", error=describe(exc))
+
+
+def make_rejected_function() -> Callable[..., Awaitable[Outcome]]:
+    """Handles a delivery whose envelope arq could not have run (see transport.job_deserializer)."""
+
+    async def rejected(ctx: dict[str, Any], *, problem: str, record_id: Any, user_id: Any, job_name: Any) -> Outcome:
+        log.error("job.rejected", job_id=ctx["job_id"], reason=problem, job_name=job_name)
+        await _fail_record_if_known(ctx["resources"], ctx["job_id"], record_id, user_id, problem, "invalid_envelope")
+        return {"status": "rejected", "error": problem}
+
+    return rejected
+
+
+def make_unknown_job_function() -> Callable[..., Awaitable[Outcome]]:
+    """Hands back a job whose name this worker does not know (e.g. mid rolling deploy)."""
+
+    async def unknown(ctx: dict[str, Any], *, job_name: str, kwargs: dict[str, Any]) -> Outcome:
+        tries = ctx["job_try"]
+        if tries < UNKNOWN_JOB_MAX_TRIES:
+            log.warning("job.unknown_name_handed_back", job_id=ctx["job_id"], job_name=job_name, job_try=tries,
+                        retry_in_s=UNKNOWN_JOB_RETRY_S)  # fmt: skip
+            raise Retry(defer=UNKNOWN_JOB_RETRY_S)
+        error = f"no worker on this queue knows job {job_name!r} (handed back {tries} times)"
+        log.error("job.unknown_name", job_id=ctx["job_id"], job_name=job_name, error=error)
+        await _fail_record_if_known(
+            ctx["resources"], ctx["job_id"], kwargs.get("record_id"), kwargs.get("user_id"), error, "unknown_job"
+        )
+        return {"status": "failed", "error_kind": "unknown_job", "error": error}
+
+    return unknown
+
+
+async def _fail_record_if_known(
+    resources: Resources, arq_job_id: str, record_raw: Any, user_raw: Any, error: str, kind: str
+) -> None:
+    try:
+        record_id, user_id = UUID(str(record_raw)), UUID(str(user_raw))
+    except ValueError:
+        return
+    try:
+        async with resources.db.creator_tx(user_id) as conn:
+            await conn.execute(store.REJECT, record_id, dispatch_no_of(arq_job_id, record_id), error, kind)
+    except Exception as exc:
+        log.error("job.rejection_not_recorded", error=describe(exc))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -43,6 +44,10 @@ class Resources:
         return self._cipher
 
 
+class LeaseLost(Exception):
+    """This attempt no longer owns its job record (its lease expired and the job was re-driven)."""
+
+
 @dataclass
 class JobContext:
     """A job's typed view of its run."""
@@ -53,10 +58,30 @@ class JobContext:
     user_id: UUID
     attempt: int
     max_attempts: int
+    # Fenced while the attempt runs: each transaction first checks that the attempt still owns the
+    # record. The failure hook runs unfenced, after the runtime recorded the job failed.
+    fenced: bool = True
 
-    def creator_tx(self) -> Any:
-        """A transaction acting for this job's creator (RLS-scoped)."""
-        return self.resources.db.creator_tx(self.user_id)
+    @asynccontextmanager
+    async def creator_tx(self) -> AsyncIterator[Any]:
+        """A transaction acting for this job's creator (RLS-scoped).
+
+        Raises LeaseLost, before anything is written, when another attempt has taken the job over:
+        a worker that was paused past its lease does no more writes once it resumes.
+        """
+        if not self.fenced:
+            async with self.resources.db.creator_tx(self.user_id) as conn:
+                yield conn
+            return
+        async with self.resources.db.app_pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(store.BEGIN_JOB_TX, self.user_id, self.record_id, self.attempt):
+                raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
+            yield conn
+
+    async def ensure_lease(self) -> None:
+        """Raise LeaseLost if this attempt no longer owns the job: call it before an outside effect."""
+        async with self.creator_tx():
+            pass
 
     @property
     def is_last_attempt(self) -> bool:
@@ -80,4 +105,3 @@ class Job:
 
     run: JobImpl
     on_failure: FailureHook | None = None
-

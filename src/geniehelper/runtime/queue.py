@@ -1,11 +1,12 @@
 """The enqueue API for services: `JobQueue.enqueue(job_name, payload, user_id=...)`.
 
 PostgreSQL is the source of truth, Redis the transport. Enqueueing writes the job record
-(`media_jobs`) first, keyed on (creator, job key) so a repeated call finds the same record instead
-of creating work twice, then pushes the job to arq with the record id as the arq job id (arq drops
-a second push of an id it still holds). A service that wants the job only if its own transaction
-commits calls `record()` inside that transaction and `push()` after commit; if it dies in between,
-the outbox relay (`relay_unpushed`) pushes the record later. Either way a rolled-back job never runs.
+(`media_jobs`) first, keyed on (creator, job key) so a repeated call finds the active record instead
+of creating work twice, then pushes its dispatch to arq (arq id `<record id>:<dispatch no>`). A
+service that wants the job only if its own transaction commits calls `record()` inside that
+transaction and `push()` after commit; if it dies in between, or Redis is down, the outbox relay
+(`geniehelper.runtime.delivery`) pushes the record later. Either way a rolled-back job never runs,
+and a push failure after commit is never an error for the caller: the record is the job.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.definition import QUEUE_NAMES, InvalidPayload, JobPayload, JobRegistry
+from geniehelper.runtime.definition import InvalidPayload, JobPayload, JobRegistry
 from geniehelper.runtime.quotas import QuotaExceeded, TierLimits, consume_up_to
+from geniehelper.runtime.retry import describe
+from geniehelper.runtime.transport import Dispatch, push_dispatch
 
 log = structlog.get_logger("geniehelper.queue")
 
@@ -54,17 +57,33 @@ class EnqueuedJob:
     job_key: str
     queue: str
     status: str
+    enqueued_at: datetime | None
     payload_json: str
     run_at: datetime
-    duplicate: bool  # the key was seen before: this call created nothing
+    dispatch_no: int
+    duplicate: bool  # the key has an active record: this call created nothing
+
+    def dispatch(self) -> Dispatch:
+        return Dispatch(
+            self.id, self.dispatch_no, self.user_id, self.job_name, self.queue, self.payload_json, self.run_at
+        )
 
 
 class JobQueue:
-    def __init__(self, db: Database, redis: ArqRedis, registry: JobRegistry, limits: TierLimits) -> None:
+    def __init__(
+        self,
+        db: Database,
+        redis: ArqRedis,
+        registry: JobRegistry,
+        limits: TierLimits,
+        *,
+        dispatch_ttl_s: float = 86_400.0,
+    ) -> None:
         self.db = db
         self.redis = redis
         self.registry = registry
         self.limits = limits
+        self.dispatch_ttl_s = dispatch_ttl_s
 
     async def enqueue(
         self,
@@ -78,7 +97,11 @@ class JobQueue:
         scheduled_post_id: UUID | None = None,
         media_asset_id: UUID | None = None,
     ) -> EnqueuedJob:
-        """Validate, record and push one job; raises InvalidPayload, UnknownJob or QuotaExceeded."""
+        """Validate, record and push one job; raises InvalidPayload, UnknownJob or QuotaExceeded.
+
+        Once the record is committed this returns it even if Redis is unreachable (logged as
+        `job.push_deferred`): the outbox relay delivers it, so the caller never retries into a second job.
+        """
         user = UUID(str(user_id))
         async with self.db.creator_tx(user) as conn:
             job = await self.record(
@@ -124,9 +147,7 @@ class JobQueue:
             raise
         keys = [r.key or f"{spec.name}:{uuid4()}" for r in requests]
         records = [
-            store.NewJobRecord(
-                key, json.loads(payload), r.priority, r.run_at, r.scheduled_post_id, r.media_asset_id
-            )
+            store.NewJobRecord(key, json.loads(payload), r.priority, r.run_at, r.scheduled_post_id, r.media_asset_id)
             for key, payload, r in zip(keys, payloads, requests, strict=True)
         ]
         refs = await store.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
@@ -146,56 +167,53 @@ class JobQueue:
             first_seen.add(ref.id)
             outcomes.append(refused.get(ref.id) or EnqueuedJob(
                 id=ref.id, user_id=user_id, job_name=spec.name, job_key=key, queue=spec.queue, status=ref.status,
-                payload_json=payload, run_at=ref.run_at, duplicate=duplicate,
+                enqueued_at=ref.enqueued_at, payload_json=payload, run_at=ref.run_at, dispatch_no=ref.dispatch_no,
+                duplicate=duplicate,
             ))  # fmt: skip
         return outcomes
 
     async def push(self, job: EnqueuedJob) -> bool:
-        """Hand a committed record to arq. Returns False when there was nothing to push."""
+        """Hand a committed record to arq. False when there was nothing to push or the push failed."""
         return await self.push_many([job]) == 1
 
     async def push_many(self, jobs: list[EnqueuedJob]) -> int:
-        """Push committed records to arq, then mark them enqueued (one transaction per creator)."""
-        pushable = [job for job in jobs if job.status in PUSHABLE]
-        by_creator: dict[UUID, list[UUID]] = defaultdict(list)
-        for start in range(0, len(pushable), PUSH_CONCURRENCY):
-            chunk = pushable[start : start + PUSH_CONCURRENCY]
-            await asyncio.gather(*[
-                push_to_arq(self.redis, job.id, job.user_id, job.job_name, job.queue, job.payload_json, job.run_at)
-                for job in chunk
-            ])  # fmt: skip
-        for job in pushable:
-            by_creator[job.user_id].append(job.id)
-        for user_id, ids in by_creator.items():
-            async with self.db.creator_tx(user_id) as conn:
-                await conn.execute(store.MARK_ENQUEUED_MANY, ids)
-        return len(pushable)
+        """Push committed records to arq, then mark them enqueued (one statement per creator).
+
+        Returns how many are now in Redis. A push that fails is logged `job.push_deferred` and left
+        to the outbox relay; it never raises.
+        """
+        pushable = [job for job in jobs if job.status in PUSHABLE and job.enqueued_at is None]
+        dispatches = [job.dispatch() for job in pushable]
+        errors = await push_dispatches(self.redis, dispatches, self.dispatch_ttl_s)
+        delivered = [d for d, error in zip(dispatches, errors, strict=True) if error is None]
+        by_creator: dict[UUID, list[Dispatch]] = defaultdict(list)
+        for dispatch in delivered:
+            by_creator[dispatch.user_id].append(dispatch)
+        for user_id, dispatches in by_creator.items():
+            try:
+                async with self.db.creator_tx(user_id) as conn:
+                    await conn.execute(
+                        store.MARK_ENQUEUED_MANY, [d.record_id for d in dispatches], [d.dispatch_no for d in dispatches]
+                    )
+            except Exception as exc:  # they are in Redis; the relay finds them there and marks them
+                log.warning("job.mark_enqueued_failed", user_id=str(user_id), jobs=len(dispatches), error=describe(exc))
+        return len(delivered)
 
 
-async def push_to_arq(
-    redis: ArqRedis, record_id: UUID, user_id: UUID, job_name: str, queue: str, payload_json: str, run_at: datetime
-) -> None:
-    """The wire format every producer uses (see docs/jobs.md for foreign clients)."""
-    await redis.enqueue_job(
-        job_name,
-        _job_id=str(record_id),
-        _queue_name=QUEUE_NAMES[queue],
-        _defer_until=run_at,
-        record_id=str(record_id),
-        user_id=str(user_id),
-        payload=payload_json,
-    )
-
-
-async def relay_unpushed(db: Database, redis: ArqRedis, *, grace_s: float = 5.0, batch: int = 500) -> int:
-    """Push records committed but never pushed (their producer died between commit and push)."""
-    async with db.system_tx() as conn:
-        rows = await conn.fetch(store.UNPUSHED, grace_s, batch)
-        for row in rows:
-            await push_to_arq(
-                redis, row["id"], row["user_id"], row["job_name"], row["queue"],
-                json.dumps(row["payload"]), row["run_at"],
-            )  # fmt: skip
-        if rows:
-            await conn.execute(store.MARK_ENQUEUED_MANY, [r["id"] for r in rows])
-    return len(rows)
+async def push_dispatches(redis: ArqRedis, dispatches: list[Dispatch], ttl_s: float) -> list[str | None]:
+    """Push dispatches a few at a time. For each: None when it is now in Redis (pushed, or found
+    already there), else why the push failed."""
+    errors: list[str | None] = []
+    for start in range(0, len(dispatches), PUSH_CONCURRENCY):
+        chunk = dispatches[start : start + PUSH_CONCURRENCY]
+        results = await asyncio.gather(*[push_dispatch(redis, d, ttl_s=ttl_s) for d in chunk], return_exceptions=True)
+        for dispatch, result in zip(chunk, results, strict=True):
+            if isinstance(result, BaseException):
+                if not isinstance(result, Exception):
+                    raise result
+                log.warning("job.push_deferred", record_id=str(dispatch.record_id), job_name=dispatch.job_name,
+                            user_id=str(dispatch.user_id), error=describe(result))  # fmt: skip
+                errors.append(describe(result))
+            else:
+                errors.append(None)
+    return errors

@@ -1,8 +1,9 @@
 """SQL for job records (`media_jobs`: the record of every job, all queues).
 
-PostgreSQL is the source of truth for jobs; Redis is only the transport. Every write after a job
-starts is fenced on the attempt number, so a worker presumed dead cannot overwrite the record of
-the attempt that replaced it.
+PostgreSQL is the source of truth for jobs; Redis only carries "dispatch n of record r" (arq job id
+`<record id>:<n>`). A delivery starts an attempt only for the record's current dispatch and while
+no other attempt holds a fresh lease; every write after that is fenced on the attempt number, so a
+worker presumed dead cannot overwrite the record of the attempt that replaced it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from uuid import UUID
 
 import asyncpg
 
-# Many records of one job for one creator in one statement; a key seen before inserts nothing.
+# Many records of one job for one creator in one statement; a key with an active record inserts nothing.
 INSERT_MANY = """
 insert into media_jobs (user_id, job_name, queue, max_attempts, job_key, payload, priority, run_at,
                         scheduled_post_id, media_asset_id)
@@ -24,29 +25,47 @@ select $1, $2, $3, $4, t.job_key, t.payload, t.priority, coalesce(t.run_at, now(
   from unnest($5::text[], $6::jsonb[], $7::int[], $8::timestamptz[], $9::uuid[], $10::uuid[])
        as t(job_key, payload, priority, run_at, scheduled_post_id, media_asset_id)
 on conflict (user_id, job_key) where status in ('queued', 'processing') do nothing
-returning id, job_key, status, enqueued_at, run_at
+returning id, job_key, status, enqueued_at, run_at, dispatch_no
 """
 
 FIND_BY_KEYS = """
-select id, job_key, job_name, status, enqueued_at, run_at from media_jobs
+select id, job_key, job_name, status, enqueued_at, run_at, dispatch_no from media_jobs
  where user_id = $1 and job_key = any($2) and status in ('queued', 'processing')
 """
 
 DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
 
-MARK_ENQUEUED = "update media_jobs set enqueued_at = now() where id = $1 and enqueued_at is null"
-MARK_ENQUEUED_MANY = "update media_jobs set enqueued_at = now() where id = any($1::uuid[]) and enqueued_at is null"
+# A push of dispatch n landed: the record leaves the outbox (only if n is still its dispatch).
+MARK_ENQUEUED_MANY = """
+update media_jobs j set enqueued_at = now(), dispatch_error = null
+  from unnest($1::uuid[], $2::int[]) as t(id, dispatch_no)
+ where j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null
+"""
 
+MARK_DISPATCH_FAILED = """
+update media_jobs set dispatch_error = $3 where id = $1 and dispatch_no = $2 and enqueued_at is null
+"""
+
+# The lease: a record is started by the delivery of its current dispatch, when queued, or when
+# the attempt that held it let its lease expire (its worker died or stopped).
 START_ATTEMPT = """
 update media_jobs
    set status = 'processing', attempts = attempts + 1, started_at = now(), heartbeat_at = now(),
-       worker_id = $2, updated_at = now()
- where id = $1 and status in ('queued', 'processing')
-returning attempts, max_attempts, status
+       lease_expires_at = now() + make_interval(secs => $4), worker_id = $3, updated_at = now()
+ where id = $1 and dispatch_no = $2 and run_at <= now() + interval '1 second'
+   and (status = 'queued' or (status = 'processing' and lease_expires_at < now()))
+returning attempts, max_attempts
+"""
+
+# Why a delivery did not start: the record's state as the delivery sees it.
+START_REFUSED = """
+select status, dispatch_no, attempts, lease_expires_at > now() as lease_fresh,
+       greatest(0, extract(epoch from run_at - now()))::float8 as starts_in_s
+  from media_jobs where id = $1
 """
 
 HEARTBEAT = """
-update media_jobs set heartbeat_at = now()
+update media_jobs set heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $3)
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
@@ -55,24 +74,35 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
+# Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
+BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
+
 COMPLETE = """
 update media_jobs
    set status = 'completed', result = $3, progress = 100, error = null, error_kind = null,
-       finished_at = now(), updated_at = now()
+       finished_at = now(), lease_expires_at = null, updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
 FAIL = """
 update media_jobs
-   set status = 'failed', error = $3, error_kind = $4, finished_at = now(), updated_at = now()
+   set status = 'failed', error = $3, error_kind = $4, finished_at = now(), lease_expires_at = null,
+       updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
+# A retry keeps the dispatch: arq delivers the same job again after the delay.
 SCHEDULE_RETRY = """
 update media_jobs
    set status = 'queued', error = $3, error_kind = $4, run_at = now() + make_interval(secs => $5),
-       updated_at = now()
+       lease_expires_at = null, updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
+"""
+
+# A record that never became a valid job: failed with the reason (fenced on its dispatch).
+REJECT = """
+update media_jobs set status = 'failed', error = $3, error_kind = $4, finished_at = now(), updated_at = now()
+ where id = $1 and dispatch_no = $2 and status in ('queued', 'processing')
 """
 
 # A payload that never became a valid job (e.g. from a foreign client): recorded failed at once.
@@ -85,12 +115,65 @@ on conflict (user_id, job_key) where status in ('queued', 'processing') do updat
         finished_at = now(), updated_at = now()
 """
 
-# Outbox relay: records committed but never pushed to Redis (producer died between commit and push).
+# --- delivery (system role): records that must reach Redis -----------------------------------------
+
+# The outbox: records whose current dispatch is not in Redis yet (their producer died between commit
+# and push, a push failed, or the record was re-driven). New records wait out a grace period so the
+# relay does not race their producer's own push.
 UNPUSHED = """
-select id, user_id, job_name, queue, payload, run_at from media_jobs
- where status = 'queued' and enqueued_at is null and created_at < now() - make_interval(secs => $1)
+select id, user_id, job_name, queue, payload, run_at, dispatch_no from media_jobs
+ where status = 'queued' and enqueued_at is null
+   and (created_at < now() - make_interval(secs => $1) or dispatch_no > 1)
  order by created_at
  limit $2
+"""
+
+# Re-drive: a new dispatch for records whose attempt stopped heartbeating (worker killed, paused,
+# partitioned). The next delivery starts a new attempt, or fails the job for good if none is left.
+REDRIVE_EXPIRED_LEASES = """
+with expired as (
+    select id from media_jobs
+     where status = 'processing' and lease_expires_at < now()
+     order by lease_expires_at
+     limit $1
+       for update skip locked
+)
+update media_jobs j
+   set status = 'queued', dispatch_no = j.dispatch_no + 1, enqueued_at = null, lease_expires_at = null,
+       error = format('lease expired: %s stopped heartbeating during attempt %s', j.worker_id, j.attempts),
+       error_kind = 'lease_expired', run_at = now(), updated_at = now()
+  from expired
+ where j.id = expired.id
+returning j.id, j.user_id, j.job_name, j.attempts, j.dispatch_no
+"""
+
+# Queued records said to be in Redis, in id order from a cursor, for comparing with what Redis holds.
+PUSHED_QUEUED_AFTER = """
+select id, dispatch_no from media_jobs
+ where status = 'queued' and enqueued_at < now() - make_interval(secs => $2) and id > $1
+ order by id
+ limit $3
+"""
+
+# Re-drive records whose dispatch Redis no longer holds (restart without persistence, flush,
+# failover, expiry), unless they changed since they were compared.
+REDRIVE_LOST = """
+update media_jobs j
+   set dispatch_no = j.dispatch_no + 1, enqueued_at = null, run_at = greatest(j.run_at, now()),
+       error = 'dispatch lost from Redis: re-driven', error_kind = 'dispatch_lost', updated_at = now()
+  from unnest($1::uuid[], $2::int[]) as t(id, dispatch_no)
+ where j.id = t.id and j.dispatch_no = t.dispatch_no and j.status = 'queued' and j.enqueued_at is not null
+returning j.id, j.user_id, j.job_name
+"""
+
+PRUNE_FINISHED = """
+with doomed as (
+    select id from media_jobs
+     where status in ('completed', 'failed', 'cancelled') and finished_at < now() - make_interval(secs => $1)
+     order by finished_at
+     limit $2
+)
+delete from media_jobs j using doomed where j.id = doomed.id
 """
 
 
@@ -114,6 +197,7 @@ class RecordRef:
     status: str
     enqueued_at: datetime | None
     run_at: datetime
+    dispatch_no: int
     created: bool
 
 
@@ -132,7 +216,7 @@ async def insert_many(
         )  # fmt: skip
         for row in rows:
             refs[row["job_key"]] = RecordRef(
-                row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], True
+                row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], row["dispatch_no"], True
             )
         seen = [r.job_key for r in pending if r.job_key not in refs]
         if seen:
@@ -140,7 +224,13 @@ async def insert_many(
                 if row["job_name"] != job_name:
                     raise ValueError(f"job key {row['job_key']!r} is already used by a {row['job_name']} job")
                 refs[row["job_key"]] = RecordRef(
-                    row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], False
+                    row["id"],
+                    row["job_key"],
+                    row["status"],
+                    row["enqueued_at"],
+                    row["run_at"],
+                    row["dispatch_no"],
+                    False,
                 )
         pending = [r for r in pending if r.job_key not in refs]
         if not pending:

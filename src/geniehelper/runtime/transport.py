@@ -1,11 +1,26 @@
-"""The Redis-compatible server: arq connections with our JSON serializer, and a config check."""
+"""The Redis-compatible server: arq connections, the wire format, dispatches, and a config check.
+
+Redis only carries "dispatch n of record r": arq job id `<record id>:<n>`, kwargs `record_id`,
+`user_id`, `payload` (a JSON object as a string). The record in PostgreSQL decides what runs.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.constants import job_key_prefix
+
+from geniehelper.runtime.definition import QUEUE_NAMES
+
+# Worker-side names for deliveries that must not reach arq's own handling (see job_deserializer).
+REJECTED_FUNCTION = "__rejected__"
+UNKNOWN_FUNCTION = "__unknown_job__"
 
 
 def _json_default(value: object) -> object:
@@ -24,6 +39,99 @@ def wire_loads(data: bytes) -> Any:
     return json.loads(data)
 
 
+def job_deserializer(known_functions: Collection[str]) -> Callable[[bytes], dict[str, Any]]:
+    """arq's job deserializer for a worker: every envelope comes out well-formed.
+
+    arq looks the function up and splats the arguments itself, so a malformed envelope (not JSON,
+    the name a list, the args a number) would fail inside arq before our wrapper runs, and a name
+    this worker does not know would be finalised by arq. Both are rewritten to one of our handlers:
+    `__rejected__` (names the field and the reason) or `__unknown_job__` (hands the job back).
+    """
+
+    def rejected(problem: str, raw: Any) -> dict[str, Any]:
+        envelope = raw if isinstance(raw, dict) else {}
+        kwargs = envelope["k"] if isinstance(envelope.get("k"), dict) else {}
+        name = envelope["f"] if isinstance(envelope.get("f"), str) else None
+        found = {"record_id": kwargs.get("record_id"), "user_id": kwargs.get("user_id"), "job_name": name}
+        return {"t": 1, "f": REJECTED_FUNCTION, "a": [], "et": 0, "k": {"problem": problem, **found}}
+
+    def load(data: bytes) -> dict[str, Any]:
+        try:
+            raw = json.loads(data)
+        except ValueError as exc:
+            return rejected(f"envelope: not JSON ({exc})", None)
+        if not isinstance(raw, dict):
+            return rejected(f"envelope: expected a JSON object, got {type(raw).__name__}", None)
+        for field, kind, label in (("f", str, "a string"), ("a", list, "a list"), ("k", dict, "an object")):
+            if not isinstance(raw.get(field), kind):
+                return rejected(f"envelope.{field}: must be {label}, got {type(raw.get(field)).__name__}", raw)
+        for field in ("t", "et"):
+            if raw.get(field) is not None and (not isinstance(raw[field], int) or isinstance(raw[field], bool)):
+                return rejected(f"envelope.{field}: must be an integer, got {type(raw[field]).__name__}", raw)
+        raw.setdefault("et", 0)
+        raw.setdefault("t", None)
+        if raw["f"] not in known_functions:
+            return {**raw, "f": UNKNOWN_FUNCTION, "a": [], "k": {"job_name": raw["f"], "kwargs": raw["k"]}}
+        return dict(raw)
+
+    return load
+
+
+def arq_job_id(record_id: UUID, dispatch_no: int) -> str:
+    return f"{record_id}:{dispatch_no}"
+
+
+def dispatch_no_of(arq_id: str, record_id: UUID) -> int:
+    """The dispatch a delivery carries: `<record id>:<n>`; an id of another shape counts as dispatch 1."""
+    prefix = f"{record_id}:"
+    if arq_id.startswith(prefix) and arq_id[len(prefix) :].isdigit():
+        return int(arq_id[len(prefix) :])
+    return 1
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Dispatch `dispatch_no` of a job record, as it is pushed to Redis."""
+
+    record_id: UUID
+    dispatch_no: int
+    user_id: UUID
+    job_name: str
+    queue: str
+    payload_json: str
+    run_at: datetime
+
+
+async def push_dispatch(redis: ArqRedis, dispatch: Dispatch, *, ttl_s: float) -> bool:
+    """Put a dispatch on its queue; False when Redis already holds it (queued or running).
+
+    The start time is never in the past (arq derives the key's expiry from it), and the key lives
+    `ttl_s` beyond it: a dispatch whose key expires is found missing and re-driven.
+    """
+    now = datetime.now(UTC)
+    defer_until = max(dispatch.run_at, now)
+    job = await redis.enqueue_job(
+        dispatch.job_name,
+        _job_id=arq_job_id(dispatch.record_id, dispatch.dispatch_no),
+        _queue_name=QUEUE_NAMES[dispatch.queue],
+        _defer_until=defer_until,
+        _expires=(defer_until - now).total_seconds() + ttl_s,
+        record_id=str(dispatch.record_id),
+        user_id=str(dispatch.user_id),
+        payload=dispatch.payload_json,
+    )
+    return job is not None
+
+
+async def dispatches_present(redis: ArqRedis, ids: list[tuple[UUID, int]]) -> list[bool]:
+    """Whether Redis holds each dispatch's job key (one pipeline)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for record_id, dispatch_no in ids:
+            pipe.exists(job_key_prefix + arq_job_id(record_id, dispatch_no))
+        found = await pipe.execute()
+    return [bool(n) for n in found]
+
+
 def redis_settings(url: str) -> RedisSettings:
     settings = RedisSettings.from_dsn(url)
     # Fail fast instead of arq's default of retrying the first connection for ~5 s per try.
@@ -33,9 +141,7 @@ def redis_settings(url: str) -> RedisSettings:
 
 
 async def create_arq_redis(url: str) -> ArqRedis:
-    pool: ArqRedis = await create_pool(
-        redis_settings(url), job_serializer=wire_dumps, job_deserializer=wire_loads
-    )
+    pool: ArqRedis = await create_pool(redis_settings(url), job_serializer=wire_dumps, job_deserializer=wire_loads)
     return pool
 
 

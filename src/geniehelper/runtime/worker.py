@@ -1,35 +1,61 @@
-"""Building arq `WorkerSettings` for one queue from job contracts and their implementations.
+"""Building arq `WorkerSettings` for one queue, and running a worker that outlives outages.
 
 `workers/` calls `build_worker_settings` with the jobs of its queue; the result is a plain arq
 settings class, so `arq workers.main.WorkerSettings` works as well as `geniehelper worker default`.
-Timeout classes stay on separate queues: arq re-runs a killed worker's job only after the largest
-job timeout on that worker + 10 s, so short jobs must not share a worker with long media jobs.
+`run_worker` (what `geniehelper worker` runs) adds what arq lacks: arq's worker exits when Redis
+goes away, so it rebuilds arq's worker around a lost connection, keeping the pools and the running
+jobs, and waits for PostgreSQL at start instead of exiting.
+
+arq's own limits are backstops, never the decision: tries are unlimited (the record counts
+attempts), results are not kept (the record holds them), and arq's timeout sits well past the
+job's own timeout plus the time allowed to record its outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
 import structlog
 from arq import func
+from arq.connections import create_pool
+from arq.worker import Worker, create_worker
 
 from geniehelper import health
 from geniehelper.crypto import CredentialKeyError
 from geniehelper.db import Database
-from geniehelper.runtime.attempt import make_arq_function
+from geniehelper.runtime.attempt import (
+    OUTCOME_WRITE_DELAYS_S,
+    make_arq_function,
+    make_rejected_function,
+    make_unknown_job_function,
+)
 from geniehelper.runtime.context import Job, Resources
 from geniehelper.runtime.definition import QUEUE_NAMES, JobRegistry, JobSpec
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
-from geniehelper.runtime.transport import config_warnings, redis_settings, wire_dumps, wire_loads
+from geniehelper.runtime.retry import describe
+from geniehelper.runtime.transport import (
+    REJECTED_FUNCTION,
+    UNKNOWN_FUNCTION,
+    config_warnings,
+    job_deserializer,
+    redis_settings,
+    wire_dumps,
+)
 from geniehelper.settings import Settings, load_settings
 from geniehelper.stack import resolve_urls
 
 log = structlog.get_logger("geniehelper.worker")
+
+UNLIMITED_TRIES = 1_000_000
+# Time for the outcome write's retries and the failure hook, beyond the job's own timeout.
+SETTLE_ALLOWANCE_S = sum(OUTCOME_WRITE_DELAYS_S) + 30
+RECONNECT_MAX_DELAY_S = 10.0
 
 
 def build_worker_settings(
@@ -55,19 +81,20 @@ def build_worker_settings(
         urls = resolve_urls(settings)
         database_url, redis_url = database_url or urls.database_url, redis_url or urls.redis_url
     db_url: str = database_url
+    max_jobs = settings.media_worker_concurrency if queue == "media" else settings.worker_concurrency
 
     async def on_startup(ctx: dict[str, Any]) -> None:
+        if "resources" in ctx:  # a rebuilt arq worker (see run_worker): the resources outlive it
+            return
         redis = ctx["redis"]
         for warning in await config_warnings(redis):
             log.warning("worker.unsafe_redis", problem=warning)
-        db = await Database.open(
-            db_url, min_size=settings.db_pool_min_size, max_size=max(settings.db_pool_max_size, 2)
-        )
+        db = await _open_database(db_url, settings)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         limits = load_tier_limits()
         resources = Resources(
             settings=settings, db=db, redis=redis, http=http, registry=registry,
-            queue=JobQueue(db, redis, registry, limits), limits=limits,
+            queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s), limits=limits,
         )  # fmt: skip
         try:
             resources.credential_cipher()
@@ -83,30 +110,23 @@ def build_worker_settings(
         log.info("process.ready", queue=queue, jobs=[s.name for s in specs], max_jobs=max_jobs)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
-        task = ctx.pop("health_task", None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        resources: Resources | None = ctx.pop("resources", None)
-        if resources is not None:
-            await resources.http.aclose()
-            await resources.db.close()
-            with contextlib.suppress(Exception):
-                await resources.redis.delete(health.health_key(role))
+        if ctx.get("keep_resources"):
+            return
+        await close_resources(ctx, role)
         log.info("process.stopped", queue=queue)
 
-    max_jobs = settings.media_worker_concurrency if queue == "media" else settings.worker_concurrency
     functions = [
-        # arq's own try limit is only a backstop: our records count attempts (see runtime.py), and
-        # infrastructure retries (PostgreSQL down before a job could start) do not use attempts up.
         func(
             make_arq_function(spec, implementations[spec.name]),  # type: ignore[arg-type]
             name=spec.name,
-            timeout=spec.timeout_s + 10,
-            max_tries=spec.max_attempts + 20,
+            timeout=spec.timeout_s + SETTLE_ALLOWANCE_S,
+            max_tries=UNLIMITED_TRIES,
         )
         for spec in specs
+    ]
+    functions += [
+        func(make_rejected_function(), name=REJECTED_FUNCTION, timeout=60, max_tries=UNLIMITED_TRIES),  # type: ignore[arg-type]
+        func(make_unknown_job_function(), name=UNKNOWN_FUNCTION, timeout=60, max_tries=UNLIMITED_TRIES),  # type: ignore[arg-type]
     ]
     attributes = {
         "functions": functions,
@@ -115,13 +135,128 @@ def build_worker_settings(
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "job_serializer": wire_dumps,
-        "job_deserializer": wire_loads,
+        "job_deserializer": job_deserializer({f.name for f in functions}),
         "max_jobs": max_jobs,
         # arq's default 0.5 s caps a worker at max_jobs / 0.5 s job starts per second (20/s at 10).
         "poll_delay": settings.worker_poll_delay_s,
         "health_check_interval": settings.health_interval_s,
         "job_completion_wait": int(settings.worker_shutdown_grace_s),
-        "keep_result": 3600,
+        "keep_result": 0,
         "handle_signals": True,
+        "role": role,
     }
     return type(f"{role.title().replace('_', '')}WorkerSettings", (), attributes)
+
+
+async def _open_database(url: str, settings: Settings) -> Database:
+    """Open the pools, waiting out a PostgreSQL that is not reachable yet."""
+    delay = 0.5
+    while True:
+        try:
+            return await Database.open(
+                url, min_size=settings.db_pool_min_size, max_size=max(settings.db_pool_max_size, 2)
+            )
+        except (TimeoutError, OSError) as exc:
+            log.warning("worker.database_unavailable", error=describe(exc), retry_in_s=delay)
+        except Exception as exc:
+            if "starting up" not in str(exc) and "shutting down" not in str(exc):
+                raise
+            log.warning("worker.database_unavailable", error=describe(exc), retry_in_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+
+async def close_resources(ctx: dict[str, Any], role: str) -> None:
+    task = ctx.pop("health_task", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    resources: Resources | None = ctx.pop("resources", None)
+    if resources is not None:
+        await resources.http.aclose()
+        await resources.db.close()
+        with contextlib.suppress(Exception):
+            await resources.redis.delete(health.health_key(role))
+
+
+def _is_redis_loss(exc: BaseException) -> bool:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError | OSError)
+
+
+async def run_worker(settings_cls: type) -> None:
+    """Run arq's worker until SIGINT/SIGTERM; rebuild it when its Redis connection is lost.
+
+    On a signal the running jobs get WORKER_SHUTDOWN_GRACE_S to finish, then are handed back.
+    When Redis goes away the running jobs go on (their records are in PostgreSQL) and a new arq
+    worker, on the same connection pool, starts polling once Redis answers again.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    role: str = settings_cls.role  # type: ignore[attr-defined]
+    worker: Worker | None = None
+
+    def on_signal(signum: int) -> None:
+        log.info("worker.stopping", signal=signal.Signals(signum).name)
+        stop.set()
+        if worker is not None and worker.main_task is not None:
+            worker.handle_sig_wait_for_completion(signal.Signals(signum))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    redis = await create_pool(
+        settings_cls.redis_settings,  # type: ignore[attr-defined]
+        job_serializer=wire_dumps, job_deserializer=settings_cls.job_deserializer,  # type: ignore[attr-defined]
+    )  # fmt: skip
+    # arq keeps its own context dict; ours outlives each rebuilt worker (resources, health beat).
+    ctx: dict[str, Any] = {"redis": redis, "keep_resources": True}
+    running: set[asyncio.Task[Any]] = set()
+    delay = 0.5
+    try:
+        while not stop.is_set():
+            if not await _redis_answers(redis, stop, delay):
+                break
+            worker = create_worker(settings_cls, handle_signals=False, ctx=ctx, redis_pool=redis)
+            try:
+                await worker.async_run()
+                break
+            except asyncio.CancelledError:
+                if stop.is_set():
+                    break
+                raise
+            except Exception as exc:
+                if not _is_redis_loss(exc):
+                    raise
+                running.update(t for t in worker.tasks.values() if not t.done())
+                log.warning("worker.redis_lost", error=describe(exc), running_jobs=len(running))
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+        if worker is not None:  # cancelled jobs are still recording that they were handed back
+            running.update(worker.tasks.values())
+        running = {t for t in running if not t.done()}
+        if running:  # let them settle their records before the pools close
+            await asyncio.wait(running, timeout=float(getattr(settings_cls, "job_completion_wait", 20)))
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        ctx["keep_resources"] = False
+        await close_resources(ctx, role)
+        with contextlib.suppress(Exception):
+            await redis.aclose()
+        log.info("process.stopped", role=role)
+
+
+async def _redis_answers(redis: Any, stop: asyncio.Event, delay: float) -> bool:
+    """Wait until Redis answers a PING (True) or the worker is told to stop (False)."""
+    while not stop.is_set():
+        try:
+            await redis.ping()
+            return True
+        except Exception as exc:
+            log.warning("worker.redis_unavailable", error=describe(exc), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+    return False
