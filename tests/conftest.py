@@ -39,7 +39,8 @@ def stack() -> Iterator[StackUrls]:
     if given_db and given_redis:
         yield StackUrls(given_db, given_redis)
         return
-    embedded = EmbeddedStack(ROOT / ".data" / "test", durable=False)
+    # TEST_DATA_DIR: a second test run at the same time needs servers of its own (tests flush Redis).
+    embedded = EmbeddedStack(Path(os.environ.get("TEST_DATA_DIR", ROOT / ".data" / "test")), durable=False)
     urls = embedded.start()
     try:
         yield StackUrls(given_db or urls.database_url, given_redis or urls.redis_url)
