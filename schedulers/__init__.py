@@ -1,4 +1,8 @@
-"""Scheduler processes, one module each, all on `schedulers.base`. Run: `geniehelper scheduler NAME`."""
+"""Schedulers, one module each, all on `schedulers.base`.
+
+Run: `geniehelper scheduler all` (every one in one process, the Procfile's `scheduler`), or
+`geniehelper scheduler NAME [NAME ...]`. Each is leader-elected on its own, so any mix of copies is safe.
+"""
 
 from __future__ import annotations
 

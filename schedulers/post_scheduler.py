@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import defaultdict
-from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -48,33 +46,53 @@ class PostScheduler(Scheduler):
         await self._listen(ctx)
 
     async def teardown(self, ctx: SchedulerContext) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close(timeout=5)
-            self._listener = None
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                await listener.close(timeout=5)
+            except Exception:  # server gone: drop the socket
+                listener.terminate()
 
     async def _listen(self, ctx: SchedulerContext) -> None:
+        await self.teardown(ctx)  # never leave an old listener connection behind
         try:
-            self._listener = await asyncpg.connect(ctx.database_url, server_settings={"role": SYSTEM_ROLE})
-            await self._listener.add_listener(CHANNEL, self._on_notify)
-        except (OSError, asyncpg.PostgresError) as exc:  # polling still works without it
-            log.warning("post_scheduler.listen_failed", error=str(exc))
-            self._listener = None
+            listener = await asyncpg.connect(ctx.database_url, timeout=10, server_settings={"role": SYSTEM_ROLE})
+            await listener.add_listener(CHANNEL, self._on_notify)
+        except Exception as exc:  # polling still works without it; the next wait tries again
+            log.warning("post_scheduler.listen_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._listener = listener
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        # The payload is the post's scheduled_time as epoch seconds: the database's clock, like _planned_wake_at.
         with contextlib.suppress(ValueError):
             if float(str(payload)) < self._planned_wake_at:
                 self._wake.set()
 
     async def wait(self, ctx: SchedulerContext, seconds: float, stop: asyncio.Event) -> None:
+        # How long until the next due post, computed by PostgreSQL: its clock is the one CLAIM_DUE compares
+        # against, so a clock difference between hosts cannot matter. Never less than min_wait_s: a post that
+        # is due but that the claim skipped (locked by another transaction: SKIP LOCKED) would otherwise make
+        # the next wait 0 and the scheduler spin. A floor of 0.25 s bounds such a spin to 4 cheap ticks a second
+        # and delays a post due sooner than that by at most a quarter of a second. Errors propagate: the runner
+        # logs them and backs off.
+        min_wait_s = 0.25
+        next_due_delay = """
+            select extract(epoch from now())::float8 as db_now,
+                   greatest($1::float8, least($2::float8,
+                            coalesce(extract(epoch from min(scheduled_time) - now())::float8, $2::float8))) as sleep_s
+              from scheduled_posts
+             where status = 'scheduled'
+        """
         if self._listener is None or self._listener.is_closed():
             await self._listen(ctx)
-        async with ctx.db.system_tx() as conn:
-            next_due: datetime | None = await conn.fetchval(publishing.NEXT_DUE)
-        now = time.time()
-        sleep_s = seconds if next_due is None else max(0.0, min(seconds, next_due.timestamp() - now))
-        self._planned_wake_at = now + sleep_s
+        # Until the query answers, any post scheduled meanwhile must wake the coming sleep.
+        self._planned_wake_at = float("inf")
         self._wake.clear()
+        async with ctx.db.system_tx() as conn:
+            row = await conn.fetchrow(next_due_delay, min_wait_s, max(seconds, min_wait_s))
+        sleep_s: float = row["sleep_s"]
+        self._planned_wake_at = row["db_now"] + sleep_s
         waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
         try:
             await asyncio.wait(waiters, timeout=sleep_s, return_when=asyncio.FIRST_COMPLETED)

@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 
 from geniehelper.embedded import EmbeddedStack
+from schedulers import SCHEDULERS
 from tests.helpers import BIN, base_env, processes_using, spawn, wait_until
 
 
@@ -102,8 +103,10 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         for role in roles:
             up.wait_for(rf'"event": "process.ready", "role": "{role}"|"role": "{role}".*"event": "process.ready"')
         up.wait_for(r'"event": "publish.posted"', timeout_s=60)
+        # `scheduler all` hosts every scheduler: each keeps a health role of its own beside the process's.
+        health_roles = [*roles, *SCHEDULERS]
         health = subprocess.run(
-            [str(BIN / "geniehelper"), "health", *[arg for role in roles for arg in ("--role", role)]],
+            [str(BIN / "geniehelper"), "health", *[arg for role in health_roles for arg in ("--role", role)]],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert health.returncode == 0, health.stdout + health.stderr

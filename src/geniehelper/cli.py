@@ -216,27 +216,37 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
+    from redis.exceptions import RedisError
+
     from geniehelper.health import read_health
     from geniehelper.runtime.transport import create_arq_redis
+    from geniehelper.settings import mask_url
     from geniehelper.stack import resolve_urls
 
     async def check() -> int:
-        redis = await create_arq_redis(resolve_urls(settings).redis_url)
+        redis_url = resolve_urls(settings).redis_url
         try:
-            processes = await read_health(redis)
-        finally:
-            await redis.aclose()
+            redis = await create_arq_redis(redis_url)
+            try:
+                processes = await read_health(redis)
+            finally:
+                await redis.aclose()
+        except (OSError, RedisError) as exc:  # no health to read: every role counts as missing
+            _say(f"health: cannot read health keys from {mask_url(redis_url)}: {type(exc).__name__}: {exc}")
+            return 1
         stale = settings.health_stale_after_s
         roles_seen = {p.role for p in processes if p.age_s <= stale}
         missing = sorted(set(args.role) - roles_seen)
+        # Alive but its last round failed (e.g. PostgreSQL unreachable): shown, yet not a missing role.
+        failing = sorted({p.role for p in processes if p.age_s <= stale and p.details.get("failing")})
         if args.json:
             print(json.dumps({
-                "processes": [p.__dict__ for p in processes], "missing_roles": missing,
+                "processes": [p.__dict__ for p in processes], "missing_roles": missing, "failing_roles": failing,
             }, default=str))  # fmt: skip
         else:
             for p in processes:
-                state = "ok" if p.age_s <= stale else "STALE"
-                print(f"{p.role:<20} {state:<6} {p.host}:{p.pid:<8} last beat {p.age_s:5.1f}s ago  {p.details}")
+                state = "STALE" if p.age_s > stale else "FAILING" if p.details.get("failing") else "ok"
+                print(f"{p.role:<20} {state:<7} {p.host}:{p.pid:<8} last beat {p.age_s:5.1f}s ago  {p.details}")
             for role in missing:
                 print(f"{role:<20} MISSING")
             if not processes:
@@ -257,11 +267,25 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.stack import resolve_urls
     from schedulers import SCHEDULERS
-    from schedulers.base import run_scheduler
+    from schedulers.base import run_schedulers
 
     urls = resolve_urls(settings)
-    run_scheduler(SCHEDULERS[args.name](), settings, urls.database_url, urls.redis_url)
+    names = _scheduler_selection(args.name)
+    role = _scheduler_role(args)
+    run_schedulers([SCHEDULERS[name]() for name in names], settings, urls.database_url, urls.redis_url,
+                   role=None if role in names else role)  # fmt: skip
     return 0
+
+
+def _scheduler_selection(names: list[str]) -> list[str]:
+    """`all` means every scheduler; each named once, in a stable order."""
+    return _scheduler_names() if "all" in names else sorted(set(names))
+
+
+def _scheduler_role(args: argparse.Namespace) -> str:
+    """One scheduler runs as its own role; several in one process run as `scheduler`."""
+    names = _scheduler_selection(args.name)
+    return names[0] if len(names) == 1 else "scheduler"
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -329,8 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true")
     worker = sub.add_parser("worker", help="run an arq worker for one queue")
     worker.add_argument("queue", choices=["default", "media"])
-    scheduler = sub.add_parser("scheduler", help="run one scheduler process (leader-elected; copies are safe)")
-    scheduler.add_argument("name", choices=_scheduler_names())
+    scheduler = sub.add_parser(
+        "scheduler", help="run schedulers in one process, each leader-elected (copies are safe); `all`: every one"
+    )
+    scheduler.add_argument("name", nargs="+", choices=["all", *_scheduler_names()])
     enqueue = sub.add_parser("enqueue", help="enqueue a job for a creator, as services do")
     enqueue.add_argument("job")
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
@@ -359,7 +385,7 @@ def _scheduler_names() -> list[str]:
 
 ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
     "worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker",
-    "scheduler": lambda a: str(a.name),
+    "scheduler": _scheduler_role,
     "sandbox-platform": lambda a: "sandbox_platform",
 }
 
