@@ -23,7 +23,7 @@ from geniehelper.embedded import free_port
 from geniehelper.runtime import store
 from geniehelper.runtime.attempt import OUTCOME_PREFIX
 from geniehelper.runtime.definition import QUEUE_NAMES, JobRegistry, JobSpec
-from geniehelper.runtime.delivery import LostDispatchFinder, relay_unpushed
+from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.transport import arq_job_id
@@ -290,3 +290,23 @@ async def test_malformed_envelopes_are_named_and_the_worker_goes_on(
         "failed", "invalid_envelope", "envelope.a: must be a list, got int"
     )  # fmt: skip
     assert (await job_row(owner, good.id))["status"] == "completed"
+
+
+async def test_retention_prunes_only_old_finished_records_as_the_system_role(
+    queue: JobQueue, db: Database, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    ids = {}
+    for name, status, age_days in (("old_done", "completed", 40), ("old_failed", "failed", 40),
+                                   ("new_done", "completed", 1), ("old_queued", "queued", 40)):  # fmt: skip
+        ids[name] = await owner.fetchval(
+            "insert into media_jobs (user_id, job_name, queue, job_key, payload, status, finished_at)"
+            " values ($1, 't_echo', 'default', $2, '{}', $3,"
+            "         case when $3 = 'queued' then null else now() - make_interval(days => $4) end) returning id",
+            creator, name, status, age_days,
+        )  # fmt: skip
+    assert await prune_finished(db, older_than_s=30 * 86_400, batch=1) >= 2  # batches of one: several rounds
+    left = {r["job_key"] for r in await owner.fetch("select job_key from media_jobs where user_id = $1", creator)}
+    assert left == {"new_done", "old_queued"}
+    async with db.system_tx() as conn:  # the system role cannot delete an active record, even by id
+        assert await conn.execute("delete from media_jobs where id = $1", ids["old_queued"]) == "DELETE 0"

@@ -284,11 +284,12 @@ class OutageProxy:
         self._writers -= pair
 
 
-SCHEDULER_NAMES = ("outbox_relay", "post_scheduler")
+SCHEDULER_NAMES = ("job_retention", "outbox_relay", "post_scheduler")
 
 
 def _scheduler_env(project_env: dict[str, str], **extra: str) -> dict[str, str]:
-    defaults = {"POST_SCHEDULER_INTERVAL_S": "1", "OUTBOX_RELAY_INTERVAL_S": "1", "SCHEDULER_JITTER_S": "0",
+    defaults = {"POST_SCHEDULER_INTERVAL_S": "1", "OUTBOX_RELAY_INTERVAL_S": "1", "JOB_RETENTION_INTERVAL_S": "1",
+                "SCHEDULER_JITTER_S": "0",
                 "HEALTH_INTERVAL_S": "0.5", "LOG_FORMAT": "json"}  # fmt: skip
     return {**project_env, **defaults, **extra}
 

@@ -39,7 +39,7 @@ class Settings(BaseSettings):
             raise ValueError("expected a postgresql:// (or postgres://) URL")
         hosts = parts.netloc.rpartition("@")[2]
         if not hosts and not parse_qs(parts.query).get("host"):
-            raise ValueError("no host: give one (postgresql://user@host:5432/db) or a socket directory (?host=/run/...)")
+            raise ValueError("no host: give one (postgresql://user@host:5432/db) or a socket directory (?host=/run/pg)")
         # One host: its port must be a number (`.port` raises ValueError); multi-host URLs are left to asyncpg.
         if "," not in hosts and hosts and parts.port == 0:
             raise ValueError("port 0")
@@ -102,7 +102,9 @@ class Settings(BaseSettings):
     )
     post_dispatch_batch: int = Field(default=1000, ge=1, le=50_000)
     post_requeue_after_s: float = Field(
-        default=300.0, gt=0, description="A post queued this long without an outcome is dispatched again."
+        default=300.0, gt=0,
+        description="A post queued or publishing with no active publish_post job, not claimed or started for"
+        " this long, is dispatched again.",
     )
     platform_timeout_s: float = Field(default=15.0, gt=0, le=600)
 
@@ -129,6 +131,7 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(
         default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
     )
+    job_retention_interval_s: float = Field(default=600.0, gt=0, le=86_400, description="job_retention's interval.")
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
