@@ -5,6 +5,11 @@ platform, revision) and sends an idempotency key derived from the same; when it 
 attempt without a confirmed external id, it asks the platform whether that attempt landed before
 publishing again. So a worker killed after the platform accepted, a timeout after the request was
 sent, or a duplicate dispatch never creates a second post.
+
+Lateness is checked again when the job runs: a post overdue by more than POST_MAX_LATENESS_S is
+marked `missed` instead of published. When an attempt of this revision was already recorded, the
+platform is asked first (by idempotency key): a post that landed is recorded `posted`, late or not;
+only one that did not land is marked `missed`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ log = structlog.get_logger("jobs.publish_post")
 
 
 async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str, Any]:
+    max_lateness_s = ctx.resources.settings.post_max_lateness_s
     async with ctx.creator_tx() as conn:
         post = await publishing.load_for_publish(conn, payload.scheduled_post_id)
         if post is None:
@@ -42,9 +48,15 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
             return {"outcome": "superseded", "current_revision": post.revision}
         if post.status == "posted":
             return {"outcome": "already_posted", "external_post_id": post.external_post_id}
-        if post.status in ("cancelled", "missed", "failed", "draft"):
+        if post.status not in ("queued", "publishing"):  # not claimed (scheduled), or settled
             return {"outcome": "not_publishable", "status": post.status}
-        await conn.execute(publishing.START_PUBLISHING, post.id, post.revision)
+        late = post.lateness_s > max_lateness_s
+        if late and await publishing.find_attempt(conn, post) is None:
+            # Nothing of this revision was ever sent: too late to publish, nothing to verify.
+            return await _mark_missed(conn, post, max_lateness_s, "")
+        started = await conn.execute(publishing.START_PUBLISHING, post.id, post.revision)
+        if started != "UPDATE 1":
+            return {"outcome": "not_publishable", "status": post.status}
         attempt = await publishing.record_attempt(conn, post)
         connection = await connections.get(conn, post.platform_connection_id)
     if connection is None or not connection.api_base_url:
@@ -71,7 +83,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
             published = await client.find_post_by_idempotency_key(attempt.idempotency_key)
             if published is not None:
                 log.info("publish.recovered_earlier_attempt", external_post_id=published.external_post_id)
-        if published is None and attempt.external_post_id is None:
+        if published is None and attempt.external_post_id is None and not late:
             text = " ".join([post.caption, *(f"#{tag.lstrip('#')}" for tag in post.hashtags)]).strip()
             published = await client.publish_post(
                 PostToPublish(text=text or (post.title or "")), idempotency_key=attempt.idempotency_key
@@ -95,6 +107,12 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         await _note_retry(ctx, post, f"platform error, retrying: {exc}")
         raise TransientJobError(str(exc)) from exc
 
+    if published is None and attempt.external_post_id is None:
+        # Late, and the earlier attempt did not reach the platform: do not publish it now.
+        async with ctx.creator_tx() as conn:
+            note = "; the earlier attempt was checked: the platform has no post with its idempotency key"
+            return await _mark_missed(conn, post, max_lateness_s, note)
+
     external_id = published.external_post_id if published else attempt.external_post_id
     posted_at = published.created_at if published else None
     async with ctx.creator_tx() as conn:
@@ -106,6 +124,21 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         await conn.execute(publishing.MARK_CONTENT_PUBLISHED, post.content_post_id, posted_at)
     log.info("publish.posted", scheduled_post_id=str(post.id), external_post_id=external_id, platform=post.platform)
     return {"outcome": "posted", "external_post_id": external_id}
+
+
+async def _mark_missed(conn: Any, post: publishing.PostToSend, max_lateness_s: float, note: str) -> dict[str, Any]:
+    row = await conn.fetchrow(publishing.MARK_MISSED, post.id, post.revision, max_lateness_s, note)
+    if row is None:  # settled meanwhile (only the first transaction holds the row lock throughout)
+        current = await conn.fetchval("select status from scheduled_posts where id = $1", post.id)
+        return {"outcome": "not_publishable", "status": current}
+    log.warning(
+        "publish.missed", scheduled_post_id=str(post.id), lateness_s=round(row["lateness_s"]),
+        max_lateness_s=max_lateness_s,
+    )  # fmt: skip
+    return {
+        "outcome": "missed", "lateness_s": round(row["lateness_s"]), "max_lateness_s": max_lateness_s,
+        "reason": row["error_message"],
+    }  # fmt: skip
 
 
 async def _fail(ctx: JobContext, post: publishing.PostToSend, reason: str) -> None:

@@ -20,8 +20,10 @@ import asyncpg
 import pytest
 
 from geniehelper.db import APP_ROLE, Database, connect_owner
+from geniehelper.domain import publishing
 from geniehelper.embedded import StackUrls
 from geniehelper.migrations import MigrationError, apply_migrations, load_migrations
+from geniehelper.settings import Settings
 from tests.conftest import drop_database, make_creator, with_database
 
 LEDGERS = (
@@ -474,24 +476,58 @@ def plan_nodes(plan: Any) -> list[dict[str, Any]]:
 
 
 def scans_of(plan: Any, relation: str) -> list[tuple[str, str | None]]:
-    return [(n["Node Type"], n.get("Index Name")) for n in plan_nodes(plan) if n.get("Relation Name") == relation]
+    """(node type, index) of each scan of `relation`; a bitmap heap scan is listed once per index it reads."""
+    scans: list[tuple[str, str | None]] = []
+    for node in plan_nodes(plan):
+        if node.get("Relation Name") != relation or node["Node Type"] == "ModifyTable":
+            continue
+        if node["Node Type"] == "Bitmap Heap Scan":
+            below = [n for child in node.get("Plans", []) for n in plan_nodes(child)]
+            scans += [(node["Node Type"], n["Index Name"]) for n in below if "Index Name" in n]
+        else:
+            scans.append((node["Node Type"], node.get("Index Name")))
+    return scans
 
 
 async def test_scheduler_claim_and_creator_job_list_use_their_indexes(db: Database, owner: asyncpg.Connection) -> None:
     factory = RowFactory(owner, await load_catalog(owner))
     creators = [await make_creator(owner) for _ in range(8)]
+    expected: set[uuid.UUID] = set()
     for creator in creators:
         post = await factory.make("content_posts", creator)
         connection = await factory.make("platform_connections", creator)
-        await owner.execute(
+        # 2500 posts each: mostly posted (each with its completed publish job), 1 in 100 scheduled (12 of
+        # them due, 11 of those more than an hour ago), and 8 in flight, claimed 10 minutes ago (even g
+        # queued, odd g publishing), half of each with an active job (queued: waiting for a retry;
+        # processing: running), half stranded without one.
+        rows = await owner.fetch(
             """
             insert into scheduled_posts (user_id, content_post_id, platform_connection_id, platform, scheduled_time,
-                                         status)
+                                         status, queued_at, publishing_started_at)
             select $1, $2, $3, $4, now() + make_interval(mins => g - 1250),
-                   case when g % 10 = 0 then 'scheduled' else 'posted' end
+                   case when g <= 8 and g % 2 = 0 then 'queued' when g <= 8 then 'publishing'
+                        when g % 100 = 0 then 'scheduled' else 'posted' end,
+                   case when g % 100 <> 0 then now() - interval '10 minutes' end,
+                   case when g <= 8 and g % 2 = 1 then now() - interval '10 minutes' end
               from generate_series(1, 2500) g
+            returning id, status, scheduled_time
             """,
             creator, post["id"], connection["id"], connection["platform"],
+        )  # fmt: skip
+        queued = [r["id"] for r in rows if r["status"] == "queued"]
+        in_publishing = [r["id"] for r in rows if r["status"] == "publishing"]
+        expected |= set(queued[1::2] + in_publishing[1::2])
+        expected |= {r["id"] for r in rows if r["status"] == "scheduled" and r["scheduled_time"] <= datetime.now(UTC)}
+        await owner.execute(
+            """
+            insert into media_jobs (user_id, job_name, queue, job_key, payload, status, created_at, scheduled_post_id)
+            select $1, 'publish_post', 'default', 'publish_post:' || p.id || ':r1', '{}',
+                   case when p.id = any($2::uuid[]) then 'queued' when p.id = any($3::uuid[]) then 'processing'
+                        else 'completed' end,
+                   now() - interval '10 minutes', p.id
+              from scheduled_posts p where p.user_id = $1 and p.status in ('posted', 'queued', 'publishing')
+            """,
+            creator, queued[::2], in_publishing[::2],
         )  # fmt: skip
         await owner.execute(
             """
@@ -504,14 +540,36 @@ async def test_scheduler_claim_and_creator_job_list_use_their_indexes(db: Databa
     await owner.execute("analyze scheduled_posts")
     await owner.execute("analyze media_jobs")
 
+    # The post_scheduler's own statement, with the parameters it passes (the defaults).
+    settings = Settings()
+    params = (settings.post_dispatch_batch, settings.post_max_lateness_s, settings.post_requeue_after_s)
     async with db.system_tx() as conn:
-        plan = await conn.fetchval(
-            "explain (format json) select id from scheduled_posts"
-            " where status = 'scheduled' and scheduled_time <= now() order by scheduled_time limit 100"
-        )
+        plan = await conn.fetchval("explain (format json) " + publishing.CLAIM_DUE, *params)
+    index_scans = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
     scans = scans_of(plan, "scheduled_posts")
-    assert scans and all(index == "scheduled_posts_due_idx" for _, index in scans), scans
-    assert {node for node, _ in scans} <= {"Index Scan", "Index Only Scan", "Bitmap Index Scan", "Bitmap Heap Scan"}
+    assert {node for node, _ in scans} <= index_scans, scans
+    # due posts, in-flight posts, and the update of the claimed rows by primary key
+    assert {index for _, index in scans} == {
+        "scheduled_posts_due_idx", "scheduled_posts_in_flight_idx", "scheduled_posts_pkey"
+    }, scans  # fmt: skip
+    # "No active job": per post through its job index, or (the planner's pick while active jobs are
+    # few) one pass over the active jobs' partial index.
+    job_scans = scans_of(plan, "media_jobs")
+    assert job_scans and {node for node, _ in job_scans} <= index_scans, job_scans
+    assert {index for _, index in job_scans} <= {"media_jobs_scheduled_post_idx", "media_jobs_live_queue_idx"}
+
+    # And it claims what the plan is for: the due posts and the in-flight ones without an active job,
+    # up to a batch of each kind, oldest first.
+    assert len(expected) == 8 * (4 + 12)  # per creator: 4 stranded, 12 due (g = 100, 200, ..., 1200)
+    async with db.system_tx() as conn:
+        first = await conn.fetch(publishing.CLAIM_DUE, 5, *params[1:])
+        rest = await conn.fetch(publishing.CLAIM_DUE, *params)
+    # The 5 oldest due posts are this test's (due for hours), as are all the stranded ones.
+    assert len(first) == 10 and {r["id"] for r in first} <= expected
+    assert sorted(r["status"] for r in first) == ["missed"] * 5 + ["queued"] * 5
+    ours = [r for r in [*first, *rest] if r["user_id"] in creators]  # other tests' rows are due too
+    assert len(ours) == len(expected) and {r["id"] for r in ours} == expected
+    assert sum(r["status"] == "missed" for r in ours) == 8 * 11  # due more than an hour ago
 
     async with db.creator_tx(creators[0]) as conn:
         plan = await conn.fetchval(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import signal
 import time
 import uuid
@@ -24,10 +25,14 @@ from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
+from geniehelper.domain import publishing
+from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
 from geniehelper.runtime.definition import JobRegistry
+from geniehelper.runtime.delivery import redrive_expired_leases, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.transport import arq_job_id
 from geniehelper.settings import Settings
 from jobs import IMPLEMENTATIONS
 from schedulers.base import SchedulerContext, SchedulerRunner
@@ -145,6 +150,32 @@ async def dispatch_post_meeting_fault(
     await scheduler_tick(settings, db, arq_redis, settings.database_url)
     job_id = await owner.fetchval("select id from media_jobs where scheduled_post_id = $1", scheduled_id)
     return FaultyPost(creator, scheduled_id, job_id)
+
+
+async def wait_for_row(owner: asyncpg.Connection, sql: str, *args: Any, timeout_s: float = 30.0) -> asyncpg.Record:
+    """Poll `sql` until it returns a row (the state we wait for), failing after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while (row := await owner.fetchrow(sql, *args)) is None:
+        assert time.monotonic() < deadline, f"timed out waiting for: {sql}"
+        await asyncio.sleep(0.05)
+    return row
+
+
+async def wait_until_overdue(owner: asyncpg.Connection, scheduled_id: uuid.UUID, seconds: float) -> None:
+    """Wait (on the database clock, which the lateness checks use) until the post is overdue by more."""
+    await wait_for_row(
+        owner, "select 1 from scheduled_posts where id = $1 and scheduled_time < now() - make_interval(secs => $2)",
+        scheduled_id, seconds,
+    )  # fmt: skip
+
+
+async def job_records(owner: asyncpg.Connection, scheduled_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await owner.fetch(
+        "select id, status, attempts, result->>'outcome' as outcome from media_jobs where scheduled_post_id = $1"
+        " order by created_at",
+        scheduled_id,
+    )
+    return [dict(r) for r in rows]
 
 
 def spawn_worker_process(project_env: dict[str, str], database_url: str, **settings: str) -> Any:
@@ -297,7 +328,9 @@ async def test_worker_killed_after_the_platform_accepted_does_not_post_twice(
     post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="accept_then_timeout",
                                              delay_s=30)  # fmt: skip
     creator, scheduled_id = post.creator, post.scheduled_id
-    worker = spawn_worker_process(project_env, database_url, PLATFORM_TIMEOUT_S="60")
+    worker = spawn_worker_process(
+        project_env, database_url, PLATFORM_TIMEOUT_S="60", JOB_LEASE_S="2", JOB_HEARTBEAT_INTERVAL_S="0.5"
+    )
     try:
         deadline = time.monotonic() + 30
         while not await sandbox.posts(creator.account_id):
@@ -309,9 +342,13 @@ async def test_worker_killed_after_the_platform_accepted_does_not_post_twice(
         if worker.proc.poll() is None:
             worker.proc.kill()
     assert (await post_row(owner, scheduled_id))["status"] == "publishing"
-    # arq hands a dead worker's job to another once its in-progress marker expires (job timeout +
-    # 10 s); expire it now instead of waiting.
-    assert await arq_redis.delete(in_progress_key_prefix + str(post.job_id)) == 1
+    # The dead attempt's lease runs out; the outbox relay re-drives the record (a new dispatch) and pushes it.
+    await wait_for_row(owner, "select 1 from media_jobs where id = $1 and lease_expires_at < now()", post.job_id)
+    assert await redrive_expired_leases(db) == 1
+    assert (await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=settings.job_dispatch_ttl_s))[0] == 1
+    # arq would deliver the dead worker's dispatch again once its in-progress marker expires (well past
+    # the job's timeout): expire it now; that stale dispatch then does nothing.
+    assert await arq_redis.delete(in_progress_key_prefix + arq_job_id(post.job_id, 1)) == 1
     await run_worker(settings)
     posts = await sandbox.posts(creator.account_id)
     assert len(posts) == 1
@@ -386,3 +423,241 @@ async def test_a_post_whose_job_the_runtime_gives_up_on_is_marked_failed(
     assert row["error_message"] == "not published: retries exhausted after 1 attempt; last error: timed out after 0.5s"
     job = await owner.fetchrow("select status, error_kind from media_jobs where scheduled_post_id = $1", scheduled_id)
     assert (job["status"], job["error_kind"]) == ("failed", "timeout")
+
+
+# --- revisions ----------------------------------------------------------------------------------
+
+
+async def test_time_and_content_changes_bump_the_revision_and_nothing_else_does(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox
+) -> None:
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator, due_in_s=3600)
+    content_id = (await post_row(owner, scheduled_id))["content_post_id"]
+    posted_id = await owner.fetchval(  # the same content, already posted on another occasion
+        "insert into scheduled_posts (user_id, content_post_id, platform_connection_id, platform, scheduled_time,"
+        " status) values ($1, $2, $3, 'sandbox', now() - interval '1 day', 'posted') returning id",
+        creator.user_id, content_id, creator.connection_id,
+    )  # fmt: skip
+
+    async def revision_after(sql: str, row_id: uuid.UUID) -> int:
+        async with db.creator_tx(creator.user_id) as conn:  # the app role, as a creator's edit runs
+            assert await conn.execute(sql, row_id) == "UPDATE 1"
+        return int((await post_row(owner, scheduled_id))["revision"])
+
+    move = "update scheduled_posts set scheduled_time = scheduled_time + interval '1 hour'"
+    assert await revision_after(move + " where id = $1", scheduled_id) == 2
+    # The old convention (bumping by hand with the change) still yields one bump, not two.
+    assert await revision_after(move + ", revision = revision + 1 where id = $1", scheduled_id) == 3
+    # What the MARK_* statements and the claim write (status, messages, timestamps), and a time set to
+    # the same value: no new revision.
+    for sql in (
+        "update scheduled_posts set scheduled_time = scheduled_time, error_message = 'x', queued_at = now(),"
+        " posted_at = now(), attempts = attempts + 1 where id = $1",
+        "update content_posts set caption = caption, status = 'scheduled', published_at = now() where id = $1",
+    ):
+        assert await revision_after(sql, content_id if "content_posts" in sql else scheduled_id) == 3
+    # An edit of what is published bumps the content's scheduled posts that are not settled yet.
+    for column, value in (("caption", "'new words'"), ("hashtags", "'{other}'"), ("title", "'A title'")):
+        assert await revision_after(f"update content_posts set {column} = {value} where id = $1", content_id) == (
+            {"caption": 4, "hashtags": 5, "title": 6}[column]
+        )
+    assert (await post_row(owner, scheduled_id))["status"] == "scheduled"
+    assert (await post_row(owner, posted_id))["revision"] == 1
+    # A scheduled post is not the job's to start: only the post_scheduler's claim ('queued') is.
+    async with db.creator_tx(creator.user_id) as conn:
+        assert await conn.execute(publishing.START_PUBLISHING, scheduled_id, 6) == "UPDATE 0"
+    assert (await post_row(owner, scheduled_id))["status"] == "scheduled"
+
+
+async def test_changes_to_a_post_being_published_are_refused(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    await scheduler_tick(settings, db, arq_redis, database_url)
+    content_id = (await post_row(owner, scheduled_id))["content_post_id"]
+    async with db.creator_tx(creator.user_id) as conn:  # what publish_post does first
+        assert await conn.execute(publishing.START_PUBLISHING, scheduled_id, 1) == "UPDATE 1"
+    edits = [
+        ("update scheduled_posts set scheduled_time = now() + interval '1 day' where id = $1", scheduled_id,
+         f"scheduled post {scheduled_id} is being published"),
+        ("update scheduled_posts set platform_connection_id = platform_connection_id where id = $1", scheduled_id,
+         None),  # unchanged value: allowed
+        ("update content_posts set caption = 'changed' where id = $1", content_id,
+         f"content post {content_id} is being published (scheduled post {scheduled_id})"),
+        ("update content_posts set hashtags = '{changed}' where id = $1", content_id, "is being published"),
+    ]  # fmt: skip
+    for sql, row_id, refusal in edits:
+        if refusal is None:
+            async with db.creator_tx(creator.user_id) as conn:
+                assert await conn.execute(sql, row_id) == "UPDATE 1"
+            continue
+        with pytest.raises(asyncpg.ObjectInUseError, match=re.escape(refusal)):
+            async with db.creator_tx(creator.user_id) as conn:
+                await conn.execute(sql, row_id)
+    row = await post_row(owner, scheduled_id)
+    assert (row["status"], row["revision"]) == ("publishing", 1)
+    assert await owner.fetchval("select caption from content_posts where id = $1", content_id) == "hello fans"
+    # Once the publish settled, the post may be rescheduled (a new revision).
+    async with db.creator_tx(creator.user_id) as conn:
+        await conn.execute(publishing.MARK_FAILED, scheduled_id, "refused", 1)
+        await conn.execute(
+            "update scheduled_posts set scheduled_time = now() + interval '1 day', status = 'scheduled' where id = $1",
+            scheduled_id,
+        )
+    row = await post_row(owner, scheduled_id)
+    assert (row["status"], row["revision"]) == ("scheduled", 2)
+
+
+async def test_a_queued_post_edited_is_dispatched_again_and_only_the_new_revision_is_published(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    assert (await scheduler_tick(settings, db, arq_redis, database_url)).enqueued == 1
+    content_id = (await post_row(owner, scheduled_id))["content_post_id"]
+    listener = await asyncpg.connect(database_url)
+    notified: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener("geniehelper_scheduled_posts", lambda *args: notified.put_nowait(args[3]))
+    try:
+        async with db.creator_tx(creator.user_id) as conn:
+            await conn.execute("update content_posts set caption = 'better words' where id = $1", content_id)
+        row = await post_row(owner, scheduled_id)
+        assert (row["status"], row["revision"]) == ("scheduled", 2)  # back to the post_scheduler
+        payload = await asyncio.wait_for(notified.get(), timeout=10)  # which it is woken for
+        assert float(payload) == pytest.approx(row["scheduled_time"].timestamp(), abs=1e-3)
+    finally:
+        await listener.close()
+    second = await scheduler_tick(settings, db, arq_redis, database_url)
+    assert (second.found, second.enqueued) == (1, 1)
+    await run_worker(settings)
+    posts = await sandbox.posts(creator.account_id)
+    assert [(p["text"], p["idempotency_key"]) for p in posts] == [
+        ("better words #launch", publishing.idempotency_key(scheduled_id, "sandbox", 2))
+    ]
+    assert (await post_row(owner, scheduled_id))["status"] == "posted"
+    assert [(j["status"], j["outcome"]) for j in await job_records(owner, scheduled_id)] == [
+        ("completed", "superseded"), ("completed", "posted")
+    ]
+
+
+# --- lateness when the job runs ---------------------------------------------------------------------
+
+
+async def test_a_post_late_when_its_job_runs_is_marked_missed_not_published(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url, post_max_lateness_s=2)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator, due_in_s=-0.1)
+    claimed = await scheduler_tick(settings, db, arq_redis, database_url)
+    assert (claimed.enqueued, claimed.details["missed"]) == (1, 0)  # on time when dispatched
+    await wait_until_overdue(owner, scheduled_id, 2)  # the job waits (an outage) past the maximum lateness
+    await run_worker(settings)
+    row = await post_row(owner, scheduled_id)
+    assert row["status"] == "missed"
+    assert re.fullmatch(
+        r"not published: due .+, \d+ s late when its job ran, beyond the maximum lateness of 2 s;"
+        r" reschedule it to publish",
+        row["error_message"],
+    ), row["error_message"]
+    assert await sandbox.posts(creator.account_id) == []
+    assert await owner.fetchval("select count(*) from publish_attempts where scheduled_post_id = $1", scheduled_id) == 0
+    assert [(j["status"], j["outcome"]) for j in await job_records(owner, scheduled_id)] == [("completed", "missed")]
+
+
+# --- re-dispatch keyed on the job record ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("late", "landed", "outcome"),
+    [(False, True, "posted"), (False, False, "posted"), (True, True, "posted"), (True, False, "missed")],
+    ids=["landed", "not-landed", "late-landed", "late-not-landed"],
+)
+async def test_a_post_stuck_publishing_without_a_job_is_claimed_again_and_settled_once(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str,
+    late: bool, landed: bool, outcome: str,
+) -> None:
+    settings = settings_for(database_url, redis_url, post_max_lateness_s=2 if late else 3600)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator, due_in_s=-0.1)
+    assert (await scheduler_tick(settings, db, arq_redis, database_url)).enqueued == 1
+    [first_job] = await job_records(owner, scheduled_id)
+    # An attempt got as far as the platform call: the attempt row is written, the post is publishing,
+    # and (landed) the platform stored the post under the attempt's idempotency key.
+    async with db.creator_tx(creator.user_id) as conn:
+        post = await publishing.load_for_publish(conn, scheduled_id)
+        assert post is not None
+        assert await conn.execute(publishing.START_PUBLISHING, post.id, post.revision) == "UPDATE 1"
+        attempt = await publishing.record_attempt(conn, post)
+        connection = await connections.get(conn, creator.connection_id)
+    assert connection is not None
+    if landed:
+        client = HttpPlatformClient(sandbox.url, connections.decrypt_token(cipher(), connection), sandbox.http)
+        await client.publish_post(PostToPublish(text="hello fans #launch"), idempotency_key=attempt.idempotency_key)
+    # Long past the re-claim grace, but its job record is active: not claimed.
+    await owner.execute(
+        "update scheduled_posts set queued_at = queued_at - interval '1 hour',"
+        " publishing_started_at = publishing_started_at - interval '1 hour' where id = $1",
+        scheduled_id,
+    )
+    assert (await scheduler_tick(settings, db, arq_redis, database_url)).found == 0
+    # The job's record ends without the post being settled (e.g. its failure hook could not run).
+    await owner.execute(
+        "update media_jobs set status = 'failed', error = 'lost', finished_at = now() where id = $1", first_job["id"]
+    )
+    if late:
+        await wait_until_overdue(owner, scheduled_id, 2)
+    again = await scheduler_tick(settings, db, arq_redis, database_url)
+    assert (again.found, again.enqueued, again.details["missed"]) == (1, 1, 0)  # never marked missed unverified
+    assert (await post_row(owner, scheduled_id))["status"] == "queued"
+    await run_worker(settings)
+    posts = await sandbox.posts(creator.account_id)
+    row = await post_row(owner, scheduled_id)
+    assert row["status"] == outcome
+    if outcome == "posted":
+        assert len(posts) == 1 and row["external_post_id"] == posts[0]["external_post_id"]
+        assert posts[0]["idempotency_key"] == attempt.idempotency_key
+        stored = await owner.fetchrow("select * from publish_attempts where id = $1", attempt.id)
+        assert (stored["attempts"], stored["external_post_id"]) == (2, row["external_post_id"])
+    else:
+        assert posts == []
+        assert "late when its job ran" in row["error_message"]
+        assert "the earlier attempt was checked: the platform has no post with its idempotency key" in row[
+            "error_message"
+        ]
+    jobs = await job_records(owner, scheduled_id)
+    assert [(j["status"], j["outcome"]) for j in jobs] == [("failed", None), ("completed", outcome)]
+
+
+async def test_a_queued_post_whose_job_waits_for_a_retry_is_not_claimed_again(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="rate_limit",
+                                             retry_after_s=5)  # fmt: skip
+    worker = asyncio.create_task(run_worker(settings))
+    try:
+        # The first attempt was rate limited: the record waits for its retry, the post shows why.
+        await wait_for_row(
+            owner, "select 1 from media_jobs where id = $1 and status = 'queued' and attempts = 1", post.job_id
+        )
+        # Its retry comes later than POST_REQUEUE_AFTER_S after the claim (as backoff up to 600 s does).
+        await owner.execute(
+            "update scheduled_posts set queued_at = queued_at - interval '1 hour',"
+            " publishing_started_at = publishing_started_at - interval '1 hour' where id = $1",
+            post.scheduled_id,
+        )
+        result = await scheduler_tick(settings, db, arq_redis, settings.database_url or "")
+        row = await post_row(owner, post.scheduled_id)
+        assert (result.found, row["status"]) == (0, "queued")
+        assert row["error_message"].startswith("rate limited by the platform")
+        assert len(await job_records(owner, post.scheduled_id)) == 1
+    finally:
+        await worker
+    assert len(await sandbox.posts(post.creator.account_id)) == 1
+    assert (await post_row(owner, post.scheduled_id))["status"] == "posted"
+    assert [(j["status"], j["attempts"]) for j in await job_records(owner, post.scheduled_id)] == [("completed", 2)]

@@ -26,6 +26,7 @@ class PostToSend(BaseModel):
     caption: str
     hashtags: list[str]
     title: str | None
+    lateness_s: float  # how long past scheduled_time it is now (database clock)
 
 
 class PublishAttempt(BaseModel):
@@ -45,16 +46,37 @@ def idempotency_key(scheduled_post_id: UUID, platform: str, revision: int) -> st
 
 # --- post_scheduler (system role): claim due posts across creators ---------------------------------
 
-# Due posts move to 'queued' (or 'missed' when later than the maximum lateness); posts queued long
-# ago without an outcome are claimed again (their job key makes the re-dispatch a no-op if it exists).
+# One statement claims two kinds of posts (FOR UPDATE SKIP LOCKED, up to $1 of each):
+# * due: 'scheduled' and scheduled_time passed: → 'queued', or → 'missed' with the reason when
+#   overdue by more than $2 seconds;
+# * stranded: 'queued' or 'publishing' with NO active publish_post job record (none of its
+#   media_jobs rows queued or processing) and neither claimed nor started publishing in the last
+#   $3 seconds (the grace covers a post just claimed whose job is still being recorded, and a job
+#   whose record was settled a moment before its post): → 'queued' again. A post whose job is waiting
+#   for a retry has an active record and is left alone. The re-dispatched job publishes the current
+#   revision; if an earlier attempt may have reached the platform it verifies by idempotency key
+#   first, and it checks the lateness itself (a stranded post is never marked missed here).
+# The claimed rows are then updated by primary key (`id = any(array(...))`: a batch is small next to
+# the table, whatever the planner estimates for the CTEs). Parameters: $1 batch, $2 maximum
+# lateness (s), $3 re-claim grace (s); the post_scheduler reads the RETURNING columns.
 CLAIM_DUE = """
 with due as (
     select id from scheduled_posts
-     where (status = 'scheduled' and scheduled_time <= now())
-        or (status = 'queued' and queued_at < now() - make_interval(secs => $3))
+     where status = 'scheduled' and scheduled_time <= now()
      order by scheduled_time
      limit $1
      for update skip locked
+), stranded as (
+    select sp.id from scheduled_posts sp
+     where sp.status in ('queued', 'publishing')
+       and sp.queued_at < now() - make_interval(secs => $3)
+       and (sp.publishing_started_at is null or sp.publishing_started_at < now() - make_interval(secs => $3))
+       and not exists (select from media_jobs j
+                        where j.user_id = sp.user_id and j.scheduled_post_id = sp.id
+                          and j.status in ('queued', 'processing'))
+     order by sp.queued_at
+     limit $1
+     for update of sp skip locked
 )
 update scheduled_posts sp
    set status = case when sp.status = 'scheduled' and sp.scheduled_time < now() - make_interval(secs => $2)
@@ -65,8 +87,7 @@ update scheduled_posts sp
                                         round(extract(epoch from now() - sp.scheduled_time)), $2)
                             else sp.error_message end,
        queued_at = now()
-  from due
- where sp.id = due.id
+ where sp.id = any (array(select id from due union all select id from stranded))
 returning sp.id, sp.user_id, sp.status, sp.revision, sp.scheduled_time, sp.platform,
           extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s
 """
@@ -77,17 +98,25 @@ NEXT_DUE = "select min(scheduled_time) from scheduled_posts where status = 'sche
 
 LOAD_FOR_PUBLISH = """
 select sp.id, sp.user_id, sp.content_post_id, sp.platform_connection_id, sp.platform, sp.scheduled_time,
-       sp.status, sp.revision, sp.external_post_id, cp.caption, cp.hashtags, cp.title
+       sp.status, sp.revision, sp.external_post_id, cp.caption, cp.hashtags, cp.title,
+       extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s
   from scheduled_posts sp
   join content_posts cp on cp.user_id = sp.user_id and cp.id = sp.content_post_id
  where sp.id = $1
    for update of sp
 """
 
+# Only a claimed post: a 'scheduled' one has not been dispatched by the post_scheduler (not due yet,
+# or its lateness not checked) and is not published by a job that finds it so.
 START_PUBLISHING = """
 update scheduled_posts
    set status = 'publishing', publishing_started_at = now(), attempts = attempts + 1, error_message = null
- where id = $1 and revision = $2 and status in ('queued', 'publishing', 'scheduled')
+ where id = $1 and revision = $2 and status in ('queued', 'publishing')
+"""
+
+FIND_ATTEMPT = """
+select id, idempotency_key, attempts, external_post_id, false as created from publish_attempts
+ where user_id = $1 and scheduled_post_id = $2 and platform = $3 and revision = $4
 """
 
 RECORD_ATTEMPT = """
@@ -114,6 +143,18 @@ update content_posts set status = 'published', published_at = coalesce(published
  where id = $1 and status <> 'archived'
 """
 
+# Overdue when its job runs (the job waited out an outage, or retries took it past the limit).
+# $1 id, $2 revision, $3 maximum lateness (s), $4 a note appended to the reason ('' for none).
+MARK_MISSED = """
+update scheduled_posts
+   set status = 'missed',
+       error_message = format('not published: due %s, %s s late when its job ran, beyond the maximum lateness'
+                              ' of %s s%s; reschedule it to publish', scheduled_time,
+                              round(extract(epoch from now() - scheduled_time)), $3::float8, $4::text)
+ where id = $1 and revision = $2 and status in ('queued', 'publishing')
+returning error_message, extract(epoch from now() - scheduled_time)::float8 as lateness_s
+"""
+
 MARK_FAILED = """
 update scheduled_posts set status = 'failed', error_message = $2 where id = $1 and revision = $3
 """
@@ -133,6 +174,12 @@ update scheduled_posts set status = 'queued', error_message = $2 where id = $1 a
 async def load_for_publish(conn: Any, scheduled_post_id: UUID) -> PostToSend | None:
     row = await conn.fetchrow(LOAD_FOR_PUBLISH, scheduled_post_id)
     return PostToSend(**dict(row)) if row else None
+
+
+async def find_attempt(conn: Any, post: PostToSend) -> PublishAttempt | None:
+    """The attempt row of this post's revision, if an earlier run wrote one (nothing is written)."""
+    row = await conn.fetchrow(FIND_ATTEMPT, post.user_id, post.id, post.platform, post.revision)
+    return PublishAttempt(**dict(row)) if row else None
 
 
 async def record_attempt(conn: Any, post: PostToSend) -> PublishAttempt:
