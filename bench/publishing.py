@@ -55,16 +55,16 @@ from bench.common import (
     servers,
     write_results,
 )
-from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.db import Database, connect_owner
 from geniehelper.domain import platform as connections
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
-from geniehelper.runtime.definition import QUEUE_NAMES
+from geniehelper.runtime.definition import queue_key
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
-from jobs import IMPLEMENTATIONS
+from jobs.publish_post import PUBLISH_POST
 from schedulers.base import SchedulerRunner
 from schedulers.post_scheduler import PostScheduler
 
@@ -168,7 +168,7 @@ async def job_system_run(env: Env, spec: RunSpec, problems: list[str]) -> dict[s
     runner = SchedulerRunner(PostScheduler(), env.settings, env.database_url, env.redis_url)
     scheduler_task = asyncio.create_task(runner.run())
     cls = build_worker_settings(
-        "default", ALL_CONTRACTS, IMPLEMENTATIONS, role="bench_worker", settings=env.settings,
+        "default", JobRegistry([PUBLISH_POST]), role="bench_worker", settings=env.settings,
         database_url=env.database_url, redis_url=env.redis_url,
     )  # fmt: skip
     workers: list[Worker] = [
@@ -245,7 +245,7 @@ async def drop_queued_jobs(env: Env, users: list[UUID]) -> None:
     try:
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            await redis.zrem(QUEUE_NAMES["default"], *chunk)
+            await redis.zrem(queue_key("default"), *chunk)
             await redis.delete(*(job_key_prefix + job_id for job_id in chunk))
     finally:
         await redis.aclose()
@@ -338,7 +338,7 @@ async def run(
     async with fresh_database(srv, NAME) as database_url:
         settings = bench_settings(database_url, srv.redis_url)
         logs = quiet_logs(settings, NAME)
-        concurrency = settings.worker_concurrency
+        concurrency = settings.queue("default").concurrency
         print_header(
             "publishing: post_scheduler + publish_post against the sandbox platform",
             srv,
@@ -351,7 +351,7 @@ async def run(
                 "baseline": "the same number of posts via HttpPlatformClient.publish_post, no job system, same sandbox",
             },
         )
-        redis = await prepare_redis(srv, [QUEUE_NAMES["default"]])
+        redis = await prepare_redis(srv, [queue_key("default")])
         await redis.aclose()
         owner = await connect_owner(database_url)
         db = await Database.open(database_url, min_size=1, max_size=10)

@@ -5,7 +5,7 @@ PostgreSQL, push to arq, mark enqueued), then drained by a real arq worker built
 `build_worker_settings` (attempt started and completion recorded in PostgreSQL around each run).
 Bare arq: a plain `async def noop(ctx)` enqueued with `ArqRedis.enqueue_job` (arq's default
 pickle serializer) and drained by a plain `arq.worker.Worker`. Same Redis, same producer
-concurrency, same worker concurrency (`worker_concurrency`), same poll delay, same run. A variant
+concurrency, same worker concurrency (the default queue's), same poll delay, same run. A variant
 enqueues our jobs with `record()` in batches (one creator transaction per batch) and `push_many`.
 
 The main rows poll every 0.01 s so that the cost of running jobs is what is measured; a second
@@ -47,10 +47,11 @@ from bench.common import (
     write_results,
 )
 from geniehelper.db import Database, connect_owner
-from geniehelper.runtime.context import Job, JobContext
-from geniehelper.runtime.definition import QUEUE_NAMES, JobPayload, JobRegistry, JobSpec
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 
@@ -66,11 +67,11 @@ class NoopPayload(JobPayload):
     n: int = Field(ge=0)
 
 
-NOOP = JobSpec("bench_noop", NoopPayload, max_attempts=3)
-
-
 async def noop_job(ctx: JobContext, payload: NoopPayload) -> None:
     return None
+
+
+NOOP = JobDefinition("bench_noop", NoopPayload, noop_job, policy=Policy(max_attempts=3))
 
 
 async def bare_noop(ctx: dict[str, Any]) -> None:
@@ -118,11 +119,11 @@ class Bench:
 
     @property
     def concurrency(self) -> int:
-        return self.settings.worker_concurrency
+        return self.settings.queue("default").concurrency
 
     def our_worker(self, poll_delay: float) -> Worker:
         cls = build_worker_settings(
-            "default", [NOOP], {NOOP.name: Job(noop_job)}, role="bench_worker", settings=self.settings,
+            "default", JobRegistry([NOOP]), role="bench_worker", settings=self.settings,
             database_url=self.database_url, redis_url=self.srv.redis_url,
         )  # fmt: skip
         return create_worker(cls, burst=True, handle_signals=False, poll_delay=poll_delay)
@@ -248,12 +249,12 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
             srv,
             {
                 "jobs": f"{n_jobs:,} per row; {producers} concurrent producers; one burst worker in-process, "
-                f"max_jobs={settings.worker_concurrency} (WORKER_CONCURRENCY) on both sides",
+                f"max_jobs={settings.queue('default').concurrency} (QUEUES default concurrency) on both sides",
                 "baseline": "bare arq on the same Redis: plain `async def noop(ctx)`, arq's default pickle "
                 "serializer, no PostgreSQL",
             },
         )
-        redis = await prepare_redis(srv, [QUEUE_NAMES["default"], BARE_QUEUE])
+        redis = await prepare_redis(srv, [queue_key("default"), BARE_QUEUE])
         owner = await connect_owner(database_url)
         db = await Database.open(database_url, min_size=1, max_size=max(producers, 2))
         try:

@@ -15,10 +15,11 @@ only one that did not land is marked `missed`.
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import structlog
+from pydantic import Field
 
-from geniehelper.contracts import PublishPostPayload
 from geniehelper.crypto import CredentialError
 from geniehelper.domain import platform as connections
 from geniehelper.domain import publishing
@@ -32,10 +33,16 @@ from geniehelper.platforms import (
     PublishedPost,
     RateLimited,
 )
-from geniehelper.runtime.context import Job, JobContext
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
 from geniehelper.runtime.retry import PermanentJobError, TransientJobError
 
 log = structlog.get_logger("jobs.publish_post")
+
+
+class PublishPostPayload(JobPayload):
+    scheduled_post_id: UUID
+    revision: int = Field(ge=1)
 
 
 async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str, Any]:
@@ -85,6 +92,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
                 log.info("publish.recovered_earlier_attempt", external_post_id=published.external_post_id)
         if published is None and attempt.external_post_id is None and not late:
             text = " ".join([post.caption, *(f"#{tag.lstrip('#')}" for tag in post.hashtags)]).strip()
+            await ctx.ensure_lease()  # a worker paused past its lease must not post (the key covers the rest)
             published = await client.publish_post(
                 PostToPublish(text=text or (post.title or "")), idempotency_key=attempt.idempotency_key
             )
@@ -160,4 +168,16 @@ async def publish_post_failed(ctx: JobContext, payload: PublishPostPayload, erro
         )
 
 
-PUBLISH_POST_JOB = Job(publish_post, on_failure=publish_post_failed)
+PUBLISH_POST = JobDefinition(
+    "publish_post",
+    PublishPostPayload,
+    publish_post,
+    queue="default",
+    policy=Policy(max_attempts=8, timeout_s=60.0, backoff_base_s=5.0, backoff_max_s=600.0),
+    # Counted when the post is dispatched; a post refused here is marked failed with the reason.
+    quota_operation="posts_published",
+    # One active job per scheduled post and revision: re-dispatching the same revision creates nothing.
+    key=lambda p: f"publish_post:{p.scheduled_post_id}:r{p.revision}",
+    subject=lambda p: Subject("scheduled_post", p.scheduled_post_id),
+    on_failure=publish_post_failed,
+)

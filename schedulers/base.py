@@ -36,11 +36,10 @@ import structlog
 from arq.connections import ArqRedis
 
 from geniehelper import health
-from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.db import SYSTEM_ROLE, Database
-from geniehelper.runtime.definition import JobRegistry
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import discover
 from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings, mask_url
 
@@ -173,7 +172,10 @@ async def open_context(
                 await sleep_unless_stopped(stop, delay)
                 continue
             if redis_client is not None and db is not None:
-                queue = JobQueue(db, redis_client, JobRegistry(ALL_CONTRACTS), load_tier_limits())
+                queue = JobQueue(
+                    db, redis_client, discover(settings.job_packages), load_tier_limits(),
+                    dispatch_ttl_s=settings.job_dispatch_ttl_s,
+                )
                 return SchedulerContext(settings, db, redis_client, queue, database_url)
     except BaseException:
         await _close(db, redis_client)

@@ -31,8 +31,9 @@ class OutboxRelay(Scheduler):
         self._lost.grace_s = settings.outbox_relay_grace_s
         lost = await self._lost.redrive_lost(ctx.db, ctx.redis)
         pushed, failed = await relay_unpushed(
-            ctx.db, ctx.redis, grace_s=settings.outbox_relay_grace_s, ttl_s=settings.job_dispatch_ttl_s
-        )
+            ctx.db, ctx.redis, grace_s=settings.outbox_relay_grace_s, ttl_s=settings.job_dispatch_ttl_s,
+            queues=settings.queues.keys(),
+        )  # fmt: skip
         return TickResult(
             found=pushed + failed, enqueued=pushed, skipped=failed,
             details={"lease_expired": expired, "dispatch_lost": lost, "push_failed": failed},

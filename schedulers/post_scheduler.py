@@ -19,7 +19,6 @@ from uuid import UUID
 import asyncpg
 import structlog
 
-from geniehelper.contracts import PUBLISH_POST, PublishPostPayload, publish_post_key
 from geniehelper.db import SYSTEM_ROLE
 from geniehelper.domain import publishing
 from geniehelper.runtime.queue import EnqueuedJob, JobRequest
@@ -29,6 +28,7 @@ from schedulers.base import Scheduler, SchedulerContext, TickResult
 
 log = structlog.get_logger("schedulers.post_scheduler")
 CHANNEL = "geniehelper_scheduled_posts"
+PUBLISH_JOB = "publish_post"
 
 
 class PostScheduler(Scheduler):
@@ -138,15 +138,13 @@ class PostScheduler(Scheduler):
     ) -> list[EnqueuedJob]:
         """One creator transaction records all of that creator's publish jobs (the outbox)."""
         requests = [
-            JobRequest(
-                PublishPostPayload(scheduled_post_id=row["id"], revision=row["revision"]),
-                key=publish_post_key(row["id"], row["revision"]), scheduled_post_id=row["id"],
-            )
+            # publish_post's definition (jobs/publish_post.py) derives the key and subject from the payload.
+            JobRequest({"scheduled_post_id": str(row["id"]), "revision": row["revision"]})
             for row in rows
-        ]  # fmt: skip
+        ]
         jobs = []
         async with ctx.db.creator_tx(user_id) as conn:
-            outcomes = await ctx.queue.record_many(conn, PUBLISH_POST.name, requests, user_id=user_id)
+            outcomes = await ctx.queue.record_many(conn, PUBLISH_JOB, requests, user_id=user_id)
             for row, outcome in zip(rows, outcomes, strict=True):
                 if isinstance(outcome, QuotaExceeded):
                     result.details["refused"] += 1

@@ -14,8 +14,7 @@ from pathlib import Path
 import psutil
 from arq.worker import create_worker
 
-from geniehelper.runtime.context import Job
-from geniehelper.runtime.definition import JobSpec
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 
@@ -95,13 +94,11 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-async def drain_queue(
-    settings: Settings, contracts: list[JobSpec], implementations: dict[str, Job], queue: str = "default"
-) -> None:
+async def drain_queue(settings: Settings, registry: JobRegistry, queue: str = "default") -> None:
     """Run a real arq worker in this process until its queue is empty (deferred retries included)."""
     assert settings.database_url and settings.redis_url
     cls = build_worker_settings(
-        queue, contracts, implementations, role=f"test_{queue}", settings=settings,
+        queue, registry, role=f"test_{queue}", settings=settings,
         database_url=settings.database_url, redis_url=settings.redis_url,
     )  # fmt: skip
     worker = create_worker(cls, burst=True, handle_signals=False)

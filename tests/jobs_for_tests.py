@@ -1,4 +1,4 @@
-"""Job contracts and implementations used only by the runtime tests (real jobs, run by real workers)."""
+"""Job definitions used only by the runtime tests (real jobs, run by real workers)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 from pydantic import Field
 
-from geniehelper.runtime.context import Job, JobContext
-from geniehelper.runtime.definition import JobPayload, JobSpec
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import PermanentJobError, TransientJobError
 
 
@@ -44,22 +45,14 @@ async def permanent(ctx: JobContext, payload: CountPayload) -> None:
     raise PermanentJobError("the platform said no: this will not change on retry")
 
 
-FAST_RETRY = {"backoff_base_s": 0.05, "backoff_max_s": 0.2}
+FAST = Policy(max_attempts=3, backoff_base_s=0.05, backoff_max_s=0.2)
 
-CONTRACTS = [
-    JobSpec("t_echo", EchoPayload),
-    JobSpec("t_count", CountPayload, max_attempts=3, **FAST_RETRY),
-    JobSpec("t_permanent", CountPayload, max_attempts=3, **FAST_RETRY),
-    JobSpec("t_slow", CountPayload, max_attempts=1, timeout_s=0.5),
-    JobSpec("t_quota", EchoPayload, quota_operation="posts_published"),
-    JobSpec("t_media_echo", EchoPayload, queue="media"),
-]
+ECHO = JobDefinition("t_echo", EchoPayload, echo)
+COUNT = JobDefinition("t_count", CountPayload, count, policy=FAST)
+PERMANENT = JobDefinition("t_permanent", CountPayload, permanent, policy=FAST)
+SLOW = JobDefinition("t_slow", CountPayload, count, policy=Policy(max_attempts=1, timeout_s=0.5))
+QUOTA = JobDefinition("t_quota", EchoPayload, echo, quota_operation="posts_published")
+MEDIA_ECHO = JobDefinition("t_media_echo", EchoPayload, echo, queue="media")
 
-IMPLEMENTATIONS = {
-    "t_echo": Job(echo),
-    "t_count": Job(count),
-    "t_permanent": Job(permanent),
-    "t_slow": Job(count),
-    "t_quota": Job(echo),
-    "t_media_echo": Job(echo),
-}
+CONTRACTS = [ECHO, COUNT, PERMANENT, SLOW, QUOTA, MEDIA_ECHO]
+REGISTRY = JobRegistry(CONTRACTS)

@@ -520,11 +520,12 @@ async def test_scheduler_claim_and_creator_job_list_use_their_indexes(db: Databa
         expected |= {r["id"] for r in rows if r["status"] == "scheduled" and r["scheduled_time"] <= datetime.now(UTC)}
         await owner.execute(
             """
-            insert into media_jobs (user_id, job_name, queue, job_key, payload, status, created_at, scheduled_post_id)
+            insert into media_jobs (user_id, job_name, queue, job_key, payload, status, created_at, subject_type,
+                                    subject_id)
             select $1, 'publish_post', 'default', 'publish_post:' || p.id || ':r1', '{}',
                    case when p.id = any($2::uuid[]) then 'queued' when p.id = any($3::uuid[]) then 'processing'
                         else 'completed' end,
-                   now() - interval '10 minutes', p.id
+                   now() - interval '10 minutes', 'scheduled_post', p.id
               from scheduled_posts p where p.user_id = $1 and p.status in ('posted', 'queued', 'publishing')
             """,
             creator, queued[::2], in_publishing[::2],
@@ -556,7 +557,7 @@ async def test_scheduler_claim_and_creator_job_list_use_their_indexes(db: Databa
     # few) one pass over the active jobs' partial index.
     job_scans = scans_of(plan, "media_jobs")
     assert job_scans and {node for node, _ in job_scans} <= index_scans, job_scans
-    assert {index for _, index in job_scans} <= {"media_jobs_scheduled_post_idx", "media_jobs_live_queue_idx"}
+    assert {index for _, index in job_scans} <= {"media_jobs_subject_idx", "media_jobs_live_queue_idx"}
 
     # And it claims what the plan is for: the due posts and the in-flight ones without an active job,
     # up to a batch of each kind, oldest first.

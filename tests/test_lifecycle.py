@@ -22,17 +22,18 @@ from geniehelper.db import Database
 from geniehelper.embedded import free_port
 from geniehelper.runtime import store
 from geniehelper.runtime.attempt import OUTCOME_PREFIX
-from geniehelper.runtime.definition import QUEUE_NAMES, JobRegistry, JobSpec
+from geniehelper.runtime.definition import JobDefinition, queue_key
 from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import arq_job_id
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
 
-FUTURE_JOB = JobSpec("t_future", jobs_for_tests.CountPayload, max_attempts=3, **jobs_for_tests.FAST_RETRY)
+FUTURE_JOB = JobDefinition("t_future", jobs_for_tests.CountPayload, jobs_for_tests.count, policy=jobs_for_tests.FAST)
 ALL_CONTRACTS = [*jobs_for_tests.CONTRACTS, FUTURE_JOB]
 
 
@@ -42,15 +43,13 @@ def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
 
 
 def worker_for(
-    database_url: str, redis_url: str, *, contracts: list[JobSpec] | None = None,
+    database_url: str, redis_url: str, *, contracts: list[JobDefinition[Any]] | None = None,
     tweak: Callable[[type], None] | None = None, **worker_kwargs: Any,
 ) -> Worker:  # fmt: skip
     settings = Settings(database_url=database_url, redis_url=redis_url, health_interval_s=1,
                         job_heartbeat_interval_s=0.2, job_lease_s=2)  # fmt: skip
-    contracts = contracts or jobs_for_tests.CONTRACTS
-    implementations = {**jobs_for_tests.IMPLEMENTATIONS, "t_future": jobs_for_tests.IMPLEMENTATIONS["t_count"]}
     cls = build_worker_settings(
-        "default", contracts, {c.name: implementations[c.name] for c in contracts}, role="test_lifecycle",
+        "default", JobRegistry(contracts or jobs_for_tests.CONTRACTS), role="test_lifecycle",
         settings=settings, database_url=database_url, redis_url=redis_url,
     )  # fmt: skip
     if tweak is not None:
@@ -122,7 +121,7 @@ async def test_an_unknown_job_name_is_handed_back_not_finalised_and_runs_once_a_
     assert await arq_redis.exists(job_key_prefix + arq_job_id(job.id, 1)) == 1  # still queued in Redis
     assert (await job_row(owner, job.id))["status"] == "queued"
     # The handed-back dispatch waits out its delay; the new release's worker then runs it.
-    await arq_redis.zadd(QUEUE_NAMES["default"], {arq_job_id(job.id, 1): time.time() * 1000})
+    await arq_redis.zadd(queue_key("default"), {arq_job_id(job.id, 1): time.time() * 1000})
     await burst(database_url, redis_url, contracts=ALL_CONTRACTS)
     assert (await job_row(owner, job.id))["status"] == "completed"
     assert await runs(arq_redis, "future") == 1
@@ -230,8 +229,9 @@ async def test_the_relay_pushes_the_rest_when_one_row_is_old_and_another_cannot_
         " values ($1, 't_echo', 'no_such_queue', 'bad-row', '{}', now() - interval '3 days') returning id",
         creator,
     )
-    assert await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600, batch=2000) == (1000, 1)
-    assert await arq_redis.zcard(QUEUE_NAMES["default"]) == 1000
+    relayed = await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600, queues={"default"}, batch=2000)
+    assert relayed == (1000, 1)
+    assert await arq_redis.zcard(queue_key("default")) == 1000
     row = await job_row(owner, bad)
     assert row["enqueued_at"] is None and "no_such_queue" in row["dispatch_error"]
     assert await owner.fetchval(
@@ -271,10 +271,10 @@ async def test_malformed_envelopes_are_named_and_the_worker_goes_on(
     await arq_redis.set(key, json.dumps({**envelope, "a": 42}))  # args a number
     for job_id, raw in (("bad-name", {"t": 1, "f": ["t_echo"], "a": [], "k": {}, "et": 0}), ("not-json", "{oops")):
         await arq_redis.set(job_key_prefix + job_id, raw if isinstance(raw, str) else json.dumps(raw))
-        await arq_redis.zadd(QUEUE_NAMES["default"], {job_id: time.time() * 1000})
+        await arq_redis.zadd(queue_key("default"), {job_id: time.time() * 1000})
     stranger = uuid.uuid4()
     await arq_redis.enqueue_job(
-        "t_echo", _job_id="no-creator", _queue_name=QUEUE_NAMES["default"],
+        "t_echo", _job_id="no-creator", _queue_name=queue_key("default"),
         user_id=str(stranger), payload=json.dumps({"text": "hi"}),
     )  # fmt: skip
     good = await queue.enqueue("t_echo", {"text": "still here"}, user_id=creator)

@@ -21,26 +21,26 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from geniehelper.contracts import ALL_CONTRACTS
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
 from geniehelper.domain import publishing
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
-from geniehelper.runtime.definition import JobRegistry
 from geniehelper.runtime.delivery import redrive_expired_leases, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import arq_job_id
 from geniehelper.settings import Settings
-from jobs import IMPLEMENTATIONS
+from jobs.publish_post import PUBLISH_POST
 from schedulers.base import SchedulerContext, SchedulerRunner
 from schedulers.post_scheduler import PostScheduler
 from tests.conftest import make_creator
 from tests.helpers import BIN, drain_queue, spawn
 
 KEY_B64 = base64.b64encode(os.urandom(32)).decode()
+JOBS = JobRegistry([PUBLISH_POST])
 
 
 @dataclass
@@ -117,13 +117,13 @@ async def schedule_post(
 
 async def scheduler_tick(settings: Settings, db: Database, redis: ArqRedis, database_url: str) -> Any:
     ctx = SchedulerContext(
-        settings, db, redis, JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits()), database_url,
+        settings, db, redis, JobQueue(db, redis, JOBS, load_tier_limits()), database_url,
     )  # fmt: skip
     return await PostScheduler().tick(ctx)
 
 
 async def run_worker(settings: Settings) -> None:
-    await drain_queue(settings, ALL_CONTRACTS, IMPLEMENTATIONS)
+    await drain_queue(settings, JOBS)
 
 
 async def post_row(owner: asyncpg.Connection, scheduled_id: uuid.UUID) -> dict[str, Any]:
@@ -148,7 +148,7 @@ async def dispatch_post_meeting_fault(
     scheduled_id = await schedule_post(db, creator)
     await sandbox.fault(count=1, path_prefix="/v1/posts", method="POST", account_id=creator.account_id, **fault)
     await scheduler_tick(settings, db, arq_redis, settings.database_url)
-    job_id = await owner.fetchval("select id from media_jobs where scheduled_post_id = $1", scheduled_id)
+    job_id = await owner.fetchval("select id from media_jobs where subject_id = $1", scheduled_id)
     return FaultyPost(creator, scheduled_id, job_id)
 
 
@@ -171,7 +171,7 @@ async def wait_until_overdue(owner: asyncpg.Connection, scheduled_id: uuid.UUID,
 
 async def job_records(owner: asyncpg.Connection, scheduled_id: uuid.UUID) -> list[dict[str, Any]]:
     rows = await owner.fetch(
-        "select id, status, attempts, result->>'outcome' as outcome from media_jobs where scheduled_post_id = $1"
+        "select id, status, attempts, result->>'outcome' as outcome from media_jobs where subject_id = $1"
         " order by created_at",
         scheduled_id,
     )
@@ -201,7 +201,7 @@ async def test_due_post_is_published_exactly_once(
     assert row["status"] == "posted" and row["external_post_id"] == posts[0]["external_post_id"]
     assert row["posted_at"] is not None
     assert (await post_row(owner, later_id))["status"] == "scheduled"
-    job = await owner.fetchrow("select * from media_jobs where scheduled_post_id = $1", scheduled_id)
+    job = await owner.fetchrow("select * from media_jobs where subject_id = $1", scheduled_id)
     assert job["status"] == "completed" and job["job_name"] == "publish_post"
 
 
@@ -252,7 +252,7 @@ async def test_rate_limit_is_honoured_then_the_post_goes_out_once(
     started = time.monotonic()
     await run_worker(settings)
     assert time.monotonic() - started >= 1.5
-    job = await owner.fetchrow("select * from media_jobs where scheduled_post_id = $1", scheduled_id)
+    job = await owner.fetchrow("select * from media_jobs where subject_id = $1", scheduled_id)
     assert job["status"] == "completed" and job["attempts"] == 2
     assert len(await sandbox.posts(creator.account_id)) == 1
     assert (await post_row(owner, scheduled_id))["status"] == "posted"
@@ -271,7 +271,7 @@ async def test_expired_auth_marks_the_connection_and_fails_the_post(
     assert row["status"] == "failed" and "auth expired" in row["error_message"]
     connection = await owner.fetchrow("select * from platform_connections where id = $1", creator.connection_id)
     assert connection["health"] == "auth_expired"
-    job = await owner.fetchrow("select * from media_jobs where scheduled_post_id = $1", scheduled_id)
+    job = await owner.fetchrow("select * from media_jobs where subject_id = $1", scheduled_id)
     assert job["status"] == "failed" and job["attempts"] == 1
 
 
@@ -409,19 +409,17 @@ async def test_a_post_whose_job_the_runtime_gives_up_on_is_marked_failed(
 ) -> None:
     import dataclasses
 
-    from geniehelper.contracts import PUBLISH_POST
-
     settings = settings_for(database_url, redis_url, platform_timeout_s=30)
     post = await dispatch_post_meeting_fault(db, owner, sandbox, arq_redis, settings, kind="slow", delay_s=10)
     scheduled_id = post.scheduled_id
     # This job may have one attempt of half a second (attempts are fixed on the record at enqueue).
-    await owner.execute("update media_jobs set max_attempts = 1 where scheduled_post_id = $1", scheduled_id)
-    impatient = [dataclasses.replace(PUBLISH_POST, timeout_s=0.5)]
-    await drain_queue(settings, impatient, IMPLEMENTATIONS)
+    await owner.execute("update media_jobs set max_attempts = 1 where subject_id = $1", scheduled_id)
+    impatient = dataclasses.replace(PUBLISH_POST, policy=dataclasses.replace(PUBLISH_POST.policy, timeout_s=0.5))
+    await drain_queue(settings, JobRegistry([impatient]))
     row = await post_row(owner, scheduled_id)
     assert row["status"] == "failed"
     assert row["error_message"] == "not published: retries exhausted after 1 attempt; last error: timed out after 0.5s"
-    job = await owner.fetchrow("select status, error_kind from media_jobs where scheduled_post_id = $1", scheduled_id)
+    job = await owner.fetchrow("select status, error_kind from media_jobs where subject_id = $1", scheduled_id)
     assert (job["status"], job["error_kind"]) == ("failed", "timeout")
 
 

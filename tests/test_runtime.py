@@ -13,10 +13,11 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.definition import QUEUE_NAMES, InvalidPayload, JobRegistry, UnknownJob
+from geniehelper.runtime.definition import InvalidPayload, UnknownJob, queue_key
 from geniehelper.runtime.delivery import relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
@@ -25,7 +26,7 @@ from tests.helpers import drain_queue
 
 @pytest.fixture
 def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JobRegistry(jobs_for_tests.CONTRACTS), load_tier_limits())
+    return JobQueue(db, arq_redis, jobs_for_tests.REGISTRY, load_tier_limits())
 
 
 def settings_for(database_url: str, redis_url: str) -> Settings:
@@ -34,7 +35,7 @@ def settings_for(database_url: str, redis_url: str) -> Settings:
 
 async def run_burst(database_url: str, redis_url: str, queue: str = "default") -> None:
     settings = settings_for(database_url, redis_url)
-    await drain_queue(settings, jobs_for_tests.CONTRACTS, jobs_for_tests.IMPLEMENTATIONS, queue)
+    await drain_queue(settings, jobs_for_tests.REGISTRY, queue)
 
 
 async def record(owner: asyncpg.Connection, job_id: uuid.UUID) -> dict[str, Any]:
@@ -81,11 +82,11 @@ async def test_invalid_payload_from_a_foreign_client_fails_that_job_and_the_work
     creator = await make_creator(owner)
     # A foreign client writes straight to Redis, in our JSON wire format, with a bad payload.
     await arq_redis.enqueue_job(
-        "t_echo", _job_id="foreign-1", _queue_name=QUEUE_NAMES["default"],
+        "t_echo", _job_id="foreign-1", _queue_name=queue_key("default"),
         user_id=str(creator), payload=json.dumps({"text": 42}),
     )  # fmt: skip
     await arq_redis.enqueue_job(
-        "t_echo", _job_id="foreign-2", _queue_name=QUEUE_NAMES["default"],
+        "t_echo", _job_id="foreign-2", _queue_name=queue_key("default"),
         user_id="not-a-uuid", payload="{}",
     )  # fmt: skip
     good = await queue.enqueue("t_echo", {"text": "still here"}, user_id=creator)
@@ -102,7 +103,7 @@ async def test_a_foreign_client_with_a_valid_payload_gets_a_record_and_a_run(
 ) -> None:
     creator = await make_creator(owner)
     await arq_redis.enqueue_job(
-        "t_echo", _job_id="foreign-ok", _queue_name=QUEUE_NAMES["default"],
+        "t_echo", _job_id="foreign-ok", _queue_name=queue_key("default"),
         user_id=str(creator), payload=json.dumps({"text": "from go"}),
     )  # fmt: skip
     await run_burst(database_url, redis_url)
@@ -198,10 +199,12 @@ async def test_quota_admits_exactly_the_limit_under_concurrent_enqueues(
 async def test_operation_not_in_tier_is_refused_as_such(
     db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection
 ) -> None:
-    from geniehelper.runtime.definition import JobSpec
+    from geniehelper.runtime.definition import JobDefinition
 
-    contracts = [JobSpec("t_clip", jobs_for_tests.EchoPayload, quota_operation="ai_clip_operations")]
-    clip_queue = JobQueue(db, arq_redis, JobRegistry(contracts), load_tier_limits())
+    clip = JobDefinition(
+        "t_clip", jobs_for_tests.EchoPayload, jobs_for_tests.echo, quota_operation="ai_clip_operations"
+    )
+    clip_queue = JobQueue(db, arq_redis, JobRegistry([clip]), load_tier_limits())
     creator = await make_creator(owner, tier="starter")
     with pytest.raises(QuotaExceeded) as refused:
         await clip_queue.enqueue("t_clip", {"text": "x"}, user_id=creator)
@@ -220,7 +223,7 @@ async def test_outbox_rolled_back_job_never_runs_and_unpushed_job_is_relayed(
     # Committed, but the producer "dies" before push():
     async with db.creator_tx(creator) as conn:
         orphan = await queue.record(conn, "t_count", {"counter": "orphan"}, user_id=creator)
-    assert await arq_redis.zcard(QUEUE_NAMES["default"]) == 0
+    assert await arq_redis.zcard(queue_key("default")) == 0
     assert await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600) == (1, 0)
     assert await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600) == (0, 0)
     await run_burst(database_url, redis_url)
@@ -235,11 +238,15 @@ async def test_a_fresh_lease_refuses_a_second_start_and_a_superseded_attempt_is_
     creator = await make_creator(owner)
     job = await queue.enqueue("t_echo", {"text": "x"}, user_id=creator)
     async with db.creator_tx(creator) as conn:
-        first = await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-a", 30.0)
-        assert await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-b", 30.0) is None  # lease is fresh
+
+        async def start(dispatch_no: int, worker: str) -> asyncpg.Record | None:
+            return await conn.fetchrow(store.START_ATTEMPT, job.id, dispatch_no, worker, 30.0, None, None)
+
+        first = await start(1, "worker-a")
+        assert await start(1, "worker-b") is None  # lease is fresh
         await conn.execute("update media_jobs set lease_expires_at = now() - interval '1 second' where id = $1", job.id)
-        assert await conn.fetchrow(store.START_ATTEMPT, job.id, 2, "worker-b", 30.0) is None  # not its dispatch
-        second = await conn.fetchrow(store.START_ATTEMPT, job.id, 1, "worker-b", 30.0)  # worker-a presumed dead
+        assert await start(2, "worker-b") is None  # not its dispatch
+        second = await start(1, "worker-b")  # worker-a presumed dead
         assert (first["attempts"], second["attempts"]) == (1, 2)
         stale = await conn.execute(store.COMPLETE, job.id, 1, {"from": "a"})
         fresh = await conn.execute(store.COMPLETE, job.id, 2, {"from": "b"})

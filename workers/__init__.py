@@ -1,18 +1,13 @@
-"""arq worker settings, one per queue: which jobs run where.
-
-`geniehelper worker default` (Procfile `worker`) and `arq workers.main.WorkerSettings` run the
-same thing.
-"""
+"""arq worker settings, one per configured queue: `geniehelper worker QUEUE` and
+`arq workers.main.WorkerSettings` run the same thing."""
 
 from __future__ import annotations
 
-from geniehelper.contracts import ALL_CONTRACTS
+from geniehelper.runtime.registry import discover
 from geniehelper.runtime.worker import build_worker_settings
-from geniehelper.settings import Settings
-from jobs import IMPLEMENTATIONS
-
-ROLES = {"default": "worker", "media": "media_worker"}
+from geniehelper.settings import Settings, load_settings
 
 
 def settings_for_queue(queue: str, settings: Settings | None = None) -> type:
-    return build_worker_settings(queue, ALL_CONTRACTS, IMPLEMENTATIONS, role=ROLES[queue], settings=settings)
+    settings = settings or load_settings()
+    return build_worker_settings(queue, discover(settings.job_packages), settings=settings)

@@ -291,11 +291,11 @@ def _scheduler_role(args: argparse.Namespace) -> str:
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     import asyncpg
 
-    from geniehelper.contracts import ALL_CONTRACTS
     from geniehelper.db import Database
-    from geniehelper.runtime.definition import InvalidPayload, JobRegistry, UnknownJob
+    from geniehelper.runtime.definition import InvalidPayload, UnknownJob
     from geniehelper.runtime.queue import JobQueue
     from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+    from geniehelper.runtime.registry import discover
     from geniehelper.runtime.transport import create_arq_redis
     from geniehelper.stack import resolve_urls
 
@@ -304,7 +304,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         db = await Database.open(urls.database_url, min_size=1, max_size=2)
         redis = await create_arq_redis(urls.redis_url)
         try:
-            queue = JobQueue(db, redis, JobRegistry(ALL_CONTRACTS), load_tier_limits())
+            queue = JobQueue(db, redis, discover(settings.job_packages), load_tier_limits())
             job = await queue.enqueue(args.job, args.payload, user_id=args.user, key=args.key)
         except (InvalidPayload, UnknownJob, QuotaExceeded, LookupError, ValueError) as exc:
             _say(f"refused: {exc}")

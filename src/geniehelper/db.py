@@ -83,3 +83,7 @@ class Database:
         """A transaction for cross-creator scans, limited to the system role's grants."""
         async with self.system_pool.acquire() as conn, conn.transaction():
             yield conn
+
+    def scoped_tx(self, user_id: UUID | None) -> Any:
+        """The creator's transaction, or the system's for a job of no creator (a system job)."""
+        return self.creator_tx(user_id) if user_id is not None else self.system_tx()

@@ -12,10 +12,26 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from geniehelper.crypto import CredentialCipher
+
+
+class QueueSettings(BaseModel):
+    """One queue's worker settings. Queues are configuration: `geniehelper worker NAME` for any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    concurrency: int = Field(ge=1, le=1000, description="Jobs at once per worker process.")
+    role: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,39}$", description="Health role.")
+
+    def role_for(self, queue: str) -> str:
+        return self.role or ("worker" if queue == "default" else f"{queue}_worker")
+
+
+# default: time-critical (publishing); bulk: sync, deliveries, imports; media: processing, which
+# the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
+DEFAULT_QUEUES = {"default": 10, "bulk": 10, "media": 1}
 
 
 class Settings(BaseSettings):
@@ -109,8 +125,27 @@ class Settings(BaseSettings):
     platform_timeout_s: float = Field(default=15.0, gt=0, le=600)
 
     # Workers.
-    worker_concurrency: int = Field(default=10, ge=1, le=1000, description="Jobs at once, default queue.")
-    media_worker_concurrency: int = Field(default=1, ge=1, le=64, description="Jobs at once, media queue.")
+    queues: dict[str, QueueSettings] = Field(
+        default_factory=lambda: {name: QueueSettings(concurrency=n) for name, n in DEFAULT_QUEUES.items()},
+        description='QUEUES: JSON merged over the defaults, e.g. {"bulk": {"concurrency": 20}}.',
+    )
+    job_packages: list[str] = Field(default=["jobs"], description="Packages whose modules declare the jobs.")
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _merge_queues(cls, value: object) -> object:
+        if not isinstance(value, dict):
+            return value
+        for name in value:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", str(name)):
+                raise ValueError(f"queue name {name!r}: lower-case letters, digits and _")
+        return {**{name: {"concurrency": n} for name, n in DEFAULT_QUEUES.items()}, **value}
+
+    def queue(self, name: str) -> QueueSettings:
+        try:
+            return self.queues[name]
+        except KeyError:
+            raise LookupError(f"unknown queue {name!r}; configured queues: {', '.join(sorted(self.queues))}") from None
     worker_shutdown_grace_s: float = Field(
         default=20.0, ge=0, le=3_600, description="On SIGTERM, time to finish running jobs before handing them back."
     )

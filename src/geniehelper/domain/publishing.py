@@ -72,7 +72,7 @@ with due as (
        and sp.queued_at < now() - make_interval(secs => $3)
        and (sp.publishing_started_at is null or sp.publishing_started_at < now() - make_interval(secs => $3))
        and not exists (select from media_jobs j
-                        where j.user_id = sp.user_id and j.scheduled_post_id = sp.id
+                        where j.subject_type = 'scheduled_post' and j.subject_id = sp.id and j.user_id = sp.user_id
                           and j.status in ('queued', 'processing'))
      order by sp.queued_at
      limit $1

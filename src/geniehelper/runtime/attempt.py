@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -33,8 +34,8 @@ from arq import Retry
 from pydantic import BaseModel
 
 from geniehelper.runtime import store
-from geniehelper.runtime.context import Job, JobContext, LeaseLost, Resources
-from geniehelper.runtime.definition import InvalidPayload, JobPayload, JobSpec
+from geniehelper.runtime.context import JobContext, LeaseLost, Resources
+from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobDefinition, JobPayload
 from geniehelper.runtime.retry import backoff_s, classify, describe
 from geniehelper.runtime.transport import dispatch_no_of
 
@@ -47,6 +48,8 @@ OUTCOME_WRITE_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 # An unknown job name is handed back this often (every UNKNOWN_JOB_RETRY_S) before it is failed.
 UNKNOWN_JOB_RETRY_S = 10.0
 UNKNOWN_JOB_MAX_TRIES = 30
+# A job whose concurrency key is at its limit asks again after this (plus as much again at random).
+CONCURRENCY_RETRY_S = 0.5
 
 Outcome = dict[str, Any]
 
@@ -54,7 +57,7 @@ Outcome = dict[str, Any]
 @dataclass(frozen=True)
 class Envelope:
     record_id: UUID | None
-    user_id: UUID
+    user_id: UUID | None  # None: a system job
     payload_raw: str
     dispatch_no: int
 
@@ -63,16 +66,21 @@ class EnvelopeError(ValueError):
     pass
 
 
-def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any], arq_job_id: str) -> Envelope:
+def parse_envelope(job: AnyJob, args: tuple[Any, ...], kwargs: dict[str, Any], arq_job_id: str) -> Envelope:
     if args:
         raise EnvelopeError("positional arguments are not accepted; send record_id, user_id, payload")
-    unknown = set(kwargs) - JobSpec.RESERVED_KWARGS
+    unknown = set(kwargs) - JobDefinition.RESERVED_KWARGS
     if unknown:
         raise EnvelopeError(f"unknown arguments {sorted(unknown)}")
-    try:
-        user_id = UUID(str(kwargs["user_id"]))
-    except (KeyError, ValueError):
-        raise EnvelopeError("user_id: a creator uuid is required") from None
+    user_id: UUID | None = None
+    if job.scope == "system":
+        if kwargs.get("user_id") is not None:
+            raise EnvelopeError(f"user_id: {job.name} is a system job and runs for no creator")
+    else:
+        try:
+            user_id = UUID(str(kwargs["user_id"]))
+        except (KeyError, ValueError):
+            raise EnvelopeError("user_id: a creator uuid is required") from None
     record_raw = kwargs.get("record_id")
     try:
         record_id = UUID(str(record_raw)) if record_raw is not None else None
@@ -85,53 +93,53 @@ def parse_envelope(args: tuple[Any, ...], kwargs: dict[str, Any], arq_job_id: st
     return Envelope(record_id, user_id, payload, dispatch_no)
 
 
-def make_arq_function(spec: JobSpec, impl: Job) -> Callable[..., Awaitable[Outcome]]:
-    """The coroutine arq calls for `spec.name`."""
+def make_arq_function(job: AnyJob) -> Callable[..., Awaitable[Outcome]]:
+    """The coroutine arq calls for `job.name`."""
 
     async def run(ctx: dict[str, Any], *args: Any, **kwargs: Any) -> Outcome:
         resources: Resources = ctx["resources"]
         arq_job_id: str = ctx["job_id"]
-        with structlog.contextvars.bound_contextvars(job_id=arq_job_id, job_name=spec.name, job_try=ctx["job_try"]):
+        with structlog.contextvars.bound_contextvars(job_id=arq_job_id, job_name=job.name, job_try=ctx["job_try"]):
             try:
-                envelope = parse_envelope(args, kwargs, arq_job_id)
+                envelope = parse_envelope(job, args, kwargs, arq_job_id)
             except EnvelopeError as exc:
                 # No creator to record it against: the log line is the record.
                 log.error("job.rejected", reason=str(exc))
                 return {"status": "rejected", "error": str(exc)}
             with structlog.contextvars.bound_contextvars(user_id=str(envelope.user_id)):
-                return await _deliver(resources, spec, impl, arq_job_id, ctx["job_try"], envelope)
+                return await _deliver(resources, job, arq_job_id, ctx["job_try"], envelope)
 
-    run.__qualname__ = run.__name__ = spec.name
+    run.__qualname__ = run.__name__ = job.name
     return run
 
 
 async def _deliver(
-    resources: Resources, spec: JobSpec, impl: Job, arq_job_id: str, job_try: int, envelope: Envelope
+    resources: Resources, job: AnyJob, arq_job_id: str, job_try: int, envelope: Envelope
 ) -> Outcome:
     db = resources.db
     try:
-        payload = spec.parse_payload(envelope.payload_raw)
+        payload = job.parse_payload(envelope.payload_raw)
     except InvalidPayload as exc:
         log.error("job.invalid_payload", errors=exc.as_dict()["errors"])
-        await _record_rejection(resources, spec, arq_job_id, envelope, str(exc), "invalid_payload")
+        await _record_rejection(resources, job, arq_job_id, envelope, str(exc), "invalid_payload")
         return {"status": "failed", "error_kind": "invalid_payload", "error": str(exc)}
 
     record_id = envelope.record_id
     if record_id is not None and (job_try > 1 or envelope.dispatch_no > 1):
-        settled = await _record_parked_outcome(resources, spec, impl, record_id, envelope.user_id, payload)
+        settled = await _record_parked_outcome(resources, job, record_id, envelope.user_id, payload)
         if settled is not None:
             return settled
     try:
-        async with db.creator_tx(envelope.user_id) as conn:
+        async with db.scoped_tx(envelope.user_id) as conn:
             if record_id is None:  # pushed straight to Redis by a foreign client: record it now
-                record_id = await _record_foreign_job(conn, spec, arq_job_id, envelope, payload)
+                record_id = await _record_foreign_job(conn, job, arq_job_id, envelope, payload)
+            concurrency_key = job.concurrency.key(payload) if job.concurrency else None
+            if concurrency_key is not None:
+                await conn.execute(store.LOCK_CONCURRENCY_KEY, concurrency_key)
             started = await conn.fetchrow(
-                store.START_ATTEMPT,
-                record_id,
-                envelope.dispatch_no,
-                resources.worker_id,
-                resources.settings.job_lease_s,
-            )
+                store.START_ATTEMPT, record_id, envelope.dispatch_no, resources.worker_id,
+                resources.settings.job_lease_s, concurrency_key, job.concurrency.limit if job.concurrency else None,
+            )  # fmt: skip
             refused = None if started else await conn.fetchrow(store.START_REFUSED, record_id)
     except asyncpg.ForeignKeyViolationError:
         reason = f"user_id: no creator {envelope.user_id}"
@@ -140,14 +148,14 @@ async def _deliver(
     except Exception as exc:
         if classify(exc)[0] != "transient":
             raise
-        delay = backoff_s(spec, 1)
+        delay = backoff_s(job.policy, 1)
         log.warning("job.start_deferred", error=describe(exc), retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
 
     with structlog.contextvars.bound_contextvars(record_id=str(record_id)):
         if started is None:
-            return _not_started(refused, envelope.dispatch_no)
-        ctx = JobContext(resources, spec, record_id, envelope.user_id, started["attempts"], started["max_attempts"])
+            return _not_started(refused, envelope.dispatch_no, job)
+        ctx = JobContext(resources, job, record_id, envelope.user_id, started["attempts"], started["max_attempts"])
         with structlog.contextvars.bound_contextvars(attempt=ctx.attempt):
             if ctx.attempt > ctx.max_attempts:
                 # Earlier attempts died without recording an outcome (worker killed, timeouts).
@@ -155,12 +163,12 @@ async def _deliver(
                     f"retries exhausted: attempt {ctx.attempt} of {ctx.max_attempts} (earlier attempts did not finish)"
                 )
                 return await _settle(
-                    ctx, impl, payload, {"kind": "fail", "error": error, "error_kind": "retries_exhausted"}
+                    ctx, payload, {"kind": "fail", "error": error, "error_kind": "retries_exhausted"}
                 )
-            return await _attempt(ctx, impl, payload)
+            return await _attempt(ctx, payload)
 
 
-def _not_started(refused: asyncpg.Record | None, dispatch_no: int) -> Outcome:
+def _not_started(refused: asyncpg.Record | None, dispatch_no: int, job: AnyJob) -> Outcome:
     if refused is None:  # the producer's record is gone (or never committed): nothing to run against
         log.error("job.record_missing")
         return {"status": "failed", "error_kind": "record_missing"}
@@ -170,24 +178,29 @@ def _not_started(refused: asyncpg.Record | None, dispatch_no: int) -> Outcome:
     if refused["status"] == "processing":
         log.info("job.lease_held", attempt=refused["attempts"])
         return {"status": "lease_held"}
-    if refused["status"] == "queued":  # delivered before its time (e.g. re-driven early): come back then
+    if refused["status"] == "queued" and refused["starts_in_s"] > 1:  # delivered early: come back when due
+        raise Retry(defer=refused["starts_in_s"])
+    if refused["status"] == "queued" and job.concurrency is not None:  # its key's slots are all taken
+        log.debug("job.concurrency_wait", limit=job.concurrency.limit)
+        raise Retry(defer=CONCURRENCY_RETRY_S + random.uniform(0, CONCURRENCY_RETRY_S))
+    if refused["status"] == "queued":
         raise Retry(defer=max(0.1, refused["starts_in_s"]))
     log.info("job.skipped", record_status=refused["status"])
     return {"status": "skipped", "record_status": refused["status"]}
 
 
-async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> Outcome:
-    spec = ctx.spec
+async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
+    job = ctx.job
     log.info("job.started")
     loop = asyncio.get_running_loop()
     started_at = loop.time()
     lease_lost = asyncio.Event()
-    run_task = asyncio.ensure_future(impl.run(ctx, payload))
+    run_task = asyncio.ensure_future(job.run(ctx, payload))
     heartbeat = asyncio.create_task(_heartbeat(ctx, run_task, lease_lost))
     timed_out = False
     try:
         try:
-            async with asyncio.timeout(spec.timeout_s) as deadline:
+            async with asyncio.timeout(job.policy.timeout_s) as deadline:
                 result = await run_task
         except TimeoutError:
             if deadline.expired():
@@ -208,21 +221,21 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> Outcome:
     except Exception as exc:
         if timed_out:
             error_class, retry_after, kind = "transient", None, "timeout"
-            error = f"timed out after {spec.timeout_s:g}s"
+            error = f"timed out after {job.policy.timeout_s:g}s"
         else:
-            error_class, retry_after = classify(exc)
+            error_class, retry_after = classify(exc, job)
             kind, error = error_class, describe(exc)
         if error_class == "transient" and not ctx.is_last_attempt:
-            delay = max(retry_after or 0.0, backoff_s(spec, ctx.attempt))
+            delay = max(retry_after or 0.0, backoff_s(job.policy, ctx.attempt))
             log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2),
                         took_ms=_ms(loop, started_at))  # fmt: skip
             return await _settle(
-                ctx, impl, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay}
+                ctx, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay}
             )
         if error_class == "transient":
             attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
             error = f"retries exhausted after {attempts}; last error: {error}"
-        return await _settle(ctx, impl, payload, {"kind": "fail", "error": error, "error_kind": kind},
+        return await _settle(ctx, payload, {"kind": "fail", "error": error, "error_kind": kind},
                              took_ms=_ms(loop, started_at))  # fmt: skip
     finally:
         heartbeat.cancel()
@@ -232,7 +245,7 @@ async def _attempt(ctx: JobContext, impl: Job, payload: JobPayload) -> Outcome:
             run_task.cancel()
 
     stored = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-    return await _settle(ctx, impl, payload, {"kind": "complete", "result": stored}, took_ms=_ms(loop, started_at))
+    return await _settle(ctx, payload, {"kind": "complete", "result": stored}, took_ms=_ms(loop, started_at))
 
 
 def _cancelling() -> bool:
@@ -257,7 +270,7 @@ def _outcome_sql(outcome: Outcome) -> tuple[str, tuple[Any, ...]]:
 
 
 async def _settle(
-    ctx: JobContext, impl: Job, payload: JobPayload, outcome: Outcome, *, took_ms: int | None = None
+    ctx: JobContext, payload: JobPayload, outcome: Outcome, *, took_ms: int | None = None
 ) -> Outcome:
     """Record an attempt's outcome; park it in Redis if PostgreSQL stays unreachable."""
     sql, args = _outcome_sql(outcome)
@@ -265,12 +278,12 @@ async def _settle(
         landed = await _write_with_retries(ctx, sql, args)
     except Exception as exc:
         await _park(ctx, outcome, exc)
-        raise Retry(defer=backoff_s(ctx.spec, ctx.attempt)) from exc
-    return await _after_write(ctx, impl, payload, outcome, landed, took_ms)
+        raise Retry(defer=backoff_s(ctx.job.policy, ctx.attempt)) from exc
+    return await _after_write(ctx, payload, outcome, landed, took_ms)
 
 
 async def _after_write(
-    ctx: JobContext, impl: Job, payload: JobPayload, outcome: Outcome, landed: bool, took_ms: int | None = None
+    ctx: JobContext, payload: JobPayload, outcome: Outcome, landed: bool, took_ms: int | None = None
 ) -> Outcome:
     kind = outcome["kind"]
     if not landed:
@@ -278,11 +291,16 @@ async def _after_write(
         return {"status": "stale", "outcome": kind}
     if kind == "complete":
         log.info("job.completed", took_ms=took_ms)
+        if ctx.job.on_success is not None:  # the next step of a chain
+            try:
+                await ctx.job.on_success(replace(ctx, fenced=False), payload, outcome.get("result"))
+            except Exception as exc:
+                log.error("job.success_hook_failed", error=describe(exc))
         return {"status": "completed", "result": outcome.get("result")}
     if kind == "retry":
         raise Retry(defer=outcome["delay_s"])
     log.error("job.failed", error=outcome["error"], error_kind=outcome["error_kind"], took_ms=took_ms)
-    await _on_failure(replace(ctx, fenced=False), impl, payload, outcome["error"])
+    await _on_failure(replace(ctx, fenced=False), payload, outcome["error"])
     return {"status": "failed", "error_kind": outcome["error_kind"], "error": outcome["error"]}
 
 
@@ -312,7 +330,7 @@ async def _park(ctx: JobContext, outcome: Outcome, exc: Exception) -> None:
 
 
 async def _record_parked_outcome(
-    resources: Resources, spec: JobSpec, impl: Job, record_id: UUID, user_id: UUID, payload: JobPayload
+    resources: Resources, job: AnyJob, record_id: UUID, user_id: UUID | None, payload: JobPayload
 ) -> Outcome | None:
     """Record an outcome an earlier delivery parked; None when there is none (or it was a retry)."""
     key = f"{OUTCOME_PREFIX}{record_id}"
@@ -321,12 +339,12 @@ async def _record_parked_outcome(
         return None
     outcome = json.loads(raw)
     attempt = int(outcome.pop("attempt"))
-    ctx = JobContext(resources, spec, record_id, user_id, attempt, attempt)
+    ctx = JobContext(resources, job, record_id, user_id, attempt, attempt)
     sql, args = _outcome_sql(outcome)
     try:
         landed = await _fenced(ctx, sql, *args)
     except Exception as exc:
-        delay = backoff_s(spec, attempt)
+        delay = backoff_s(job.policy, attempt)
         log.warning("job.parked_outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
     await resources.redis.delete(key)
@@ -334,21 +352,21 @@ async def _record_parked_outcome(
     if outcome["kind"] == "retry" and landed:
         return None  # recorded; this delivery now starts the next attempt when it is due
     with structlog.contextvars.bound_contextvars(attempt=attempt):
-        return await _after_write(ctx, impl, payload, outcome, landed)
+        return await _after_write(ctx, payload, outcome, landed)
 
 
 async def _fenced(ctx: JobContext, sql: str, *args: Any) -> bool:
     """A record write that only lands if this attempt is still the current one."""
-    async with ctx.resources.db.creator_tx(ctx.user_id) as conn:
+    async with ctx.resources.db.scoped_tx(ctx.user_id) as conn:
         status = await conn.execute(sql, ctx.record_id, ctx.attempt, *args)
     return bool(status.endswith(" 1"))
 
 
-async def _on_failure(ctx: JobContext, impl: Job, payload: JobPayload, error: str) -> None:
-    if impl.on_failure is None:
+async def _on_failure(ctx: JobContext, payload: JobPayload, error: str) -> None:
+    if ctx.job.on_failure is None:
         return
     try:
-        await impl.on_failure(ctx, payload, error)
+        await ctx.job.on_failure(ctx, payload, error)
     except Exception as exc:  # the job is failed either way; say that its rows may not say so
         log.error("job.failure_hook_failed", error=describe(exc))
 
@@ -359,7 +377,7 @@ async def _heartbeat(ctx: JobContext, run_task: asyncio.Future[Any], lease_lost:
     while True:
         await asyncio.sleep(settings.job_heartbeat_interval_s)
         try:
-            async with ctx.resources.db.creator_tx(ctx.user_id) as conn:
+            async with ctx.resources.db.scoped_tx(ctx.user_id) as conn:
                 status = await conn.execute(store.HEARTBEAT, ctx.record_id, ctx.attempt, settings.job_lease_s)
         except Exception as exc:  # a missed beat is not worth failing the job over
             log.warning("job.heartbeat_failed", error=describe(exc))
@@ -371,10 +389,10 @@ async def _heartbeat(ctx: JobContext, run_task: asyncio.Future[Any], lease_lost:
 
 
 async def _record_foreign_job(
-    conn: asyncpg.Connection, spec: JobSpec, arq_job_id: str, envelope: Envelope, payload: JobPayload
+    conn: asyncpg.Connection, job: AnyJob, arq_job_id: str, envelope: Envelope, payload: JobPayload
 ) -> UUID:
     (ref,) = await store.insert_many(
-        conn, envelope.user_id, spec.name, spec.queue, spec.max_attempts,
+        conn, envelope.user_id, job.name, job.queue, job.policy.max_attempts,
         [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
     )  # fmt: skip
     await conn.execute(store.MARK_ENQUEUED_MANY, [ref.id], [ref.dispatch_no])
@@ -382,15 +400,15 @@ async def _record_foreign_job(
 
 
 async def _record_rejection(
-    resources: Resources, spec: JobSpec, arq_job_id: str, envelope: Envelope, error: str, kind: str
+    resources: Resources, job: AnyJob, arq_job_id: str, envelope: Envelope, error: str, kind: str
 ) -> None:
     try:
-        async with resources.db.creator_tx(envelope.user_id) as conn:
+        async with resources.db.scoped_tx(envelope.user_id) as conn:
             if envelope.record_id is not None:
                 await conn.execute(store.REJECT, envelope.record_id, envelope.dispatch_no, error, kind)
             else:
                 await conn.execute(
-                    store.RECORD_REJECTED, envelope.user_id, spec.name, spec.queue, f"arq:{arq_job_id}",
+                    store.RECORD_REJECTED, envelope.user_id, job.name, job.queue, f"arq:{arq_job_id}",
                     store.payload_for_record(envelope.payload_raw), error,
                 )  # fmt: skip
     except Exception as exc:  # e.g. unknown creator: the log line is then the only record
@@ -431,11 +449,12 @@ async def _fail_record_if_known(
     resources: Resources, arq_job_id: str, record_raw: Any, user_raw: Any, error: str, kind: str
 ) -> None:
     try:
-        record_id, user_id = UUID(str(record_raw)), UUID(str(user_raw))
+        record_id = UUID(str(record_raw))
+        user_id = UUID(str(user_raw)) if user_raw is not None else None
     except ValueError:
         return
     try:
-        async with resources.db.creator_tx(user_id) as conn:
+        async with resources.db.scoped_tx(user_id) as conn:
             await conn.execute(store.REJECT, record_id, dispatch_no_of(arq_job_id, record_id), error, kind)
     except Exception as exc:
         log.error("job.rejection_not_recorded", error=describe(exc))

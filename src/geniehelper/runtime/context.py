@@ -1,10 +1,10 @@
-"""What a job sees: its typed context, the resources its worker built, and its implementation type."""
+"""What a job sees: its typed context and the resources its worker built."""
 
 from __future__ import annotations
 
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,14 +12,14 @@ from uuid import UUID
 
 import httpx
 from arq.connections import ArqRedis
-from pydantic import BaseModel
 
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.definition import JobRegistry, JobSpec
+from geniehelper.runtime.definition import AnyJob
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import TierLimits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 
 
@@ -53,9 +53,9 @@ class JobContext:
     """A job's typed view of its run."""
 
     resources: Resources
-    spec: JobSpec
+    job: AnyJob
     record_id: UUID
-    user_id: UUID
+    user_id: UUID | None  # None: a system job
     attempt: int
     max_attempts: int
     # Fenced while the attempt runs: each transaction first checks that the attempt still owns the
@@ -69,6 +69,8 @@ class JobContext:
         Raises LeaseLost, before anything is written, when another attempt has taken the job over:
         a worker that was paused past its lease does no more writes once it resumes.
         """
+        if self.user_id is None:
+            raise TypeError(f"{self.job.name} is a system job: it has no creator (use system_tx)")
         if not self.fenced:
             async with self.resources.db.creator_tx(self.user_id) as conn:
                 yield conn
@@ -78,9 +80,23 @@ class JobContext:
                 raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
             yield conn
 
+    @asynccontextmanager
+    async def system_tx(self) -> AsyncIterator[Any]:
+        """A system job's transaction (the system role's grants only), fenced like creator_tx."""
+        if self.user_id is not None:
+            raise TypeError(f"{self.job.name} is a creator job: it acts only for its creator (use creator_tx)")
+        async with self.resources.db.system_tx() as conn:
+            if self.fenced and not await conn.fetchval(store.BEGIN_SYSTEM_JOB_TX, self.record_id, self.attempt):
+                raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
+            yield conn
+
+    def tx(self) -> Any:
+        """The job's own transaction: its creator's, or the system's for a system job."""
+        return self.creator_tx() if self.user_id is not None else self.system_tx()
+
     async def ensure_lease(self) -> None:
         """Raise LeaseLost if this attempt no longer owns the job: call it before an outside effect."""
-        async with self.creator_tx():
+        async with self.tx():
             pass
 
     @property
@@ -88,20 +104,5 @@ class JobContext:
         return self.attempt >= self.max_attempts
 
     async def progress(self, percent: int) -> None:
-        async with self.creator_tx() as conn:
+        async with self.resources.db.scoped_tx(self.user_id) as conn:
             await conn.execute(store.PROGRESS, self.record_id, self.attempt, max(0, min(100, percent)))
-
-
-JobResult = BaseModel | dict[str, Any] | None
-JobImpl = Callable[[JobContext, Any], Awaitable[JobResult]]
-FailureHook = Callable[[JobContext, Any, str], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Job:
-    """A job's implementation: `run(ctx, payload)`, and `on_failure(ctx, payload, error)`, called once
-    when the runtime fails the job for good (its last attempt failed or timed out, or its attempts
-    were used up by workers that died), so the job can settle its own domain rows."""
-
-    run: JobImpl
-    on_failure: FailureHook | None = None

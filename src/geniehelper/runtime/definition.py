@@ -1,25 +1,40 @@
-"""Job contracts: the wire name, payload model and run policy of every job.
+"""A job definition: everything about one job, declared once in its module in `jobs/`.
 
-A contract is what services enqueue against and what a worker runs; the implementation lives in
-`jobs/` and is bound to its contract by the worker settings (`workers/`). Payload models are frozen,
-strict and `extra="forbid"`: a field added later needs a default, anything else is a new job name.
-JSON is the only wire format (never pickle: a foreign client must not run code in a worker).
+`JobDefinition[P]` names the job (its stable wire name), its payload model `P`, its queue, its
+policy (attempts, timeout, backoff, an optional retry classifier), its quota operation, its scope
+(a creator's job or a system job), how its key, subject and concurrency key derive from the
+payload, and what runs: `run(ctx, payload)`, `on_failure(ctx, payload, error)` once the runtime
+gives it up, and `on_success(ctx, payload, result)` for the next step of a chain. Services enqueue
+by name through a registry (`geniehelper.runtime.registry`) and never import job code themselves.
+
+Payload models are frozen, strict and `extra="forbid"`: a field added later needs a default,
+anything else is a new job name. JSON is the only wire format (never pickle).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+if TYPE_CHECKING:
+    from geniehelper.runtime.context import JobContext
 
 # A payload carries ids and small values, never blobs or secrets.
 MAX_PAYLOAD_BYTES = 64 * 1024
 
-Queue = Literal["default", "media"]
-QUEUE_NAMES: dict[str, str] = {"default": "geniehelper:queue:default", "media": "geniehelper:queue:media"}
+Scope = Literal["creator", "system"]
+ErrorClass = Literal["transient", "permanent"]
+JobResult = BaseModel | dict[str, Any] | None
+
+
+def queue_key(queue: str) -> str:
+    """The Redis sorted set of a queue (queues themselves are configuration: see Settings.queues)."""
+    return f"geniehelper:queue:{queue}"
 
 
 class JobPayload(BaseModel):
@@ -53,26 +68,65 @@ class InvalidPayload(ValueError):
         return {"job": self.job_name, "errors": [{"field": e.field, "reason": e.reason} for e in self.errors]}
 
 
+
 @dataclass(frozen=True)
-class JobSpec:
-    name: str
-    payload_model: type[JobPayload]
-    queue: Queue = "default"
+class Subject:
+    """What a job is about, recorded on its job record (subject_type, subject_id)."""
+
+    type: str
+    id: UUID
+
+
+@dataclass(frozen=True)
+class Policy:
     max_attempts: int = 5
     timeout_s: float = 60.0
     backoff_base_s: float = 2.0
     backoff_max_s: float = 300.0
+
+
+P = TypeVar("P", bound=JobPayload)
+
+
+@dataclass(frozen=True)
+class Concurrency(Generic[P]):
+    """At most `limit` attempts run at once per key (within the job's scope)."""
+
+    key: Callable[[P], str]
+    limit: int = 1
+
+
+@dataclass(frozen=True)
+class JobDefinition(Generic[P]):
+    name: str
+    payload: type[P]
+    run: Callable[[JobContext, P], Awaitable[JobResult]]
+    queue: str = "default"
+    scope: Scope = "creator"
+    policy: Policy = field(default_factory=Policy)
+    # Decides transient/permanent for errors the job knows better; None falls back to the default.
+    classify: Callable[[BaseException], ErrorClass | None] | None = None
     # Operation name in tier_rate_limits.json, consumed at enqueue; None = not quota-bound.
     quota_operation: str | None = None
+    # The record's key (unique among its active records); None = every enqueue is a new job.
+    key: Callable[[P], str] | None = None
+    subject: Callable[[P], Subject] | None = None
+    concurrency: Concurrency[P] | None = None
+    on_failure: Callable[[JobContext, P, str], Awaitable[None]] | None = None
+    on_success: Callable[[JobContext, P, JobResult], Awaitable[None]] | None = None
 
     RESERVED_KWARGS: ClassVar[frozenset[str]] = frozenset({"record_id", "user_id", "payload"})
 
-    def parse_payload(self, raw: str | bytes | dict[str, Any] | JobPayload) -> JobPayload:
+    def __post_init__(self) -> None:
+        if self.scope == "system" and self.quota_operation is not None:
+            raise ValueError(f"job {self.name!r}: a system job has no creator whose quota it could use")
+
+    def parse_payload(self, raw: str | bytes | dict[str, Any] | JobPayload) -> P:
         """Validate a payload exactly as it will travel: through JSON, size-capped first."""
-        if isinstance(raw, self.payload_model):
+        if isinstance(raw, self.payload):
             return raw
         if isinstance(raw, JobPayload):
-            raise InvalidPayload(self.name, [FieldError("payload", f"expected {self.payload_model.__name__}")])
+            raise InvalidPayload(self.name, [FieldError("payload", f"expected {self.payload.__name__}")])
         text = json.dumps(raw) if isinstance(raw, dict) else raw
         size = len(text.encode() if isinstance(text, str) else text)
         if size > MAX_PAYLOAD_BYTES:
@@ -80,9 +134,12 @@ class JobSpec:
                 self.name, [FieldError("payload", f"{size} bytes is over the {MAX_PAYLOAD_BYTES}-byte limit")]
             )
         try:
-            return self.payload_model.model_validate_json(text)
+            return self.payload.model_validate_json(text)
         except ValidationError as exc:
             raise InvalidPayload(self.name, field_errors(exc)) from None
+
+
+AnyJob = JobDefinition[Any]
 
 
 def field_errors(exc: ValidationError) -> list[FieldError]:
@@ -90,26 +147,3 @@ def field_errors(exc: ValidationError) -> list[FieldError]:
         FieldError(".".join(str(p) for p in err["loc"]) or "payload", err["msg"])
         for err in exc.errors(include_url=False)
     ]
-
-
-class JobRegistry:
-    """The contracts a process knows, by name. Built at start-up and passed in; never global."""
-
-    def __init__(self, specs: Iterable[JobSpec]) -> None:
-        self._specs: dict[str, JobSpec] = {}
-        for spec in specs:
-            if spec.name in self._specs:
-                raise ValueError(f"job {spec.name!r} registered twice")
-            self._specs[spec.name] = spec
-
-    def __getitem__(self, name: str) -> JobSpec:
-        try:
-            return self._specs[name]
-        except KeyError:
-            raise UnknownJob(name, self._specs) from None
-
-    def __iter__(self) -> Any:
-        return iter(self._specs.values())
-
-    def names(self) -> list[str]:
-        return sorted(self._specs)

@@ -14,6 +14,7 @@ A re-driven record's older dispatch, if it is ever delivered, finds its number s
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -32,9 +33,14 @@ ZERO_UUID = UUID(int=0)
 
 
 async def relay_unpushed(
-    db: Database, redis: ArqRedis, *, grace_s: float, ttl_s: float, batch: int = 500
+    db: Database, redis: ArqRedis, *, grace_s: float, ttl_s: float, queues: Collection[str] | None = None,
+    batch: int = 500,
 ) -> tuple[int, int]:
-    """Push records whose current dispatch is not in Redis: (pushed, failed)."""
+    """Push records whose current dispatch is not in Redis: (pushed, failed).
+
+    With `queues`, a record on a queue no worker is configured for is not pushed (it would wait
+    unread): its row says why instead.
+    """
     async with db.system_tx() as conn:
         rows = await conn.fetch(store.UNPUSHED, grace_s, batch)
     pushed = failed = 0
@@ -51,7 +57,12 @@ async def relay_unpushed(
             )
             for r in rows[start : start + RELAY_CHUNK]
         ]
-        errors = await push_dispatches(redis, chunk, ttl_s)
+        unknown = {d for d in chunk if queues is not None and d.queue not in queues}
+        errors = await push_dispatches(redis, [d for d in chunk if d not in unknown], ttl_s)
+        errors_by = dict(zip([d for d in chunk if d not in unknown], errors, strict=True))
+        for d in unknown:
+            errors_by[d] = f"queue {d.queue!r} is not configured (QUEUES): no worker would run it"
+        errors = [errors_by[d] for d in chunk]
         delivered = [d for d, error in zip(chunk, errors, strict=True) if error is None]
         async with db.system_tx() as conn:
             if delivered:

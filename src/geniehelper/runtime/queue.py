@@ -25,8 +25,9 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.definition import InvalidPayload, JobPayload, JobRegistry
+from geniehelper.runtime.definition import InvalidPayload, JobPayload
 from geniehelper.runtime.quotas import QuotaExceeded, TierLimits, consume_up_to
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import describe
 from geniehelper.runtime.transport import Dispatch, push_dispatch
 
@@ -39,20 +40,18 @@ PUSH_CONCURRENCY = 32
 
 @dataclass(frozen=True)
 class JobRequest:
-    """One job to record with `record_many`."""
+    """One job to record with `record_many`. Without a key, the job's definition derives one (or
+    none: every request is then a new job)."""
 
     payload: JobPayload | dict[str, Any] | str
     key: str | None = None
     run_at: datetime | None = None
-    priority: int = 10
-    scheduled_post_id: UUID | None = None
-    media_asset_id: UUID | None = None
 
 
 @dataclass(frozen=True)
 class EnqueuedJob:
     id: UUID
-    user_id: UUID
+    user_id: UUID | None  # None: a system job
     job_name: str
     job_key: str
     queue: str
@@ -90,24 +89,19 @@ class JobQueue:
         job_name: str,
         payload: JobPayload | dict[str, Any] | str,
         *,
-        user_id: UUID | str,
+        user_id: UUID | str | None = None,
         key: str | None = None,
         run_at: datetime | None = None,
-        priority: int = 10,
-        scheduled_post_id: UUID | None = None,
-        media_asset_id: UUID | None = None,
     ) -> EnqueuedJob:
         """Validate, record and push one job; raises InvalidPayload, UnknownJob or QuotaExceeded.
 
-        Once the record is committed this returns it even if Redis is unreachable (logged as
+        `user_id` is the creator of a creator job; a system job (scope "system") has none. Once the
+        record is committed this returns it even if Redis is unreachable (logged as
         `job.push_deferred`): the outbox relay delivers it, so the caller never retries into a second job.
         """
-        user = UUID(str(user_id))
-        async with self.db.creator_tx(user) as conn:
-            job = await self.record(
-                conn, job_name, payload, user_id=user, key=key, run_at=run_at, priority=priority,
-                scheduled_post_id=scheduled_post_id, media_asset_id=media_asset_id,
-            )  # fmt: skip
+        user = UUID(str(user_id)) if user_id is not None else None
+        async with self.db.scoped_tx(user) as conn:
+            job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
         await self.push(job)
         return job
 
@@ -117,45 +111,55 @@ class JobQueue:
         job_name: str,
         payload: JobPayload | dict[str, Any] | str,
         *,
-        user_id: UUID,
+        user_id: UUID | None,
         key: str | None = None,
         run_at: datetime | None = None,
-        priority: int = 10,
-        scheduled_post_id: UUID | None = None,
-        media_asset_id: UUID | None = None,
     ) -> EnqueuedJob:
-        """Write the job record in the caller's creator transaction; `push()` it after commit."""
-        request = JobRequest(payload, key, run_at, priority, scheduled_post_id, media_asset_id)
-        (outcome,) = await self.record_many(conn, job_name, [request], user_id=user_id)
+        """Write the job record in the caller's transaction (its creator's, or the system's for a
+        system job); `push()` it after commit."""
+        (outcome,) = await self.record_many(conn, job_name, [JobRequest(payload, key, run_at)], user_id=user_id)
         if isinstance(outcome, QuotaExceeded):
             raise outcome
         return outcome
 
     async def record_many(
-        self, conn: asyncpg.Connection, job_name: str, requests: list[JobRequest], *, user_id: UUID
+        self, conn: asyncpg.Connection, job_name: str, requests: list[JobRequest], *, user_id: UUID | None
     ) -> list[EnqueuedJob | QuotaExceeded]:
         """Record many jobs of one kind for one creator (one statement); results in request order.
 
         A request over the creator's quota gets a QuotaExceeded instead of a record; the others
         are recorded. Raises InvalidPayload (nothing recorded) if any payload is invalid.
         """
-        spec = self.registry[job_name]
+        job = self.registry[job_name]
+        if (job.scope == "system") != (user_id is None):
+            raise ValueError(
+                f"{job.name} is a {job.scope} job: "
+                + ("it runs for no creator (user_id must be None)" if user_id else "it needs the creator's user_id")
+            )
         try:
-            payloads = [spec.parse_payload(r.payload).model_dump_json() for r in requests]
+            parsed = [job.parse_payload(r.payload) for r in requests]
         except InvalidPayload as exc:
             log.warning("job.enqueue_refused", user_id=str(user_id), **exc.as_dict())
             raise
-        keys = [r.key or f"{spec.name}:{uuid4()}" for r in requests]
-        records = [
-            store.NewJobRecord(key, json.loads(payload), r.priority, r.run_at, r.scheduled_post_id, r.media_asset_id)
-            for key, payload, r in zip(keys, payloads, requests, strict=True)
+        payloads = [p.model_dump_json() for p in parsed]
+        keys = [
+            r.key or (job.key(p) if job.key else f"{job.name}:{uuid4()}")
+            for r, p in zip(requests, parsed, strict=True)
         ]
-        refs = await store.insert_many(conn, user_id, spec.name, spec.queue, spec.max_attempts, records)
+        subjects = [job.subject(p) if job.subject else None for p in parsed]
+        records = [
+            store.NewJobRecord(
+                key, json.loads(payload), r.run_at, subject.type if subject else None, subject.id if subject else None,
+                job.concurrency.key(p) if job.concurrency else None,
+            )
+            for key, payload, r, subject, p in zip(keys, payloads, requests, subjects, parsed, strict=True)
+        ]  # fmt: skip
+        refs = await store.insert_many(conn, user_id, job.name, job.queue, job.policy.max_attempts, records)
         refused: dict[UUID, QuotaExceeded] = {}
         created = list({ref.id: ref for ref in refs if ref.created}.values())  # a key twice in one batch counts once
-        if created and spec.quota_operation is not None:
+        if created and user_id is not None and job.quota_operation is not None:
             # Same transaction as the records: what the quota does not admit is removed again.
-            admitted, refusal = await consume_up_to(conn, self.limits, user_id, spec.quota_operation, len(created))
+            admitted, refusal = await consume_up_to(conn, self.limits, user_id, job.quota_operation, len(created))
             if refusal is not None:
                 rejected = created[admitted:]
                 await conn.execute(store.DELETE_UNADMITTED, [ref.id for ref in rejected])
@@ -166,7 +170,7 @@ class JobQueue:
             duplicate = not ref.created or ref.id in first_seen
             first_seen.add(ref.id)
             outcomes.append(refused.get(ref.id) or EnqueuedJob(
-                id=ref.id, user_id=user_id, job_name=spec.name, job_key=key, queue=spec.queue, status=ref.status,
+                id=ref.id, user_id=user_id, job_name=job.name, job_key=key, queue=job.queue, status=ref.status,
                 enqueued_at=ref.enqueued_at, payload_json=payload, run_at=ref.run_at, dispatch_no=ref.dispatch_no,
                 duplicate=duplicate,
             ))  # fmt: skip
@@ -186,12 +190,12 @@ class JobQueue:
         dispatches = [job.dispatch() for job in pushable]
         errors = await push_dispatches(self.redis, dispatches, self.dispatch_ttl_s)
         delivered = [d for d, error in zip(dispatches, errors, strict=True) if error is None]
-        by_creator: dict[UUID, list[Dispatch]] = defaultdict(list)
+        by_creator: dict[UUID | None, list[Dispatch]] = defaultdict(list)
         for dispatch in delivered:
             by_creator[dispatch.user_id].append(dispatch)
         for user_id, dispatches in by_creator.items():
             try:
-                async with self.db.creator_tx(user_id) as conn:
+                async with self.db.scoped_tx(user_id) as conn:
                     await conn.execute(
                         store.MARK_ENQUEUED_MANY, [d.record_id for d in dispatches], [d.dispatch_no for d in dispatches]
                     )

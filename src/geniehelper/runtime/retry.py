@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import random
-from typing import Literal
 
 import asyncpg
 import httpx
 
-from geniehelper.runtime.definition import InvalidPayload, JobSpec
+from geniehelper.runtime.definition import AnyJob, ErrorClass, InvalidPayload, Policy
 
 
 class TransientJobError(Exception):
@@ -23,7 +22,6 @@ class PermanentJobError(Exception):
     """Raise from a job for a failure that retrying will not fix."""
 
 
-ErrorClass = Literal["transient", "permanent"]
 
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -39,8 +37,11 @@ _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
 )
 
 
-def classify(exc: BaseException) -> tuple[ErrorClass, float | None]:
-    """(class, retry-after seconds or None for the job's backoff)."""
+def classify(exc: BaseException, job: AnyJob | None = None) -> tuple[ErrorClass, float | None]:
+    """(class, retry-after seconds or None for the job's backoff). The job's own classifier first."""
+    decided = job.classify(exc) if job is not None and job.classify is not None else None
+    if decided is not None:
+        return decided, getattr(exc, "retry_after_s", None)
     if isinstance(exc, TransientJobError):
         return "transient", exc.retry_after_s
     if isinstance(exc, PermanentJobError | InvalidPayload):
@@ -56,9 +57,9 @@ def classify(exc: BaseException) -> tuple[ErrorClass, float | None]:
     return "permanent", None
 
 
-def backoff_s(spec: JobSpec, attempt: int, rng: random.Random | None = None) -> float:
+def backoff_s(policy: Policy, attempt: int, rng: random.Random | None = None) -> float:
     """Exponential backoff with jitter: half fixed, half random, so retries spread out."""
-    ceiling = min(spec.backoff_max_s, spec.backoff_base_s * 2 ** max(0, attempt - 1))
+    ceiling = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** max(0, attempt - 1))
     return float(ceiling / 2 + (rng or random).uniform(0, ceiling / 2))
 
 

@@ -18,19 +18,18 @@ import asyncpg
 
 # Many records of one job for one creator in one statement; a key with an active record inserts nothing.
 INSERT_MANY = """
-insert into media_jobs (user_id, job_name, queue, max_attempts, job_key, payload, priority, run_at,
-                        scheduled_post_id, media_asset_id)
-select $1, $2, $3, $4, t.job_key, t.payload, t.priority, coalesce(t.run_at, now()), t.scheduled_post_id,
-       t.media_asset_id
-  from unnest($5::text[], $6::jsonb[], $7::int[], $8::timestamptz[], $9::uuid[], $10::uuid[])
-       as t(job_key, payload, priority, run_at, scheduled_post_id, media_asset_id)
+insert into media_jobs (user_id, job_name, queue, max_attempts, job_key, payload, run_at, subject_type, subject_id,
+                        concurrency_key)
+select $1, $2, $3, $4, t.job_key, t.payload, coalesce(t.run_at, now()), t.subject_type, t.subject_id, t.concurrency_key
+  from unnest($5::text[], $6::jsonb[], $7::timestamptz[], $8::text[], $9::uuid[], $10::text[])
+       as t(job_key, payload, run_at, subject_type, subject_id, concurrency_key)
 on conflict (user_id, job_key) where status in ('queued', 'processing') do nothing
 returning id, job_key, status, enqueued_at, run_at, dispatch_no
 """
 
 FIND_BY_KEYS = """
 select id, job_key, job_name, status, enqueued_at, run_at, dispatch_no from media_jobs
- where user_id = $1 and job_key = any($2) and status in ('queued', 'processing')
+ where user_id is not distinct from $1 and job_key = any($2) and status in ('queued', 'processing')
 """
 
 DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
@@ -54,8 +53,16 @@ update media_jobs
        lease_expires_at = now() + make_interval(secs => $4), worker_id = $3, updated_at = now()
  where id = $1 and dispatch_no = $2 and run_at <= now() + interval '1 second'
    and (status = 'queued' or (status = 'processing' and lease_expires_at < now()))
+   and ($5::text is null
+        or (select count(*) from media_jobs c
+             where c.concurrency_key = $5 and c.status = 'processing' and c.lease_expires_at > now()
+               and c.id <> $1) < $6)
 returning attempts, max_attempts
 """
+
+# Taken before START_ATTEMPT for a job with a concurrency key: starts of one key run one at a time,
+# so the count in START_ATTEMPT cannot be read by two starts at once.
+LOCK_CONCURRENCY_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 # Why a delivery did not start: the record's state as the delivery sees it.
 START_REFUSED = """
@@ -76,6 +83,7 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
 
 # Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
 BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
+BEGIN_SYSTEM_JOB_TX = "select begin_system_job_tx($1, $2)"
 
 COMPLETE = """
 update media_jobs
@@ -184,10 +192,10 @@ GET = "select * from media_jobs where id = $1"
 class NewJobRecord:
     job_key: str
     payload: dict[str, Any]
-    priority: int = 10
     run_at: datetime | None = None
-    scheduled_post_id: UUID | None = None
-    media_asset_id: UUID | None = None
+    subject_type: str | None = None
+    subject_id: UUID | None = None
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,8 @@ class RecordRef:
 
 
 async def insert_many(
-    conn: asyncpg.Connection, user_id: UUID, job_name: str, queue: str, max_attempts: int, recs: list[NewJobRecord]
+    conn: asyncpg.Connection, user_id: UUID | None, job_name: str, queue: str, max_attempts: int,
+    recs: list[NewJobRecord],
 ) -> list[RecordRef]:
     """Insert the records whose key has no active record; find the active ones. In the order of `recs`."""
     refs: dict[str, RecordRef] = {}
@@ -211,8 +220,8 @@ async def insert_many(
     for _ in range(3):
         rows = await conn.fetch(
             INSERT_MANY, user_id, job_name, queue, max_attempts,
-            [r.job_key for r in pending], [r.payload for r in pending], [r.priority for r in pending],
-            [r.run_at for r in pending], [r.scheduled_post_id for r in pending], [r.media_asset_id for r in pending],
+            [r.job_key for r in pending], [r.payload for r in pending], [r.run_at for r in pending],
+            [r.subject_type for r in pending], [r.subject_id for r in pending], [r.concurrency_key for r in pending],
         )  # fmt: skip
         for row in rows:
             refs[row["job_key"]] = RecordRef(

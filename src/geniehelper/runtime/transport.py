@@ -16,7 +16,7 @@ from uuid import UUID
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix
 
-from geniehelper.runtime.definition import QUEUE_NAMES
+from geniehelper.runtime.definition import queue_key
 
 # Worker-side names for deliveries that must not reach arq's own handling (see job_deserializer).
 REJECTED_FUNCTION = "__rejected__"
@@ -95,7 +95,7 @@ class Dispatch:
 
     record_id: UUID
     dispatch_no: int
-    user_id: UUID
+    user_id: UUID | None  # None: a system job
     job_name: str
     queue: str
     payload_json: str
@@ -113,11 +113,11 @@ async def push_dispatch(redis: ArqRedis, dispatch: Dispatch, *, ttl_s: float) ->
     job = await redis.enqueue_job(
         dispatch.job_name,
         _job_id=arq_job_id(dispatch.record_id, dispatch.dispatch_no),
-        _queue_name=QUEUE_NAMES[dispatch.queue],
+        _queue_name=queue_key(dispatch.queue),
         _defer_until=defer_until,
         _expires=(defer_until - now).total_seconds() + ttl_s,
         record_id=str(dispatch.record_id),
-        user_id=str(dispatch.user_id),
+        user_id=str(dispatch.user_id) if dispatch.user_id else None,
         payload=dispatch.payload_json,
     )
     return job is not None

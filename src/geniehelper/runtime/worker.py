@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -34,10 +33,11 @@ from geniehelper.runtime.attempt import (
     make_rejected_function,
     make_unknown_job_function,
 )
-from geniehelper.runtime.context import Job, Resources
-from geniehelper.runtime.definition import QUEUE_NAMES, JobRegistry, JobSpec
+from geniehelper.runtime.context import Resources
+from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import describe
 from geniehelper.runtime.transport import (
     REJECTED_FUNCTION,
@@ -60,28 +60,25 @@ RECONNECT_MAX_DELAY_S = 10.0
 
 def build_worker_settings(
     queue: str,
-    contracts: Iterable[JobSpec],
-    implementations: Mapping[str, Job],
+    registry: JobRegistry,
     *,
-    role: str,
     settings: Settings | None = None,
+    role: str | None = None,
     database_url: str | None = None,
     redis_url: str | None = None,
 ) -> type:
-    """An arq settings class running every contract of `queue` that has an implementation."""
+    """An arq settings class running every job of `queue` (its concurrency and role from Settings.queues)."""
     settings = settings or load_settings()
-    registry = JobRegistry(contracts)
-    specs = [s for s in registry if s.queue == queue]
-    missing = [s.name for s in specs if s.name not in implementations]
-    if missing:
-        raise LookupError(f"queue {queue!r}: no implementation for {missing}")
-    if not specs:
-        raise LookupError(f"queue {queue!r} has no jobs")
+    queue_settings = settings.queue(queue)
+    role = role or queue_settings.role_for(queue)
+    jobs = registry.for_queue(queue)
+    if not jobs:  # a configured queue may have no jobs yet: the worker idles, and says so
+        log.warning("worker.queue_has_no_jobs", queue=queue, known_jobs=registry.names())
     if database_url is None or redis_url is None:
         urls = resolve_urls(settings)
         database_url, redis_url = database_url or urls.database_url, redis_url or urls.redis_url
     db_url: str = database_url
-    max_jobs = settings.media_worker_concurrency if queue == "media" else settings.worker_concurrency
+    max_jobs = queue_settings.concurrency
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if "resources" in ctx:  # a rebuilt arq worker (see run_worker): the resources outlive it
@@ -104,10 +101,10 @@ def build_worker_settings(
         ctx["health_task"] = asyncio.create_task(
             health.beat_forever(
                 redis, role, settings.health_interval_s, settings.health_stale_after_s,
-                lambda: {"queue": queue, "jobs": len(specs)},
+                lambda: {"queue": queue, "jobs": len(jobs)},
             )
         )  # fmt: skip
-        log.info("process.ready", queue=queue, jobs=[s.name for s in specs], max_jobs=max_jobs)
+        log.info("process.ready", queue=queue, jobs=[j.name for j in jobs], max_jobs=max_jobs)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("keep_resources"):
@@ -117,12 +114,12 @@ def build_worker_settings(
 
     functions = [
         func(
-            make_arq_function(spec, implementations[spec.name]),  # type: ignore[arg-type]
-            name=spec.name,
-            timeout=spec.timeout_s + SETTLE_ALLOWANCE_S,
+            make_arq_function(job),  # type: ignore[arg-type]
+            name=job.name,
+            timeout=job.policy.timeout_s + SETTLE_ALLOWANCE_S,
             max_tries=UNLIMITED_TRIES,
         )
-        for spec in specs
+        for job in jobs
     ]
     functions += [
         func(make_rejected_function(), name=REJECTED_FUNCTION, timeout=60, max_tries=UNLIMITED_TRIES),  # type: ignore[arg-type]
@@ -130,7 +127,7 @@ def build_worker_settings(
     ]
     attributes = {
         "functions": functions,
-        "queue_name": QUEUE_NAMES[queue],
+        "queue_name": queue_key(queue),
         "redis_settings": redis_settings(redis_url),
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
@@ -181,10 +178,10 @@ async def close_resources(ctx: dict[str, Any], role: str) -> None:
 
 
 def _is_redis_loss(exc: BaseException) -> bool:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    """An error from Redis (or the connection to it): arq's loop is rebuilt around it, never fatal."""
+    from redis.exceptions import RedisError
 
-    return isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError | OSError)
+    return isinstance(exc, RedisError | ConnectionError | OSError)
 
 
 async def run_worker(settings_cls: type) -> None:
