@@ -176,6 +176,18 @@ class JobQueue:
             ))  # fmt: skip
         return outcomes
 
+    async def requeue(self, record_id: UUID, *, user_id: UUID | None) -> EnqueuedJob:
+        """Run a finished job again: a new record with its name, key and payload (the old record
+        keeps its history). If the key has an active record already, that one is returned."""
+        async with self.db.scoped_tx(user_id) as conn:
+            old = await conn.fetchrow(store.GET_FINISHED, record_id)
+            if old is None:
+                raise LookupError(f"job {record_id}: no finished job record with that id")
+            job = await self.record(conn, old["job_name"], old["payload"], user_id=user_id, key=old["job_key"])
+        await self.push(job)
+        log.info("job.requeued", record_id=str(record_id), new_record_id=str(job.id), duplicate=job.duplicate)
+        return job
+
     async def push(self, job: EnqueuedJob) -> bool:
         """Hand a committed record to arq. False when there was nothing to push or the push failed."""
         return await self.push_many([job]) == 1

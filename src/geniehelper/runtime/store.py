@@ -186,6 +186,7 @@ delete from media_jobs j using doomed where j.id = doomed.id
 
 
 GET = "select * from media_jobs where id = $1"
+GET_FINISHED = "select * from media_jobs where id = $1 and status in ('completed', 'failed', 'cancelled')"
 
 
 @dataclass(frozen=True)

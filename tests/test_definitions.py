@@ -1,0 +1,195 @@
+"""Job definitions: one module per job, queues as configuration, uniqueness while active and
+requeue, per-key concurrency, system-scope jobs. Real PostgreSQL, real valkey, real arq workers."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+from pydantic import Field
+
+from geniehelper.db import Database
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Subject, queue_key
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.registry import JobRegistry, discover
+from geniehelper.runtime.worker import build_worker_settings
+from geniehelper.settings import Settings
+from tests import jobs_for_tests
+from tests.conftest import make_creator
+from tests.helpers import drain_queue
+
+
+def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
+    return Settings(database_url=database_url, redis_url=redis_url, health_interval_s=1,
+                    job_heartbeat_interval_s=0.2, **extra)  # fmt: skip
+
+
+def test_a_job_added_as_one_module_is_discovered_with_everything_it_declares(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "more_jobs"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""Jobs of a test."""\n')
+    (package / "greet_fan.py").write_text(textwrap.dedent('''
+        from uuid import UUID
+
+        from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+
+
+        class GreetFan(JobPayload):
+            fan_id: UUID
+            text: str
+
+
+        async def greet_fan(ctx, payload: GreetFan) -> dict[str, str]:
+            return {"sent": payload.text}
+
+
+        GREET_FAN = JobDefinition(
+            "greet_fan", GreetFan, greet_fan, queue="bulk", policy=Policy(max_attempts=2),
+            key=lambda p: f"greet_fan:{p.fan_id}", subject=lambda p: Subject("fan", p.fan_id),
+        )
+    '''))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry = discover(["more_jobs", "jobs"])
+    greet = registry["greet_fan"]
+    assert (greet.queue, greet.policy.max_attempts) == ("bulk", 2)
+    assert registry.names() == ["greet_fan", "publish_post"]
+    assert [j.name for j in registry.for_queue("bulk")] == ["greet_fan"]
+    sys.modules.pop("more_jobs.greet_fan", None)
+    sys.modules.pop("more_jobs", None)
+
+
+async def test_a_bulk_job_runs_on_the_bulk_worker_with_its_configured_concurrency(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    bulk_echo = JobDefinition("t_bulk_echo", jobs_for_tests.EchoPayload, jobs_for_tests.echo, queue="bulk")
+    registry = JobRegistry([*jobs_for_tests.CONTRACTS, bulk_echo])
+    settings = settings_for(database_url, redis_url, queues={"bulk": {"concurrency": 3}})
+    cls = build_worker_settings("bulk", registry, settings=settings, database_url=database_url, redis_url=redis_url)
+    assert (cls.max_jobs, cls.queue_name, cls.role) == (3, queue_key("bulk"), "bulk_worker")  # type: ignore[attr-defined]
+    assert settings.queue("media").concurrency == 1  # the other defaults stay
+    with pytest.raises(LookupError, match="configured queues: bulk, default, media"):
+        settings.queue("nope")
+    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_bulk_echo", {"text": "b"}, user_id=creator)
+    await drain_queue(settings, registry, "default")  # the default worker never takes it
+    assert await owner.fetchval("select status from media_jobs where id = $1", job.id) == "queued"
+    await drain_queue(settings, registry, "bulk")
+    assert await owner.fetchval("select status from media_jobs where id = $1", job.id) == "completed"
+
+
+async def test_a_key_is_unique_while_active_and_a_finished_job_can_be_requeued(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    queue = JobQueue(db, arq_redis, jobs_for_tests.REGISTRY, load_tier_limits())
+    creator = await make_creator(owner)
+    first = await queue.enqueue("t_count", {"counter": "rq"}, user_id=creator, key="rq-key")
+    again = await queue.enqueue("t_count", {"counter": "rq"}, user_id=creator, key="rq-key")
+    assert again.id == first.id and again.duplicate
+    await drain_queue(settings_for(database_url, redis_url), jobs_for_tests.REGISTRY)
+    rerun = await queue.requeue(first.id, user_id=creator)
+    assert rerun.id != first.id and not rerun.duplicate
+    assert (await queue.requeue(first.id, user_id=creator)).id == rerun.id  # the active one, not a third
+    with pytest.raises(LookupError, match="no finished job record"):
+        await queue.requeue(rerun.id, user_id=creator)  # still queued: nothing to requeue
+    await drain_queue(settings_for(database_url, redis_url), jobs_for_tests.REGISTRY)
+    rows = await owner.fetch("select status from media_jobs where job_key = 'rq-key' order by created_at")
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert int(await arq_redis.get("test:rq:completed")) == 2
+
+
+class GroupPayload(JobPayload):
+    group: str = Field(max_length=20)
+    n: int
+
+
+async def run_in_group(ctx: JobContext, payload: GroupPayload) -> None:
+    """Counts how many jobs of its group run at once (observed in Redis), for a moment."""
+    redis = ctx.resources.redis
+    running = await redis.incr(f"test:conc:{payload.group}:running")
+    await redis.rpush(f"test:conc:{payload.group}:seen", running)
+    await asyncio.sleep(0.3)
+    await redis.decr(f"test:conc:{payload.group}:running")
+
+
+GROUPED = JobDefinition(
+    "t_grouped", GroupPayload, run_in_group, concurrency=Concurrency(key=lambda p: f"group:{p.group}", limit=2),
+    subject=lambda p: Subject("test_group", uuid.uuid5(uuid.NAMESPACE_URL, p.group)),
+)
+
+
+async def test_per_key_concurrency_never_runs_more_than_the_limit_at_once(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    registry = JobRegistry([GROUPED])
+    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    creator = await make_creator(owner)
+    for n in range(8):
+        await queue.enqueue("t_grouped", {"group": "a", "n": n}, user_id=creator)
+    for n in range(2):
+        await queue.enqueue("t_grouped", {"group": "b", "n": n}, user_id=creator)
+    await drain_queue(settings_for(database_url, redis_url), registry)  # 10 jobs at once allowed by the worker
+    seen_a = [int(v) for v in await arq_redis.lrange("test:conc:a:seen", 0, -1)]
+    seen_b = [int(v) for v in await arq_redis.lrange("test:conc:b:seen", 0, -1)]
+    assert len(seen_a) == 8 and max(seen_a) == 2, seen_a  # never 3; and 2 did run together
+    assert len(seen_b) == 2
+    rows = await owner.fetch("select status, concurrency_key, subject_type from media_jobs where user_id = $1", creator)
+    assert {(r["status"], r["subject_type"]) for r in rows} == {("completed", "test_group")}
+    assert {r["concurrency_key"] for r in rows} == {"group:a", "group:b"}
+
+
+class RollupPayload(JobPayload):
+    day: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$")
+
+
+async def rollup(ctx: JobContext, payload: RollupPayload) -> dict[str, Any]:
+    try:
+        async with ctx.creator_tx():
+            pass
+    except TypeError as exc:
+        refused = str(exc)
+    async with ctx.system_tx() as conn:
+        creators = await conn.fetchval("select count(*) from creators")
+    return {"day": payload.day, "creators_seen": creators, "creator_tx": refused}
+
+
+ROLLUP = JobDefinition("t_rollup", RollupPayload, rollup, scope="system", key=lambda p: f"rollup:{p.day}")
+
+
+async def test_a_system_job_has_no_creator_is_invisible_to_creators_and_runs_as_the_system_role(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    registry = JobRegistry([ROLLUP, *jobs_for_tests.CONTRACTS])
+    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_rollup", {"day": "2026-12-01"}, user_id=None)
+    assert job.user_id is None
+    assert (await queue.enqueue("t_rollup", {"day": "2026-12-01"})).id == job.id  # its key collapses duplicates
+    with pytest.raises(ValueError, match="system job"):
+        await queue.enqueue("t_rollup", {"day": "2026-12-02"}, user_id=creator)
+    with pytest.raises(ValueError, match="needs the creator"):
+        await queue.enqueue("t_echo", {"text": "x"})
+    async with db.creator_tx(creator) as conn:  # a creator's view never shows it
+        assert await conn.fetchval("select count(*) from media_jobs where id = $1", job.id) == 0
+    async with db.system_tx() as conn:  # and the system role may not file a creator's job
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await conn.execute(
+                "insert into media_jobs (user_id, job_name, queue, job_key, payload)"
+                " values ($1, 't', 'default', 'k', '{}')", creator,
+            )
+    await drain_queue(settings_for(database_url, redis_url), registry)
+    row = await owner.fetchrow("select user_id, status, result from media_jobs where id = $1", job.id)
+    assert row["user_id"] is None and row["status"] == "completed"
+    assert row["result"]["creators_seen"] >= 1
+    assert "system job" in row["result"]["creator_tx"]
