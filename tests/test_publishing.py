@@ -213,7 +213,11 @@ async def test_two_schedulers_and_two_workers_still_publish_each_post_once(
     scheduled = [await schedule_post(db, c, caption=f"post {i}") for c in creators for i in range(10)]
     runners = [SchedulerRunner(PostScheduler(), settings, database_url, redis_url) for _ in range(2)]
     tasks = [asyncio.create_task(r.run()) for r in runners]
-    await asyncio.sleep(1.5)
+    deadline = time.monotonic() + 20
+    waiting = "select count(*) from scheduled_posts where id = any($1::uuid[]) and status = 'scheduled'"
+    while await owner.fetchval(waiting, scheduled):
+        assert time.monotonic() < deadline, "the schedulers did not dispatch the due posts"
+        await asyncio.sleep(0.05)
     await asyncio.gather(run_worker(settings), run_worker(settings))
     for runner in runners:
         runner.stop.set()
@@ -365,7 +369,10 @@ async def test_post_scheduled_soon_is_dispatched_within_a_second_of_its_time(
     runner = SchedulerRunner(PostScheduler(), settings, database_url, redis_url)
     task = asyncio.create_task(runner.run())
     try:
-        await asyncio.sleep(1.0)  # the first (empty) tick has run; the next poll is a minute away
+        deadline = time.monotonic() + 10
+        while runner.ticks < 1:  # the first (empty) tick has run; the next poll is a minute away
+            assert time.monotonic() < deadline, "the scheduler never ticked"
+            await asyncio.sleep(0.05)
         scheduled_id = await schedule_post(db, creator, due_in_s=2.0)
         due = (await post_row(owner, scheduled_id))["scheduled_time"]
         deadline = time.monotonic() + 10

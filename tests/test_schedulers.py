@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,15 +45,23 @@ class RecordingScheduler(Scheduler):
         return TickResult(found=1)
 
 
+async def wait_for_state(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "state not reached in time"
+        await asyncio.sleep(0.02)
+
+
 async def test_two_copies_elect_one_leader_and_the_other_takes_over(database_url: str, redis_url: str) -> None:
     settings = Settings(database_url=database_url, redis_url=redis_url, scheduler_jitter_s=0, health_interval_s=1)
     ticks: list[tuple[str, float]] = []
     first = SchedulerRunner(RecordingScheduler("a", ticks), settings, database_url, redis_url)
     second = SchedulerRunner(RecordingScheduler("b", ticks), settings, database_url, redis_url)
     task_a = asyncio.create_task(first.run())
-    await asyncio.sleep(0.5)
+    await wait_for_state(lambda: first.is_leader)
     task_b = asyncio.create_task(second.run())
-    await asyncio.sleep(1.5)
+    # b retries the lock every 0.3 s: over a's next four ticks it has tried several times.
+    await wait_for_state(lambda: len(ticks) >= 5)
     assert {label for label, _ in ticks} == {"a"}
     assert first.is_leader and not second.is_leader
 
