@@ -7,8 +7,11 @@ Run: `geniehelper scheduler all` (every one in one process, the Procfile's `sche
 from __future__ import annotations
 
 from schedulers.base import Scheduler
+from schedulers.dispatcher import Dispatcher
 from schedulers.job_retention import JobRetention
 from schedulers.outbox_relay import OutboxRelay
 from schedulers.post_scheduler import PostScheduler
 
-SCHEDULERS: dict[str, type[Scheduler]] = {cls.name: cls for cls in (JobRetention, OutboxRelay, PostScheduler)}
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls for cls in (Dispatcher, JobRetention, OutboxRelay, PostScheduler)
+}

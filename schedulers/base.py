@@ -174,7 +174,7 @@ async def open_context(
             if redis_client is not None and db is not None:
                 queue = JobQueue(
                     db, redis_client, discover(settings.job_packages), load_tier_limits(),
-                    dispatch_ttl_s=settings.job_dispatch_ttl_s,
+                    dispatch_ttl_s=settings.job_dispatch_ttl_s, fair_queues=settings.fair_queues,
                 )
                 return SchedulerContext(settings, db, redis_client, queue, database_url)
     except BaseException:

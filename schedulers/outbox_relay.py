@@ -32,7 +32,7 @@ class OutboxRelay(Scheduler):
         lost = await self._lost.redrive_lost(ctx.db, ctx.redis)
         pushed, failed = await relay_unpushed(
             ctx.db, ctx.redis, grace_s=settings.outbox_relay_grace_s, ttl_s=settings.job_dispatch_ttl_s,
-            queues=settings.queues.keys(),
+            queues=settings.queues.keys(), fair_queues=settings.fair_queues,
         )  # fmt: skip
         return TickResult(
             found=pushed + failed, enqueued=pushed, skipped=failed,

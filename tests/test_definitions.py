@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
+from arq.worker import create_worker
 from pydantic import Field
 
 from geniehelper.db import Database
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Subject, queue_key
-from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.delivery import dispatch_fair
+from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry, discover
 from geniehelper.runtime.worker import build_worker_settings
@@ -193,3 +196,56 @@ async def test_a_system_job_has_no_creator_is_invisible_to_creators_and_runs_as_
     assert row["user_id"] is None and row["status"] == "completed"
     assert row["result"]["creators_seen"] >= 1
     assert "system job" in row["result"]["creator_tx"]
+
+
+BULK_ECHO = JobDefinition("t_fair_echo", jobs_for_tests.EchoPayload, jobs_for_tests.echo, queue="bulk")
+
+
+async def test_a_fair_queue_serves_creators_round_robin_behind_one_creators_backlog(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    registry = JobRegistry([BULK_ECHO])
+    settings = settings_for(database_url, redis_url, queues={"bulk": {"concurrency": 5, "fair": True, "window": 10}})
+    queue = JobQueue(db, arq_redis, registry, load_tier_limits(), fair_queues=settings.fair_queues)
+    noisy, quiet = await make_creator(owner), await make_creator(owner)
+    async with db.creator_tx(noisy) as conn:
+        backlog = await queue.record_many(
+            conn, "t_fair_echo", [JobRequest({"text": f"a{i}"}) for i in range(300)], user_id=noisy
+        )
+    assert await queue.push_many([j for j in backlog if isinstance(j, EnqueuedJob)]) == 0  # left to the dispatcher
+    quiet_jobs = [await queue.enqueue("t_fair_echo", {"text": f"b{i}"}, user_id=quiet) for i in range(5)]
+    assert await arq_redis.zcard(queue_key("bulk")) == 0
+
+    # One top-up: the window holds both creators' oldest jobs, turn by turn.
+    assert await dispatch_fair(db, arq_redis, "bulk", window=10, ttl_s=3600) == 10
+    pushed = await owner.fetch(
+        "select user_id from media_jobs where enqueued_at is not null and user_id = any($1::uuid[])", [noisy, quiet]
+    )
+    assert sorted(str(r["user_id"]) for r in pushed) == sorted([str(noisy)] * 5 + [str(quiet)] * 5)
+    assert await dispatch_fair(db, arq_redis, "bulk", window=10, ttl_s=3600) == 0  # the window is full
+
+    # End to end: a worker drains the queue while the dispatcher keeps topping it up.
+    worker = create_worker(
+        build_worker_settings("bulk", registry, settings=settings, database_url=database_url, redis_url=redis_url),
+        handle_signals=False,
+    )
+    running = asyncio.create_task(worker.async_run())
+    try:
+        deadline = time.monotonic() + 60
+        pending = "select count(*) from media_jobs where user_id = any($1::uuid[]) and status <> 'completed'"
+        while await owner.fetchval(pending, [noisy, quiet]):
+            assert time.monotonic() < deadline, "the fair queue did not drain"
+            await dispatch_fair(db, arq_redis, "bulk", window=10, ttl_s=3600)
+            await asyncio.sleep(0.02)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await worker.close()
+    order = await owner.fetch(
+        "select user_id from media_jobs where user_id = any($1::uuid[]) order by finished_at, id", [noisy, quiet]
+    )
+    quiet_done_at = max(i for i, r in enumerate(order) if r["user_id"] == quiet)
+    assert quiet_done_at < 20, f"the quiet creator's last job finished {quiet_done_at + 1}th of {len(order)}"
+    assert len(order) == 305 and {j.id for j in quiet_jobs} <= {
+        r["id"] for r in await owner.fetch("select id from media_jobs where status = 'completed'")
+    }

@@ -304,7 +304,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         db = await Database.open(urls.database_url, min_size=1, max_size=2)
         redis = await create_arq_redis(urls.redis_url)
         try:
-            queue = JobQueue(db, redis, discover(settings.job_packages), load_tier_limits())
+            registry = discover(settings.job_packages)
+            queue = JobQueue(db, redis, registry, load_tier_limits(), fair_queues=settings.fair_queues)
             job = await queue.enqueue(args.job, args.payload, user_id=args.user, key=args.key)
         except (InvalidPayload, UnknownJob, QuotaExceeded, LookupError, ValueError) as exc:
             _say(f"refused: {exc}")

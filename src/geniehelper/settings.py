@@ -24,6 +24,11 @@ class QueueSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     concurrency: int = Field(ge=1, le=1000, description="Jobs at once per worker process.")
     role: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_]{0,39}$", description="Health role.")
+    # Fair: creators' jobs reach Redis through the dispatcher, round-robin across creators, at most
+    # `window` waiting there at a time, so one creator's backlog waits in PostgreSQL, not in front
+    # of everyone else's jobs.
+    fair: bool = False
+    window: int = Field(default=50, ge=1, le=100_000, description="Fair queue: dispatches waiting in Redis at most.")
 
     def role_for(self, queue: str) -> str:
         return self.role or ("worker" if queue == "default" else f"{queue}_worker")
@@ -31,7 +36,11 @@ class QueueSettings(BaseModel):
 
 # default: time-critical (publishing); bulk: sync, deliveries, imports; media: processing, which
 # the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
-DEFAULT_QUEUES = {"default": 10, "bulk": 10, "media": 1}
+DEFAULT_QUEUES: dict[str, dict[str, object]] = {
+    "default": {"concurrency": 10},
+    "bulk": {"concurrency": 10, "fair": True},
+    "media": {"concurrency": 1},
+}
 
 
 class Settings(BaseSettings):
@@ -118,7 +127,7 @@ class Settings(BaseSettings):
     )
     post_dispatch_batch: int = Field(default=1000, ge=1, le=50_000)
     post_requeue_after_s: float = Field(
-        default=300.0, gt=0,
+        default=30.0, gt=0,
         description="A post queued or publishing with no active publish_post job, not claimed or started for"
         " this long, is dispatched again.",
     )
@@ -126,7 +135,7 @@ class Settings(BaseSettings):
 
     # Workers.
     queues: dict[str, QueueSettings] = Field(
-        default_factory=lambda: {name: QueueSettings(concurrency=n) for name, n in DEFAULT_QUEUES.items()},
+        default_factory=lambda: {name: QueueSettings.model_validate(q) for name, q in DEFAULT_QUEUES.items()},
         description='QUEUES: JSON merged over the defaults, e.g. {"bulk": {"concurrency": 20}}.',
     )
     job_packages: list[str] = Field(default=["jobs"], description="Packages whose modules declare the jobs.")
@@ -139,7 +148,11 @@ class Settings(BaseSettings):
         for name in value:
             if not re.fullmatch(r"[a-z][a-z0-9_]{0,39}", str(name)):
                 raise ValueError(f"queue name {name!r}: lower-case letters, digits and _")
-        return {**{name: {"concurrency": n} for name, n in DEFAULT_QUEUES.items()}, **value}
+        return {**DEFAULT_QUEUES, **value}
+
+    @property
+    def fair_queues(self) -> frozenset[str]:
+        return frozenset(name for name, queue in self.queues.items() if queue.fair)
 
     def queue(self, name: str) -> QueueSettings:
         try:
@@ -165,6 +178,9 @@ class Settings(BaseSettings):
     )
     job_retention_s: float = Field(
         default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
+    )
+    dispatcher_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="How often the dispatcher tops up the fair queues."
     )
     job_retention_interval_s: float = Field(default=600.0, gt=0, le=86_400, description="job_retention's interval.")
 

@@ -42,3 +42,8 @@ language sql as $$
                     where id = p_job_id and user_id is null and attempts = p_attempt and status = 'processing');
 $$;
 grant execute on function begin_system_job_tx(uuid, integer) to geniehelper_system;
+
+-- Fair queues: the dispatcher finds the creators with unpushed jobs by a skip scan of this index
+-- (one probe per creator), then each creator's oldest.
+create index media_jobs_fair_idx on media_jobs (queue, user_id, created_at)
+    where status = 'queued' and enqueued_at is null;

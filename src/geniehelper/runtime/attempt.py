@@ -126,7 +126,8 @@ async def _deliver(
 
     record_id = envelope.record_id
     if record_id is not None and (job_try > 1 or envelope.dispatch_no > 1):
-        settled = await _record_parked_outcome(resources, job, record_id, envelope.user_id, payload)
+        with structlog.contextvars.bound_contextvars(record_id=str(record_id)):
+            settled = await _record_parked_outcome(resources, job, record_id, envelope.user_id, payload)
         if settled is not None:
             return settled
     try:
@@ -145,11 +146,9 @@ async def _deliver(
         reason = f"user_id: no creator {envelope.user_id}"
         log.error("job.rejected", reason=reason)
         return {"status": "rejected", "error": reason}
-    except Exception as exc:
-        if classify(exc)[0] != "transient":
-            raise
+    except Exception as exc:  # whatever the cause, arq must not finalise the dispatch: come back later
         delay = backoff_s(job.policy, 1)
-        log.warning("job.start_deferred", error=describe(exc), retry_in_s=round(delay, 2))
+        log.warning("job.start_deferred", error=describe(exc), error_class=classify(exc)[0], retry_in_s=round(delay, 2))
         raise Retry(defer=delay) from exc
 
     with structlog.contextvars.bound_contextvars(record_id=str(record_id)):

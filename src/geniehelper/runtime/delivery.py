@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import structlog
@@ -23,6 +24,7 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
+from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.queue import push_dispatches
 from geniehelper.runtime.transport import Dispatch, dispatches_present
 
@@ -34,7 +36,7 @@ ZERO_UUID = UUID(int=0)
 
 async def relay_unpushed(
     db: Database, redis: ArqRedis, *, grace_s: float, ttl_s: float, queues: Collection[str] | None = None,
-    batch: int = 500,
+    fair_queues: Collection[str] = (), batch: int = 500,
 ) -> tuple[int, int]:
     """Push records whose current dispatch is not in Redis: (pushed, failed).
 
@@ -42,7 +44,24 @@ async def relay_unpushed(
     unread): its row says why instead.
     """
     async with db.system_tx() as conn:
-        rows = await conn.fetch(store.UNPUSHED, grace_s, batch)
+        rows = await conn.fetch(store.UNPUSHED, grace_s, batch, list(fair_queues))
+    return await _push_rows(db, redis, rows, ttl_s=ttl_s, queues=queues)
+
+
+async def dispatch_fair(db: Database, redis: ArqRedis, queue: str, *, window: int, ttl_s: float) -> int:
+    """Top a fair queue up to `window` dispatches waiting in Redis, round-robin across creators."""
+    room = window - await redis.zcard(queue_key(queue))
+    if room <= 0:
+        return 0
+    async with db.system_tx() as conn:
+        rows = await conn.fetch(store.NEXT_FAIR, queue, room)
+    pushed, _ = await _push_rows(db, redis, rows, ttl_s=ttl_s, queues=None)
+    return pushed
+
+
+async def _push_rows(
+    db: Database, redis: ArqRedis, rows: list[Any], *, ttl_s: float, queues: Collection[str] | None
+) -> tuple[int, int]:
     pushed = failed = 0
     for start in range(0, len(rows), RELAY_CHUNK):
         chunk = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -77,12 +78,15 @@ class JobQueue:
         limits: TierLimits,
         *,
         dispatch_ttl_s: float = 86_400.0,
+        fair_queues: Collection[str] = (),
     ) -> None:
         self.db = db
         self.redis = redis
         self.registry = registry
         self.limits = limits
         self.dispatch_ttl_s = dispatch_ttl_s
+        # A creator's job on a fair queue is left to the dispatcher (geniehelper.runtime.delivery).
+        self.fair_queues = frozenset(fair_queues)
 
     async def enqueue(
         self,
@@ -198,7 +202,11 @@ class JobQueue:
         Returns how many are now in Redis. A push that fails is logged `job.push_deferred` and left
         to the outbox relay; it never raises.
         """
-        pushable = [job for job in jobs if job.status in PUSHABLE and job.enqueued_at is None]
+        pushable = [
+            job for job in jobs
+            if job.status in PUSHABLE and job.enqueued_at is None
+            and not (job.queue in self.fair_queues and job.user_id is not None)
+        ]  # fmt: skip
         dispatches = [job.dispatch() for job in pushable]
         errors = await push_dispatches(self.redis, dispatches, self.dispatch_ttl_s)
         delivered = [d for d, error in zip(dispatches, errors, strict=True) if error is None]

@@ -26,6 +26,9 @@ class PermanentJobError(Exception):
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    # asyncpg's state error when PostgreSQL shuts down mid-operation ("another operation is in progress").
+    asyncpg.InternalClientError,
+    asyncpg.AdminShutdownError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.DeadlockDetectedError,

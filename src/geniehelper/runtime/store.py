@@ -132,7 +132,38 @@ UNPUSHED = """
 select id, user_id, job_name, queue, payload, run_at, dispatch_no from media_jobs
  where status = 'queued' and enqueued_at is null
    and (created_at < now() - make_interval(secs => $1) or dispatch_no > 1)
+   and (user_id is null or queue <> all($3::text[]))
  order by created_at
+ limit $2
+"""
+
+# A fair queue's next dispatches: the creators with due unpushed jobs (a skip scan over the index,
+# one probe per creator, however long one creator's backlog is), then each creator's oldest few,
+# taken round-robin: every creator's first job, then every creator's second, ...
+NEXT_FAIR = """
+with recursive creators(user_id) as (
+    (select user_id from media_jobs
+      where queue = $1 and status = 'queued' and enqueued_at is null and user_id is not null
+      order by user_id limit 1)
+    union all
+    select (select m.user_id from media_jobs m
+             where m.queue = $1 and m.status = 'queued' and m.enqueued_at is null and m.user_id > c.user_id
+             order by m.user_id limit 1)
+      from creators c where c.user_id is not null
+)
+select j.id, j.user_id, j.job_name, j.queue, j.payload, j.run_at, j.dispatch_no
+  from creators c
+  cross join lateral (
+      select m.id, m.user_id, m.job_name, m.queue, m.payload, m.run_at, m.dispatch_no,
+             row_number() over (order by m.created_at) as turn
+        from media_jobs m
+       where m.queue = $1 and m.user_id = c.user_id and m.status = 'queued' and m.enqueued_at is null
+         and m.run_at <= now()
+       order by m.created_at
+       limit $2
+  ) j
+ where c.user_id is not null
+ order by j.turn, j.user_id
  limit $2
 """
 

@@ -22,6 +22,7 @@ import httpx
 import structlog
 from arq import func
 from arq.connections import create_pool
+from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, create_worker
 
 from geniehelper import health
@@ -91,7 +92,9 @@ def build_worker_settings(
         limits = load_tier_limits()
         resources = Resources(
             settings=settings, db=db, redis=redis, http=http, registry=registry,
-            queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s), limits=limits,
+            queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s,
+                           fair_queues=settings.fair_queues),
+            limits=limits,
         )  # fmt: skip
         try:
             resources.credential_cipher()
@@ -211,6 +214,7 @@ async def run_worker(settings_cls: type) -> None:
     # arq keeps its own context dict; ours outlives each rebuilt worker (resources, health beat).
     ctx: dict[str, Any] = {"redis": redis, "keep_resources": True}
     running: set[asyncio.Task[Any]] = set()
+    cleanup: list[asyncio.Task[None]] = []
     delay = 0.5
     try:
         while not stop.is_set():
@@ -227,14 +231,19 @@ async def run_worker(settings_cls: type) -> None:
             except Exception as exc:
                 if not _is_redis_loss(exc):
                     raise
-                running.update(t for t in worker.tasks.values() if not t.done())
-                log.warning("worker.redis_lost", error=describe(exc), running_jobs=len(running))
+                lost = {job_id: t for job_id, t in worker.tasks.items() if not t.done()}
+                running.update(lost.values())
+                log.warning("worker.redis_lost", error=describe(exc), running_jobs=len(lost))
+                if lost:
+                    cleanup.append(asyncio.create_task(_release_lost_dispatches(redis, lost, stop)))
             delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
         if worker is not None:  # cancelled jobs are still recording that they were handed back
             running.update(worker.tasks.values())
         running = {t for t in running if not t.done()}
         if running:  # let them settle their records before the pools close
             await asyncio.wait(running, timeout=float(getattr(settings_cls, "job_completion_wait", 20)))
+        for task in cleanup:
+            task.cancel()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
@@ -245,13 +254,34 @@ async def run_worker(settings_cls: type) -> None:
         log.info("process.stopped", role=role)
 
 
+async def _release_lost_dispatches(redis: Any, lost: dict[str, asyncio.Task[Any]], stop: asyncio.Event) -> None:
+    """Once the jobs that ran while Redis went away are done and Redis is back, drop their
+    in-progress markers: arq could not finish those dispatches, and would otherwise hold them for
+    the whole job timeout before delivering them again (the record, fenced, decides what then runs)."""
+    await asyncio.wait(lost.values())
+    keys = [in_progress_key_prefix + job_id for job_id in lost]
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            await redis.delete(*keys)
+            log.info("worker.lost_dispatches_released", dispatches=len(keys))
+            return
+        except Exception:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+
+
 async def _redis_answers(redis: Any, stop: asyncio.Event, delay: float) -> bool:
     """Wait until Redis answers a PING (True) or the worker is told to stop (False)."""
+    failed = False
     while not stop.is_set():
         try:
             await redis.ping()
+            if failed:
+                log.info("worker.redis_back")
             return True
         except Exception as exc:
+            failed = True
             log.warning("worker.redis_unavailable", error=describe(exc), retry_in_s=delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
