@@ -231,9 +231,11 @@ async def run_worker(settings_cls: type) -> None:
             except Exception as exc:
                 if not _is_redis_loss(exc):
                     raise
-                lost = {job_id: t for job_id, t in worker.tasks.items() if not t.done()}
-                running.update(lost.values())
-                log.warning("worker.redis_lost", error=describe(exc), running_jobs=len(lost))
+                # Every delivery this worker had started, running or already ended by the lost
+                # connection (arq set its in-progress marker and could not finish it).
+                lost = dict(worker.tasks)
+                running.update(t for t in lost.values() if not t.done())
+                log.warning("worker.redis_lost", error=describe(exc), deliveries=len(lost))
                 if lost:
                     cleanup.append(asyncio.create_task(_release_lost_dispatches(redis, lost, stop)))
             delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
