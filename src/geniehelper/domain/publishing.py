@@ -92,8 +92,6 @@ returning sp.id, sp.user_id, sp.status, sp.revision, sp.scheduled_time, sp.platf
           extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s
 """
 
-NEXT_DUE = "select min(scheduled_time) from scheduled_posts where status = 'scheduled'"
-
 # --- publish_post (creator role) ----------------------------------------------------------------
 
 LOAD_FOR_PUBLISH = """
