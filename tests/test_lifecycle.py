@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,7 @@ from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
+from tests.helpers import BIN, base_env, spawn
 
 FUTURE_JOB = JobDefinition("t_future", jobs_for_tests.CountPayload, jobs_for_tests.count, policy=jobs_for_tests.FAST)
 ALL_CONTRACTS = [*jobs_for_tests.CONTRACTS, FUTURE_JOB]
@@ -310,3 +312,16 @@ async def test_retention_prunes_only_old_finished_records_as_the_system_role(
     assert left == {"new_done", "old_queued"}
     async with db.system_tx() as conn:  # the system role cannot delete an active record, even by id
         assert await conn.execute("delete from media_jobs where id = $1", ids["old_queued"]) == "DELETE 0"
+
+
+def test_a_worker_started_while_redis_is_down_waits_for_it_and_stops_on_sigterm(database_url: str) -> None:
+    env = base_env(DATABASE_URL=database_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    worker = spawn([str(BIN / "geniehelper"), "worker", "default"], env)
+    try:
+        worker.wait_for(r'"event": "worker.redis_unavailable"', timeout_s=30, count=2)
+        assert worker.proc.poll() is None  # still waiting, not exited
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(15) == 0
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()

@@ -207,10 +207,10 @@ async def run_worker(settings_cls: type) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    redis = await create_pool(
-        settings_cls.redis_settings,  # type: ignore[attr-defined]
-        job_serializer=wire_dumps, job_deserializer=settings_cls.job_deserializer,  # type: ignore[attr-defined]
-    )  # fmt: skip
+    redis = await _connect_redis(settings_cls, stop)
+    if redis is None:  # told to stop before Redis ever answered
+        log.info("process.stopped", role=role)
+        return
     # arq keeps its own context dict; ours outlives each rebuilt worker (resources, health beat).
     ctx: dict[str, Any] = {"redis": redis, "keep_resources": True}
     running: set[asyncio.Task[Any]] = set()
@@ -254,6 +254,23 @@ async def run_worker(settings_cls: type) -> None:
         with contextlib.suppress(Exception):
             await redis.aclose()
         log.info("process.stopped", role=role)
+
+
+async def _connect_redis(settings_cls: type, stop: asyncio.Event) -> Any:
+    """arq's connection pool, waiting out a Redis that is not reachable yet (None: told to stop)."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            return await create_pool(
+                settings_cls.redis_settings,  # type: ignore[attr-defined]
+                job_serializer=wire_dumps, job_deserializer=settings_cls.job_deserializer,  # type: ignore[attr-defined]
+            )  # fmt: skip
+        except Exception as exc:
+            log.warning("worker.redis_unavailable", error=describe(exc), retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
+    return None
 
 
 async def _release_lost_dispatches(redis: Any, lost: dict[str, asyncio.Task[Any]], stop: asyncio.Event) -> None:
