@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 from geniehelper.db import Database
 from geniehelper.embedded import free_port
 from geniehelper.runtime import store
-from geniehelper.runtime.attempt import OUTCOME_PREFIX
+from geniehelper.runtime.attempt import OUTCOME_PREFIX, UNKNOWN_JOB_MAX_TRIES
 from geniehelper.runtime.definition import JobDefinition, queue_key
 from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
@@ -127,6 +127,19 @@ async def test_an_unknown_job_name_is_handed_back_not_finalised_and_runs_once_a_
     await burst(database_url, redis_url, contracts=ALL_CONTRACTS)
     assert (await job_row(owner, job.id))["status"] == "completed"
     assert await runs(arq_redis, "future") == 1
+
+
+async def test_a_job_name_no_worker_ever_learns_is_failed_after_its_hand_backs(
+    queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner)
+    job = await queue.enqueue("t_future", {"counter": "never"}, user_id=creator)
+    # As if it had been handed back 29 times already (every 10 s for about five minutes).
+    await arq_redis.set(retry_key_prefix + arq_job_id(job.id, 1), UNKNOWN_JOB_MAX_TRIES - 1)
+    await burst(database_url, redis_url)
+    row = await job_row(owner, job.id)
+    assert (row["status"], row["error_kind"]) == ("failed", "unknown_job")
+    assert "no worker on this queue knows job 't_future'" in row["error"]
 
 
 async def test_an_expired_dispatch_is_found_lost_and_re_driven_once(
