@@ -40,6 +40,7 @@ from geniehelper.db import SYSTEM_ROLE, Database
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import discover
+from geniehelper.runtime.retry import describe
 from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings, mask_url
 
@@ -83,11 +84,6 @@ class SchedulerContext:
 
 def lock_id(name: str) -> int:
     return int.from_bytes(hashlib.sha256(f"geniehelper.scheduler.{name}".encode()).digest()[:8], "big", signed=True)
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc) or repr(exc)
-    return f"{type(exc).__name__}: {text[:500]}"
 
 
 class Backoff:

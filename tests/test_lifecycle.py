@@ -327,14 +327,22 @@ async def test_retention_prunes_only_old_finished_records_as_the_system_role(
         assert await conn.execute("delete from media_jobs where id = $1", ids["old_queued"]) == "DELETE 0"
 
 
-def test_a_worker_started_while_redis_is_down_waits_for_it_and_stops_on_sigterm(database_url: str) -> None:
-    env = base_env(DATABASE_URL=database_url, REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+@pytest.mark.parametrize("down", ["redis", "postgres"])
+def test_a_worker_started_while_a_server_is_down_waits_for_it_and_stops_on_sigterm(
+    down: str, database_url: str, redis_url: str
+) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    env = base_env(
+        DATABASE_URL=f"postgresql://postgres@{dead}/x" if down == "postgres" else database_url,
+        REDIS_URL=f"redis://{dead}/0" if down == "redis" else redis_url,
+    )
+    event = "worker.redis_unavailable" if down == "redis" else "worker.database_unavailable"
     worker = spawn([str(BIN / "geniehelper"), "worker", "default"], env)
     try:
-        worker.wait_for(r'"event": "worker.redis_unavailable"', timeout_s=30, count=2)
+        worker.wait_for(rf'"event": "{event}"', timeout_s=30, count=2)
         assert worker.proc.poll() is None  # still waiting, not exited
         worker.proc.send_signal(signal.SIGTERM)
-        assert worker.proc.wait(15) == 0
+        assert worker.proc.wait(30) == 0, worker.text()
     finally:
         if worker.proc.poll() is None:
             worker.proc.kill()

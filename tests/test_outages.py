@@ -503,20 +503,25 @@ async def assert_all_published_once(rig: Rig, creators: list[Creator], post_ids:
 # --- the tests ----------------------------------------------------------------------------------------
 
 
-async def test_postgres_stopped_40s_during_a_burst_loses_nothing_and_no_process_exits(
-    make_rig: Callable[..., Awaitable[Rig]],
-) -> None:
+async def start_burst(make_rig: Callable[..., Awaitable[Rig]]) -> tuple[Rig, list[Creator], list[uuid.UUID]]:
+    """A rig publishing a 500-post burst, returned mid-burst: some posts are out, most are not."""
     rig = await make_rig()
     creators = await rig.add_creators(5)
     post_ids = await schedule_burst(rig, creators, 500)
 
-    # Mid-burst: some posts are out, most are not.
     async def some_out() -> bool:
         return await rig.published(creators) >= 50
 
     await until(some_out, 60, "the burst to start")
     out_before = await rig.published(creators)
     assert out_before < 400, f"the burst was over before the outage ({out_before} of 500 out)"
+    return rig, creators, post_ids
+
+
+async def test_postgres_stopped_40s_during_a_burst_loses_nothing_and_no_process_exits(
+    make_rig: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig, creators, post_ids = await start_burst(make_rig)
     rig.servers.stop_postgres()
 
     def outage_noticed() -> bool:
@@ -542,23 +547,10 @@ async def test_postgres_stopped_40s_during_a_burst_loses_nothing_and_no_process_
         await asyncio.to_thread(scheduler.wait_for, r'"event": "scheduler.recovered"', 15)
     for worker in rig.workers:
         assert any(datetime.fromisoformat(e["timestamp"]) > back_at for e in events(worker, "job.completed"))
-    for i, worker in enumerate(rig.workers):
-        print(f"worker{i + 1}", dict(event_counts(worker)))
-    print("outbox_relay", dict(event_counts(rig.relay)))
-    print("post_scheduler", dict(event_counts(rig.post_scheduler)))
 
 
 async def test_valkey_killed_and_restarted_after_10s_loses_nothing(make_rig: Callable[..., Awaitable[Rig]]) -> None:
-    rig = await make_rig()
-    creators = await rig.add_creators(5)
-    post_ids = await schedule_burst(rig, creators, 500)
-
-    async def some_out() -> bool:
-        return await rig.published(creators) >= 50
-
-    await until(some_out, 60, "the burst to start")
-    out_before = await rig.published(creators)
-    assert out_before < 400, f"the burst was over before the outage ({out_before} of 500 out)"
+    rig, creators, post_ids = await start_burst(make_rig)
     rig.servers.kill_valkey()
 
     def workers_lost_redis() -> bool:
@@ -571,12 +563,8 @@ async def test_valkey_killed_and_restarted_after_10s_loses_nothing(make_rig: Cal
     await assert_all_published_once(rig, creators, post_ids)
     assert rig.exited() == {}, f"processes exited: {rig.exited()}\n{rig.logs()}"
     for i, worker in enumerate(rig.workers):
-        print(f"worker{i + 1}", dict(event_counts(worker)))
         assert events(worker, "worker.redis_lost"), worker.text()[-3000:]
         assert events(worker, "worker.redis_back"), f"worker{i + 1} never logged worker.redis_back"
-    assert rig.relay and rig.post_scheduler
-    print("outbox_relay", dict(event_counts(rig.relay)))
-    print("post_scheduler", dict(event_counts(rig.post_scheduler)))
 
 
 async def test_a_paused_worker_past_its_lease_does_not_write_or_publish_again(

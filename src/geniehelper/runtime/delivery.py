@@ -88,9 +88,12 @@ async def _push_rows(
                 await conn.execute(
                     store.MARK_ENQUEUED_MANY, [d.record_id for d in delivered], [d.dispatch_no for d in delivered]
                 )
-            for d, error in zip(chunk, errors, strict=True):
-                if error is not None:
-                    await conn.execute(store.MARK_DISPATCH_FAILED, d.record_id, d.dispatch_no, error)
+            failures = [(d, error) for d, error in zip(chunk, errors, strict=True) if error is not None]
+            if failures:
+                await conn.execute(
+                    store.MARK_DISPATCH_FAILED_MANY, [d.record_id for d, _ in failures],
+                    [d.dispatch_no for d, _ in failures], [error for _, error in failures],
+                )  # fmt: skip
         pushed += len(delivered)
         failed += len(chunk) - len(delivered)
     return pushed, failed

@@ -41,8 +41,10 @@ update media_jobs j set enqueued_at = now(), dispatch_error = null
  where j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null
 """
 
-MARK_DISPATCH_FAILED = """
-update media_jobs set dispatch_error = $3 where id = $1 and dispatch_no = $2 and enqueued_at is null
+MARK_DISPATCH_FAILED_MANY = """
+update media_jobs j set dispatch_error = t.error
+  from unnest($1::uuid[], $2::int[], $3::text[]) as t(id, dispatch_no, error)
+ where j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null
 """
 
 # The lease: a record is started by the delivery of its current dispatch, when queued, or when

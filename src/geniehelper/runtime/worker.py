@@ -39,7 +39,7 @@ from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
-from geniehelper.runtime.retry import describe
+from geniehelper.runtime.retry import classify, describe
 from geniehelper.runtime.transport import (
     REJECTED_FUNCTION,
     UNKNOWN_FUNCTION,
@@ -156,10 +156,8 @@ async def _open_database(url: str, settings: Settings) -> Database:
             return await Database.open(
                 url, min_size=settings.db_pool_min_size, max_size=max(settings.db_pool_max_size, 2)
             )
-        except (TimeoutError, OSError) as exc:
-            log.warning("worker.database_unavailable", error=describe(exc), retry_in_s=delay)
         except Exception as exc:
-            if "starting up" not in str(exc) and "shutting down" not in str(exc):
+            if classify(exc)[0] != "transient":  # e.g. a wrong password: say it and stop
                 raise
             log.warning("worker.database_unavailable", error=describe(exc), retry_in_s=delay)
         await asyncio.sleep(delay)
