@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-from arq.worker import create_worker
+from arq.worker import Worker, create_worker
 
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
@@ -106,3 +107,14 @@ async def drain_queue(settings: Settings, registry: JobRegistry, queue: str = "d
         await worker.main()
     finally:
         await worker.close()
+
+
+async def stop_worker(worker: Worker, task: asyncio.Task[None], timeout_s: float = 10.0) -> None:
+    """Stop an in-process arq worker once its started jobs have ended (arq may still be finishing a
+    job whose record is already completed: cancelling it then makes close() raise)."""
+    deadline = time.monotonic() + timeout_s
+    while any(not t.done() for t in worker.tasks.values()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await worker.close()

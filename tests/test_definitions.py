@@ -28,7 +28,7 @@ from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
-from tests.helpers import drain_queue
+from tests.helpers import drain_queue, stop_worker
 
 
 def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
@@ -238,9 +238,7 @@ async def test_a_fair_queue_serves_creators_round_robin_behind_one_creators_back
             await dispatch_fair(db, arq_redis, "bulk", window=10, ttl_s=3600)
             await asyncio.sleep(0.02)
     finally:
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
-        await worker.close()
+        await stop_worker(worker, running)
     order = await owner.fetch(
         "select user_id from media_jobs where user_id = any($1::uuid[]) order by finished_at, id", [noisy, quiet]
     )

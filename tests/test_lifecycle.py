@@ -33,7 +33,7 @@ from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
-from tests.helpers import BIN, base_env, spawn
+from tests.helpers import BIN, base_env, spawn, stop_worker
 
 FUTURE_JOB = JobDefinition("t_future", jobs_for_tests.CountPayload, jobs_for_tests.count, policy=jobs_for_tests.FAST)
 ALL_CONTRACTS = [*jobs_for_tests.CONTRACTS, FUTURE_JOB]
@@ -73,9 +73,7 @@ async def background_worker(database_url: str, redis_url: str) -> AsyncIterator[
     worker = worker_for(database_url, redis_url)
     task = asyncio.create_task(worker.async_run())
     yield worker
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    await worker.close()
+    await stop_worker(worker, task)
 
 
 async def wait_for(check: Callable[[], Any], timeout_s: float = 30.0) -> Any:
