@@ -1,4 +1,5 @@
-"""Schedulers, one module each, all on `schedulers.base`.
+"""Schedulers, one module each, all on `schedulers.base` (those that turn due rows into jobs on
+`schedulers.due_work`); `schedulers.host` runs several in one process.
 
 Run: `geniehelper scheduler all` (every one in one process, the Procfile's `scheduler`), or
 `geniehelper scheduler NAME [NAME ...]`. Each is leader-elected on its own, so any mix of copies is safe.

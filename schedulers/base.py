@@ -1,4 +1,4 @@
-"""The one base every scheduler runs on, and the host that runs several in one process.
+"""The one base every scheduler runs on: the `Scheduler` contract and the loop that runs one.
 
 An interval loop (interval from settings, plus jitter so replicas do not align) with PostgreSQL
 advisory-lock leader election: any number of copies may run; the one holding the lock acts, the
@@ -11,10 +11,10 @@ the last round failed (`failing`, `last_error`).
 Nothing an outage raises ends a scheduler. Connecting at start, taking the lock, setup, tick,
 wait and teardown each log their own failure (`scheduler.connect_failed`, `scheduler.lock_failed`,
 `scheduler.setup_failed`, `scheduler.tick_failed`, `scheduler.wait_failed`, ...), then the loop
-backs off (0.5 s doubling to 10 s; reset by a clean round) and carries on. A `SchedulerHost` runs
-any number of schedulers in one process on one Database and one Redis client; each has its own
-lock, loop and health key, and a loop that still crashes is logged (`scheduler.crashed`) and
-restarted with backoff, so one scheduler never stops another.
+backs off (0.5 s doubling to 10 s; reset by a clean round) and carries on; a loop that still
+crashes is logged (`scheduler.crashed`) and restarted with backoff. `SchedulerRunner.run()` runs
+one scheduler on connections of its own; `schedulers.host` runs several in one process on shared
+connections. Schedulers that turn due rows into jobs build on `schedulers.due_work`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
@@ -184,6 +183,26 @@ async def close_context(ctx: SchedulerContext) -> None:
     await _close(ctx.db, ctx.redis)
 
 
+@contextlib.asynccontextmanager
+async def connected(
+    settings: Settings, database_url: str, redis_url: str, stop: asyncio.Event,
+    *, schedulers: list[str], pool_max_size: int = 4,
+) -> AsyncIterator[SchedulerContext | None]:  # fmt: skip
+    """A scheduler process's connections, from `process.ready` to `process.stopped`; None if
+    `stop` was set before both servers answered."""
+    ctx = await open_context(settings, database_url, redis_url, stop, pool_max_size=pool_max_size)
+    if ctx is None:
+        log.info("process.stopped", schedulers=schedulers, before="connecting")
+        yield None
+        return
+    log.info("process.ready", schedulers=schedulers)
+    try:
+        yield ctx
+    finally:
+        await close_context(ctx)
+        log.info("process.stopped", schedulers=schedulers)
+
+
 async def _close(db: Database | None, redis_client: ArqRedis | None) -> None:
     if db is not None:
         try:
@@ -227,8 +246,25 @@ class SchedulerRunner:
         }  # fmt: skip
 
     async def run(self) -> None:
-        """Run alone, on connections of its own, until `stop` is set."""
-        await SchedulerHost.of(self).run()
+        """Run alone, on connections of its own, until `stop` is set (a host shares them among runners)."""
+        async with connected(self.settings, self.database_url, self.redis_url, self.stop,
+                             schedulers=[self.scheduler.name]) as ctx:  # fmt: skip
+            if ctx is not None:
+                await self.keep_serving(ctx)
+
+    async def keep_serving(self, ctx: SchedulerContext) -> None:
+        """`serve` until `stop` is set, restarting it with backoff when it crashes."""
+        backoff = Backoff()
+        while not self.stop.is_set():
+            try:
+                await self.serve(ctx)
+            except Exception as exc:  # a bug outside the guarded steps: restart this loop, leave others be
+                delay = backoff.next()
+                self.failures += 1
+                self.last_error, self.last_error_at = f"crashed: {describe(exc)}", time.time()
+                log.error("scheduler.crashed", scheduler=self.scheduler.name, error=describe(exc),
+                          restart_in_s=delay, exc_info=True)  # fmt: skip
+                await sleep_unless_stopped(self.stop, delay)
 
     async def serve(self, ctx: SchedulerContext) -> None:
         """The loop on the given (possibly shared) connections, until `stop` is set."""
@@ -358,109 +394,3 @@ class SchedulerRunner:
             except Exception:
                 conn.terminate()
         self.is_leader = False
-
-
-class SchedulerHost:
-    """Runs schedulers in one process: one Database and one Redis client, one runner task each.
-
-    Each runner keeps its own advisory lock, loop and health key; a runner whose loop crashes
-    anyway is restarted with backoff while the others carry on. With `role`, the host also
-    publishes a health key of its own (the process's role, e.g. `scheduler` for `scheduler all`).
-    """
-
-    def __init__(
-        self, schedulers: Sequence[Scheduler], settings: Settings, database_url: str, redis_url: str,
-        *, role: str | None = None, stop: asyncio.Event | None = None,
-    ) -> None:  # fmt: skip
-        self.settings = settings
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.role = role
-        self.stop = stop if stop is not None else asyncio.Event()
-        self.runners = [SchedulerRunner(s, settings, database_url, redis_url, stop=self.stop) for s in schedulers]
-
-    @classmethod
-    def of(cls, runner: SchedulerRunner) -> SchedulerHost:
-        """A host for one existing runner, sharing its stop event."""
-        host = cls([], runner.settings, runner.database_url, runner.redis_url, stop=runner.stop)
-        host.runners.append(runner)
-        return host
-
-    def health_details(self) -> dict[str, Any]:
-        return {
-            "schedulers": [r.scheduler.name for r in self.runners],
-            "leading": [r.scheduler.name for r in self.runners if r.is_leader],
-            "failing": [r.scheduler.name for r in self.runners if r.failures],
-        }
-
-    async def run(self) -> None:
-        names = [r.scheduler.name for r in self.runners]
-        ctx = await open_context(
-            self.settings, self.database_url, self.redis_url, self.stop, pool_max_size=max(4, 2 * len(names))
-        )
-        if ctx is None:
-            log.info("process.stopped", schedulers=names, before="connecting")
-            return
-        beat: asyncio.Task[None] | None = None
-        if self.role is not None:
-            beat = asyncio.create_task(
-                health.beat_forever(ctx.redis, self.role, self.settings.health_interval_s,
-                                    self.settings.health_stale_after_s, self.health_details)
-            )  # fmt: skip
-        log.info("process.ready", schedulers=names)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for runner in self.runners:
-                    group.create_task(self._keep_running(runner, ctx))
-        finally:
-            if beat is not None:
-                beat.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await beat
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ctx.redis.delete(health.health_key(self.role or "")), CLOSE_TIMEOUT_S)
-            await close_context(ctx)
-            log.info("process.stopped", schedulers=names)
-
-    async def _keep_running(self, runner: SchedulerRunner, ctx: SchedulerContext) -> None:
-        backoff = Backoff()
-        while not runner.stop.is_set():
-            try:
-                await runner.serve(ctx)
-            except Exception as exc:  # a bug outside the guarded steps: restart this one, leave the others be
-                delay = backoff.next()
-                runner.failures += 1
-                runner.last_error, runner.last_error_at = f"crashed: {describe(exc)}", time.time()
-                log.error("scheduler.crashed", scheduler=runner.scheduler.name, error=describe(exc),
-                          restart_in_s=delay, exc_info=True)  # fmt: skip
-                await sleep_unless_stopped(runner.stop, delay)
-
-
-def run_schedulers(
-    schedulers: Sequence[Scheduler], settings: Settings, database_url: str, redis_url: str, *, role: str | None = None
-) -> None:
-    """Run until SIGINT/SIGTERM, then finish the current ticks and release the locks (a second signal: at once)."""
-
-    async def main() -> None:
-        host = SchedulerHost(schedulers, settings, database_url, redis_url, role=role)
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-
-        def on_signal() -> None:
-            if host.stop.is_set() and task is not None:
-                task.cancel()
-            host.stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            await host.run()
-        except asyncio.CancelledError:
-            log.warning("process.stopped", forced=True)
-
-    asyncio.run(main())
-
-
-def run_scheduler(scheduler: Scheduler, settings: Settings, database_url: str, redis_url: str) -> None:
-    """One scheduler alone (see run_schedulers)."""
-    run_schedulers([scheduler], settings, database_url, redis_url)

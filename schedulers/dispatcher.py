@@ -23,7 +23,7 @@ class Dispatcher(Scheduler):
     name: ClassVar[str] = "dispatcher"
 
     def interval_s(self, settings: Settings) -> float:
-        return settings.dispatcher_interval_s
+        return settings.dispatcher.interval_s
 
     async def tick(self, ctx: SchedulerContext) -> TickResult:
         settings = ctx.settings

@@ -19,8 +19,8 @@ class JobRetention(Scheduler):
     name: ClassVar[str] = "job_retention"
 
     def interval_s(self, settings: Settings) -> float:
-        return settings.job_retention_interval_s
+        return settings.job_retention.interval_s
 
     async def tick(self, ctx: SchedulerContext) -> TickResult:
-        pruned = await prune_finished(ctx.db, older_than_s=ctx.settings.job_retention_s)
+        pruned = await prune_finished(ctx.db, older_than_s=ctx.settings.job_retention.older_than_s)
         return TickResult(found=pruned, details={"pruned": pruned})

@@ -23,15 +23,15 @@ class OutboxRelay(Scheduler):
         self._lost = LostDispatchFinder()
 
     def interval_s(self, settings: Settings) -> float:
-        return settings.outbox_relay_interval_s
+        return settings.outbox_relay.interval_s
 
     async def tick(self, ctx: SchedulerContext) -> TickResult:
         settings = ctx.settings
         expired = await redrive_expired_leases(ctx.db)
-        self._lost.grace_s = settings.outbox_relay_grace_s
+        self._lost.grace_s = settings.outbox_relay.grace_s
         lost = await self._lost.redrive_lost(ctx.db, ctx.redis)
         pushed, failed = await relay_unpushed(
-            ctx.db, ctx.redis, grace_s=settings.outbox_relay_grace_s, ttl_s=settings.job_dispatch_ttl_s,
+            ctx.db, ctx.redis, grace_s=settings.outbox_relay.grace_s, ttl_s=settings.job_dispatch_ttl_s,
             queues=settings.queues.keys(), fair_queues=settings.fair_queues,
         )  # fmt: skip
         return TickResult(

@@ -2,17 +2,18 @@
 
 Every POST_SCHEDULER_INTERVAL_S (60 s) it claims due posts atomically (`FOR UPDATE SKIP LOCKED`,
 status scheduled → queued) and enqueues one publish_post per post with a deterministic job key, so a
-re-dispatch creates nothing. Beyond the poll it sleeps only until the next due post and is woken by
-NOTIFY when a sooner post is scheduled, so a post is dispatched within about a second of its time;
-the poll stays as the safety net. Posts overdue by more than POST_MAX_LATENESS_S are not published
-blindly: they are marked `missed` with the reason and reported.
+re-dispatch creates nothing (the due-work base: `schedulers.due_work`); a post the creator's quota
+refuses is marked failed (`tier_limit_reached: ...`) in the transaction that records the others.
+Beyond the poll it sleeps only until the next due post and is woken by NOTIFY when a sooner post
+is scheduled, so a post is dispatched within about a second of its time; the poll stays as the
+safety net. Posts overdue by more than POST_MAX_LATENESS_S are not published blindly: they are
+marked `missed` with the reason and reported.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -21,18 +22,19 @@ import structlog
 
 from geniehelper.db import SYSTEM_ROLE
 from geniehelper.domain import publishing
-from geniehelper.runtime.queue import EnqueuedJob, JobRequest
+from geniehelper.runtime.queue import JobRequest
 from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.settings import Settings
-from schedulers.base import Scheduler, SchedulerContext, TickResult
+from schedulers.base import SchedulerContext, TickResult
+from schedulers.due_work import DueWorkScheduler
 
 log = structlog.get_logger("schedulers.post_scheduler")
 CHANNEL = "geniehelper_scheduled_posts"
-PUBLISH_JOB = "publish_post"
 
 
-class PostScheduler(Scheduler):
+class PostScheduler(DueWorkScheduler[asyncpg.Record]):
     name: ClassVar[str] = "post_scheduler"
+    job_name: ClassVar[str] = "publish_post"
 
     def __init__(self) -> None:
         self._listener: asyncpg.Connection | None = None
@@ -40,7 +42,7 @@ class PostScheduler(Scheduler):
         self._planned_wake_at = 0.0  # epoch seconds of the next planned tick
 
     def interval_s(self, settings: Settings) -> float:
-        return settings.post_scheduler_interval_s
+        return settings.post_scheduler.interval_s
 
     async def setup(self, ctx: SchedulerContext) -> None:
         await self._listen(ctx)
@@ -100,57 +102,31 @@ class PostScheduler(Scheduler):
             for waiter in waiters:
                 waiter.cancel()
 
-    async def tick(self, ctx: SchedulerContext) -> TickResult:
-        settings = ctx.settings
-        result = TickResult(details={"missed": 0, "refused": 0, "latency_ms_max": 0})
-        while True:
-            async with ctx.db.system_tx() as conn:
-                claimed = await conn.fetch(
-                    publishing.CLAIM_DUE, settings.post_dispatch_batch, settings.post_max_lateness_s,
-                    settings.post_requeue_after_s,
-                )  # fmt: skip
-            if not claimed:
-                return result
-            result.found += len(claimed)
-            by_creator: dict[UUID, list[asyncpg.Record]] = defaultdict(list)
-            for row in claimed:
-                if row["status"] == "missed":
-                    result.details["missed"] += 1
-                    log.warning(
-                        "post.missed", user_id=str(row["user_id"]), scheduled_post_id=str(row["id"]),
-                        lateness_s=round(row["lateness_s"]), max_lateness_s=settings.post_max_lateness_s,
-                    )  # fmt: skip
-                    continue
-                by_creator[row["user_id"]].append(row)
-                latency_ms = max(0, round(row["lateness_s"] * 1000))
-                result.details["latency_ms_max"] = max(result.details["latency_ms_max"], latency_ms)
-            jobs: list[EnqueuedJob] = []
-            for user_id, rows in by_creator.items():
-                jobs += await self._record_jobs(ctx, user_id, rows, result)
-            await ctx.queue.push_many(jobs)
-            result.enqueued += sum(not j.duplicate for j in jobs)
-            result.skipped += sum(j.duplicate for j in jobs)
-            if len(claimed) < settings.post_dispatch_batch:
-                return result
+    def batch_size(self, settings: Settings) -> int:
+        return settings.post_scheduler.batch
 
-    async def _record_jobs(
-        self, ctx: SchedulerContext, user_id: UUID, rows: list[asyncpg.Record], result: TickResult
-    ) -> list[EnqueuedJob]:
-        """One creator transaction records all of that creator's publish jobs (the outbox)."""
-        requests = [
-            # publish_post's definition (jobs/publish_post.py) derives the key and subject from the payload.
-            JobRequest({"scheduled_post_id": str(row["id"]), "revision": row["revision"]})
-            for row in rows
-        ]
-        jobs = []
-        async with ctx.db.creator_tx(user_id) as conn:
-            outcomes = await ctx.queue.record_many(conn, PUBLISH_JOB, requests, user_id=user_id)
-            for row, outcome in zip(rows, outcomes, strict=True):
-                if isinstance(outcome, QuotaExceeded):
-                    result.details["refused"] += 1
-                    reason = f"tier_limit_reached: {outcome}"
-                    await conn.execute(publishing.MARK_FAILED, row["id"], reason, row["revision"])
-                    log.warning("post.quota_refused", scheduled_post_id=str(row["id"]), **outcome.as_dict())
-                else:
-                    jobs.append(outcome)
-        return jobs
+    async def claim(self, conn: asyncpg.Connection, settings: Settings, limit: int) -> list[asyncpg.Record]:
+        group = settings.post_scheduler
+        return await conn.fetch(publishing.CLAIM_DUE, limit, group.max_lateness_s, group.requeue_after_s)
+
+    def initial_details(self) -> dict[str, Any]:
+        return {"missed": 0, "latency_ms_max": 0}
+
+    def request(self, row: asyncpg.Record, settings: Settings, result: TickResult) -> tuple[UUID, JobRequest] | None:
+        if row["status"] == "missed":  # the claim marked it missed with the reason: report it, publish nothing
+            result.details["missed"] += 1
+            log.warning(
+                "post.missed", user_id=str(row["user_id"]), scheduled_post_id=str(row["id"]),
+                lateness_s=round(row["lateness_s"]), max_lateness_s=settings.post_scheduler.max_lateness_s,
+            )  # fmt: skip
+            return None
+        latency_ms = max(0, round(row["lateness_s"] * 1000))
+        result.details["latency_ms_max"] = max(result.details["latency_ms_max"], latency_ms)
+        # publish_post's definition (jobs/publish_post.py) derives the key and subject from the payload.
+        return row["user_id"], JobRequest({"scheduled_post_id": str(row["id"]), "revision": row["revision"]})
+
+    async def refused(
+        self, conn: asyncpg.Connection, row: asyncpg.Record, refusal: QuotaExceeded, result: TickResult
+    ) -> None:
+        await conn.execute(publishing.MARK_FAILED, row["id"], f"tier_limit_reached: {refusal}", row["revision"])
+        log.warning("post.quota_refused", scheduled_post_id=str(row["id"]), **refusal.as_dict())

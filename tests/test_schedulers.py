@@ -25,7 +25,8 @@ from geniehelper.embedded import free_port
 from geniehelper.health import read_health
 from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
-from schedulers.base import Scheduler, SchedulerContext, SchedulerHost, SchedulerRunner, TickResult
+from schedulers.base import Scheduler, SchedulerContext, SchedulerRunner, TickResult
+from schedulers.host import SchedulerHost
 from tests.conftest import make_creator
 from tests.helpers import BIN, ProcessOutput, base_env, spawn, wait_until
 

@@ -267,7 +267,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.stack import resolve_urls
     from schedulers import SCHEDULERS
-    from schedulers.base import run_schedulers
+    from schedulers.host import run_schedulers
 
     urls = resolve_urls(settings)
     names = _scheduler_selection(args.name)

@@ -1,13 +1,15 @@
 """Process settings, read once from the environment at start.
 
 Every setting is an environment variable of the same name (case-insensitive). An invalid value
-stops the process at start with one line naming the variable (see `load_settings`).
+stops the process at start with one line naming the variable (see `load_settings`). Each
+scheduler reads its own group (`settings.post_scheduler.interval_s`, ...), built from those variables.
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
@@ -32,6 +34,35 @@ class QueueSettings(BaseModel):
 
     def role_for(self, queue: str) -> str:
         return self.role or ("worker" if queue == "default" else f"{queue}_worker")
+
+
+# Each scheduler's settings, as it reads them: `settings.post_scheduler.interval_s`. The environment
+# variables stay flat fields of Settings (POST_SCHEDULER_INTERVAL_S, ...): their names are an ops
+# contract, and pydantic-settings would read a nested model only from POST_SCHEDULER__INTERVAL_S or
+# JSON. A group is a frozen view of those fields, built when asked for.
+@dataclass(frozen=True)
+class PostSchedulerSettings:
+    interval_s: float  # POST_SCHEDULER_INTERVAL_S: the safety-net poll (NOTIFY wakes it for each due post)
+    batch: int  # POST_DISPATCH_BATCH: posts claimed per query
+    max_lateness_s: float  # POST_MAX_LATENESS_S
+    requeue_after_s: float  # POST_REQUEUE_AFTER_S
+
+
+@dataclass(frozen=True)
+class OutboxRelaySettings:
+    interval_s: float  # OUTBOX_RELAY_INTERVAL_S
+    grace_s: float  # OUTBOX_RELAY_GRACE_S
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    interval_s: float  # DISPATCHER_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class JobRetentionSettings:
+    interval_s: float  # JOB_RETENTION_INTERVAL_S
+    older_than_s: float  # JOB_RETENTION_S
 
 
 # default: time-critical (publishing); bulk: sync, deliveries, imports; media: processing, which
@@ -104,15 +135,54 @@ class Settings(BaseSettings):
     db_pool_min_size: int = Field(default=1, ge=0, le=100)
     db_pool_max_size: int = Field(default=10, ge=1, le=500)
 
-    # Schedulers: one interval per scheduler, in seconds.
+    # Schedulers, grouped per scheduler; each reads its group (`post_scheduler`, ... below).
+    scheduler_jitter_s: float = Field(
+        default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
+    )
+    # post_scheduler (publish_post checks post_max_lateness_s again when it runs).
     post_scheduler_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    post_dispatch_batch: int = Field(default=1000, ge=1, le=50_000)
+    post_max_lateness_s: float = Field(
+        default=3600.0, gt=0, description="A post overdue by more than this is marked missed, not published."
+    )
+    post_requeue_after_s: float = Field(
+        default=30.0, gt=0,
+        description="A post queued or publishing with no active publish_post job, not claimed or started for"
+        " this long, is dispatched again.",
+    )
+    # outbox_relay.
     outbox_relay_interval_s: float = Field(default=5.0, gt=0, le=3_600)
     outbox_relay_grace_s: float = Field(
         default=10.0, ge=0, le=3_600, description="Age before an unpushed job record counts as orphaned."
     )
-    scheduler_jitter_s: float = Field(
-        default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
+    # dispatcher.
+    dispatcher_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="How often the dispatcher tops up the fair queues."
     )
+    # job_retention.
+    job_retention_interval_s: float = Field(default=600.0, gt=0, le=86_400, description="job_retention's interval.")
+    job_retention_s: float = Field(
+        default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
+    )
+
+    @property
+    def post_scheduler(self) -> PostSchedulerSettings:
+        return PostSchedulerSettings(
+            interval_s=self.post_scheduler_interval_s, batch=self.post_dispatch_batch,
+            max_lateness_s=self.post_max_lateness_s, requeue_after_s=self.post_requeue_after_s,
+        )  # fmt: skip
+
+    @property
+    def outbox_relay(self) -> OutboxRelaySettings:
+        return OutboxRelaySettings(interval_s=self.outbox_relay_interval_s, grace_s=self.outbox_relay_grace_s)
+
+    @property
+    def dispatcher(self) -> DispatcherSettings:
+        return DispatcherSettings(interval_s=self.dispatcher_interval_s)
+
+    @property
+    def job_retention(self) -> JobRetentionSettings:
+        return JobRetentionSettings(interval_s=self.job_retention_interval_s, older_than_s=self.job_retention_s)
 
     # Platform credentials (AES-256-GCM). Never logged; see docs/credentials.md.
     credentials_enc_key_b64: SecretStr | None = Field(default=None, description="32 random bytes, base64.")
@@ -122,15 +192,6 @@ class Settings(BaseSettings):
     )
 
     # Publishing.
-    post_max_lateness_s: float = Field(
-        default=3600.0, gt=0, description="A post overdue by more than this is marked missed, not published."
-    )
-    post_dispatch_batch: int = Field(default=1000, ge=1, le=50_000)
-    post_requeue_after_s: float = Field(
-        default=30.0, gt=0,
-        description="A post queued or publishing with no active publish_post job, not claimed or started for"
-        " this long, is dispatched again.",
-    )
     platform_timeout_s: float = Field(default=15.0, gt=0, le=600)
 
     # Workers.
@@ -176,13 +237,6 @@ class Settings(BaseSettings):
     job_dispatch_ttl_s: float = Field(
         default=86_400.0, ge=60, description="How long a dispatch may wait in Redis past its start time."
     )
-    job_retention_s: float = Field(
-        default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
-    )
-    dispatcher_interval_s: float = Field(
-        default=0.1, gt=0, le=60, description="How often the dispatcher tops up the fair queues."
-    )
-    job_retention_interval_s: float = Field(default=600.0, gt=0, le=86_400, description="job_retention's interval.")
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
