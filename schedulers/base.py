@@ -329,7 +329,9 @@ class SchedulerRunner:
             skipped=result.skipped, took_ms=round((time.monotonic() - started) * 1000), **result.details,
         )  # fmt: skip
         try:
-            jitter = random.uniform(0, self.settings.scheduler_jitter_s)
+            # Up to a tenth of the interval: enough to keep replicas apart, never enough to slow a
+            # fast loop (the dispatcher's 0.1 s) down to the jitter's pace.
+            jitter = random.uniform(0, min(self.settings.scheduler_jitter_s, interval / 10))
             await self.scheduler.wait(ctx, interval + jitter, self.stop)
         except Exception as exc:
             return self._failed("scheduler.wait_failed", exc)

@@ -193,7 +193,7 @@ async def test_a_postgres_error_at_complete_is_recorded_later_and_the_job_not_ru
 ) -> None:
     await owner.execute("""
         create table if not exists test_fault_complete (job_id uuid primary key);
-        grant select on test_fault_complete to geniehelper_app;
+        grant select on test_fault_complete to geniehelper_app, geniehelper_system;
         create or replace function test_fault_on_complete() returns trigger language plpgsql as $$
         begin
             if new.status = 'completed' and exists (select 1 from test_fault_complete where job_id = new.id) then

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 import pytest
@@ -17,6 +18,7 @@ from geniehelper.runtime.definition import InvalidPayload, UnknownJob, queue_key
 from geniehelper.runtime.delivery import relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.runtime.record_writer import Finish, RecordWriter, StartRequest
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
@@ -237,20 +239,23 @@ async def test_a_fresh_lease_refuses_a_second_start_and_a_superseded_attempt_is_
 ) -> None:
     creator = await make_creator(owner)
     job = await queue.enqueue("t_echo", {"text": "x"}, user_id=creator)
-    async with db.creator_tx(creator) as conn:
+    records = RecordWriter(db.records_pool, "worker", lease_s=30.0, heartbeat_interval_s=5.0)
 
-        async def start(dispatch_no: int, worker: str) -> asyncpg.Record | None:
-            return await conn.fetchrow(store.START_ATTEMPT, job.id, dispatch_no, worker, 30.0, None, None)
+    async def start(dispatch_no: int, user_id: UUID = creator) -> int | None:
+        return (await records.start(StartRequest(job.id, user_id, dispatch_no))).attempt
 
-        first = await start(1, "worker-a")
-        assert await start(1, "worker-b") is None  # lease is fresh
-        await conn.execute("update media_jobs set lease_expires_at = now() - interval '1 second' where id = $1", job.id)
-        assert await start(2, "worker-b") is None  # not its dispatch
-        second = await start(1, "worker-b")  # worker-a presumed dead
-        assert (first["attempts"], second["attempts"]) == (1, 2)
-        stale = await conn.execute(store.COMPLETE, job.id, 1, {"from": "a"})
-        fresh = await conn.execute(store.COMPLETE, job.id, 2, {"from": "b"})
-    assert (stale, fresh) == ("UPDATE 0", "UPDATE 1")
+    assert await start(1, user_id=await make_creator(owner)) is None  # another creator's delivery
+    first = await start(1)
+    assert await start(1) is None  # lease is fresh
+    await owner.execute("update media_jobs set lease_expires_at = now() - interval '1 second' where id = $1", job.id)
+    assert await start(2) is None  # not its dispatch
+    second = await start(1)  # the first worker presumed dead
+    assert (first, second) == (1, 2)
+    stale, fresh = await asyncio.gather(
+        records.finish(Finish(job.id, creator, 1, "completed", {"from": "a"})),
+        records.finish(Finish(job.id, creator, 2, "completed", {"from": "b"})),
+    )
+    assert (stale, fresh) == (False, True)
     assert (await record(owner, job.id))["result"] == {"from": "b"}
 
 

@@ -137,7 +137,8 @@ class Settings(BaseSettings):
 
     # Schedulers, grouped per scheduler; each reads its group (`post_scheduler`, ... below).
     scheduler_jitter_s: float = Field(
-        default=1.0, ge=0, le=3_600, description="Random extra delay per tick, so replicas do not align."
+        default=1.0, ge=0, le=3_600,
+        description="Random extra delay per tick, so replicas do not align (at most a tenth of the interval).",
     )
     # post_scheduler (publish_post checks post_max_lateness_s again when it runs).
     post_scheduler_interval_s: float = Field(default=60.0, gt=0, le=86_400)
@@ -229,6 +230,11 @@ class Settings(BaseSettings):
     )
     job_heartbeat_interval_s: float = Field(
         default=5.0, gt=0, le=3_600, description="How often a running job extends its lease."
+    )
+    job_record_batch_wait_s: float = Field(
+        default=0.001, ge=0, le=1.0,
+        description="How long a worker's job start or outcome waits for its other deliveries to share one "
+        "statement (at most; less when all of them are waiting).",
     )
     job_lease_s: float = Field(
         default=20.0, gt=0, le=86_400,

@@ -7,12 +7,13 @@ The record in PostgreSQL decides; Redis only carries "dispatch n of record r". F
    instead of running the job again;
 3. an attempt starts only for the record's current dispatch and while no other attempt holds a
    fresh lease; the attempt number fences every later write;
-4. the implementation runs under its timeout with a heartbeat that extends the lease, and is
-   cancelled if the heartbeat finds the lease lost;
+4. the implementation runs under its timeout while the worker's lease loop extends its lease, and
+   is cancelled if the lease is found lost;
 5. the outcome is written with bounded in-process retries; if PostgreSQL stays down it is parked in
    Redis and the next delivery records it. `on_failure` runs only when the failure was recorded.
 
-Transient errors (connection errors, timeouts, 5xx, 429) are retried through arq's `Retry` with
+Starts, outcomes and lease beats of a worker's concurrent deliveries share statements
+(`record_writer`). Transient errors (connection errors, timeouts, 5xx, 429) are retried through arq's `Retry` with
 exponential backoff and jitter until the record's attempts are used up; permanent ones fail at once.
 arq's own try counter is not a limit: infrastructure deferrals never use attempts up.
 """
@@ -25,7 +26,7 @@ import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -36,6 +37,7 @@ from pydantic import BaseModel
 from geniehelper.runtime import store
 from geniehelper.runtime.context import JobContext, LeaseLost, Resources
 from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobDefinition, JobPayload
+from geniehelper.runtime.record_writer import Finish, OutcomeStatus, StartAnswer, StartRequest
 from geniehelper.runtime.retry import backoff_s, classify, describe
 from geniehelper.runtime.transport import dispatch_no_of
 
@@ -106,7 +108,7 @@ def make_arq_function(job: AnyJob) -> Callable[..., Awaitable[Outcome]]:
                 # No creator to record it against: the log line is the record.
                 log.error("job.rejected", reason=str(exc))
                 return {"status": "rejected", "error": str(exc)}
-            with structlog.contextvars.bound_contextvars(user_id=str(envelope.user_id)):
+            with structlog.contextvars.bound_contextvars(user_id=str(envelope.user_id)), resources.records.delivering():
                 return await _deliver(resources, job, arq_job_id, ctx["job_try"], envelope)
 
     run.__qualname__ = run.__name__ = job.name
@@ -116,7 +118,6 @@ def make_arq_function(job: AnyJob) -> Callable[..., Awaitable[Outcome]]:
 async def _deliver(
     resources: Resources, job: AnyJob, arq_job_id: str, job_try: int, envelope: Envelope
 ) -> Outcome:
-    db = resources.db
     try:
         payload = job.parse_payload(envelope.payload_raw)
     except InvalidPayload as exc:
@@ -131,17 +132,14 @@ async def _deliver(
         if settled is not None:
             return settled
     try:
-        async with db.scoped_tx(envelope.user_id) as conn:
-            if record_id is None:  # pushed straight to Redis by a foreign client: record it now
+        if record_id is None:  # pushed straight to Redis by a foreign client: record it now
+            async with resources.db.scoped_tx(envelope.user_id) as conn:
                 record_id = await _record_foreign_job(conn, job, arq_job_id, envelope, payload)
-            concurrency_key = job.concurrency.key(payload) if job.concurrency else None
-            if concurrency_key is not None:
-                await conn.execute(store.LOCK_CONCURRENCY_KEY, concurrency_key)
-            started = await conn.fetchrow(
-                store.START_ATTEMPT, record_id, envelope.dispatch_no, resources.worker_id,
-                resources.settings.job_lease_s, concurrency_key, job.concurrency.limit if job.concurrency else None,
-            )  # fmt: skip
-            refused = None if started else await conn.fetchrow(store.START_REFUSED, record_id)
+        limit = job.concurrency
+        answer = await resources.records.start(StartRequest(
+            record_id, envelope.user_id, envelope.dispatch_no,
+            limit.key(payload) if limit else None, limit.limit if limit else None,
+        ))  # fmt: skip
     except asyncpg.ForeignKeyViolationError:
         reason = f"user_id: no creator {envelope.user_id}"
         log.error("job.rejected", reason=reason)
@@ -152,9 +150,9 @@ async def _deliver(
         raise Retry(defer=delay) from exc
 
     with structlog.contextvars.bound_contextvars(record_id=str(record_id)):
-        if started is None:
-            return _not_started(refused, envelope.dispatch_no, job)
-        ctx = JobContext(resources, job, record_id, envelope.user_id, started["attempts"], started["max_attempts"])
+        if answer.attempt is None or answer.max_attempts is None:
+            return _not_started(answer, envelope.dispatch_no, job)
+        ctx = JobContext(resources, job, record_id, envelope.user_id, answer.attempt, answer.max_attempts)
         with structlog.contextvars.bound_contextvars(attempt=ctx.attempt):
             if ctx.attempt > ctx.max_attempts:
                 # Earlier attempts died without recording an outcome (worker killed, timeouts).
@@ -167,25 +165,25 @@ async def _deliver(
             return await _attempt(ctx, payload)
 
 
-def _not_started(refused: asyncpg.Record | None, dispatch_no: int, job: AnyJob) -> Outcome:
-    if refused is None:  # the producer's record is gone (or never committed): nothing to run against
+def _not_started(refused: StartAnswer, dispatch_no: int, job: AnyJob) -> Outcome:
+    if refused.status is None:  # the producer's record is gone (or never committed): nothing to run against
         log.error("job.record_missing")
         return {"status": "failed", "error_kind": "record_missing"}
-    if refused["dispatch_no"] != dispatch_no:
-        log.info("job.superseded_dispatch", dispatch_no=dispatch_no, current_dispatch_no=refused["dispatch_no"])
-        return {"status": "superseded", "current_dispatch_no": refused["dispatch_no"]}
-    if refused["status"] == "processing":
-        log.info("job.lease_held", attempt=refused["attempts"])
+    if refused.dispatch_no != dispatch_no:
+        log.info("job.superseded_dispatch", dispatch_no=dispatch_no, current_dispatch_no=refused.dispatch_no)
+        return {"status": "superseded", "current_dispatch_no": refused.dispatch_no}
+    if refused.status == "processing":
+        log.info("job.lease_held")
         return {"status": "lease_held"}
-    if refused["status"] == "queued" and refused["starts_in_s"] > 1:  # delivered early: come back when due
-        raise Retry(defer=refused["starts_in_s"])
-    if refused["status"] == "queued" and job.concurrency is not None:  # its key's slots are all taken
+    if refused.status == "queued" and refused.starts_in_s > 1:  # delivered early: come back when due
+        raise Retry(defer=refused.starts_in_s)
+    if refused.status == "queued" and job.concurrency is not None:  # its key's slots are all taken
         log.debug("job.concurrency_wait", limit=job.concurrency.limit)
         raise Retry(defer=CONCURRENCY_RETRY_S + random.uniform(0, CONCURRENCY_RETRY_S))
-    if refused["status"] == "queued":
-        raise Retry(defer=max(0.1, refused["starts_in_s"]))
-    log.info("job.skipped", record_status=refused["status"])
-    return {"status": "skipped", "record_status": refused["status"]}
+    if refused.status == "queued":
+        raise Retry(defer=max(0.1, refused.starts_in_s))
+    log.info("job.skipped", record_status=refused.status)
+    return {"status": "skipped", "record_status": refused.status}
 
 
 async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
@@ -195,12 +193,17 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
     started_at = loop.time()
     lease_lost = asyncio.Event()
     run_task = asyncio.ensure_future(job.run(ctx, payload))
-    heartbeat = asyncio.create_task(_heartbeat(ctx, run_task, lease_lost))
+
+    def on_lease_lost() -> None:  # its writes are fenced anyway: stop the run
+        lease_lost.set()
+        run_task.cancel()
+
     timed_out = False
     try:
         try:
-            async with asyncio.timeout(job.policy.timeout_s) as deadline:
-                result = await run_task
+            with ctx.resources.records.holding(ctx.record_id, ctx.user_id, ctx.attempt, on_lease_lost):
+                async with asyncio.timeout(job.policy.timeout_s) as deadline:
+                    result = await run_task
         except TimeoutError:
             if deadline.expired():
                 timed_out = True
@@ -211,7 +214,10 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
             return {"status": "lease_lost"}
         # Worker shutting down: hand the job back (arq re-queues this dispatch) with the record queued.
         with contextlib.suppress(Exception):
-            await asyncio.shield(_fenced(ctx, store.SCHEDULE_RETRY, "worker shut down mid-job", "interrupted", 0.0))
+            await asyncio.shield(ctx.resources.records.finish(
+                _finish_of(ctx, {"kind": "retry", "error": "worker shut down mid-job", "error_kind": "interrupted",
+                                 "delay_s": 0.0})
+            ))  # fmt: skip
         log.warning("job.interrupted")
         raise
     except LeaseLost:
@@ -237,9 +243,6 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
         return await _settle(ctx, payload, {"kind": "fail", "error": error, "error_kind": kind},
                              took_ms=_ms(loop, started_at))  # fmt: skip
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
         if not run_task.done():
             run_task.cancel()
 
@@ -256,25 +259,23 @@ def _ms(loop: asyncio.AbstractEventLoop, since: float) -> int:
     return round((loop.time() - since) * 1000)
 
 
-OutcomeKind = Literal["complete", "fail", "retry"]
+OUTCOME_STATUS: dict[str, OutcomeStatus] = {"complete": "completed", "fail": "failed", "retry": "queued"}
 
 
-def _outcome_sql(outcome: Outcome) -> tuple[str, tuple[Any, ...]]:
-    kind: OutcomeKind = outcome["kind"]
-    if kind == "complete":
-        return store.COMPLETE, (outcome.get("result"),)
-    if kind == "fail":
-        return store.FAIL, (outcome["error"], outcome["error_kind"])
-    return store.SCHEDULE_RETRY, (outcome["error"], outcome["error_kind"], outcome["delay_s"])
+def _finish_of(ctx: JobContext, outcome: Outcome) -> Finish:
+    """The record write of an outcome ({"kind": complete|fail|retry, ...}, the shape parked in Redis)."""
+    return Finish(
+        ctx.record_id, ctx.user_id, ctx.attempt, OUTCOME_STATUS[outcome["kind"]], outcome.get("result"),
+        outcome.get("error"), outcome.get("error_kind"), outcome.get("delay_s", 0.0),
+    )  # fmt: skip
 
 
 async def _settle(
     ctx: JobContext, payload: JobPayload, outcome: Outcome, *, took_ms: int | None = None
 ) -> Outcome:
     """Record an attempt's outcome; park it in Redis if PostgreSQL stays unreachable."""
-    sql, args = _outcome_sql(outcome)
     try:
-        landed = await _write_with_retries(ctx, sql, args)
+        landed = await _write_with_retries(ctx, _finish_of(ctx, outcome))
     except Exception as exc:
         await _park(ctx, outcome, exc)
         raise Retry(defer=backoff_s(ctx.job.policy, ctx.attempt)) from exc
@@ -303,11 +304,11 @@ async def _after_write(
     return {"status": "failed", "error_kind": outcome["error_kind"], "error": outcome["error"]}
 
 
-async def _write_with_retries(ctx: JobContext, sql: str, args: tuple[Any, ...]) -> bool:
+async def _write_with_retries(ctx: JobContext, finish: Finish) -> bool:
     last: Exception | None = None
     for delay in (*OUTCOME_WRITE_DELAYS_S, None):
         try:
-            return await asyncio.shield(_fenced(ctx, sql, *args))
+            return await asyncio.shield(ctx.resources.records.finish(finish))
         except Exception as exc:
             last = exc
             log.warning("job.outcome_write_failed", error=describe(exc), retry_in_s=delay)
@@ -339,9 +340,8 @@ async def _record_parked_outcome(
     outcome = json.loads(raw)
     attempt = int(outcome.pop("attempt"))
     ctx = JobContext(resources, job, record_id, user_id, attempt, attempt)
-    sql, args = _outcome_sql(outcome)
     try:
-        landed = await _fenced(ctx, sql, *args)
+        landed = await resources.records.finish(_finish_of(ctx, outcome))
     except Exception as exc:
         delay = backoff_s(job.policy, attempt)
         log.warning("job.parked_outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
@@ -354,13 +354,6 @@ async def _record_parked_outcome(
         return await _after_write(ctx, payload, outcome, landed)
 
 
-async def _fenced(ctx: JobContext, sql: str, *args: Any) -> bool:
-    """A record write that only lands if this attempt is still the current one."""
-    async with ctx.resources.db.scoped_tx(ctx.user_id) as conn:
-        status = await conn.execute(sql, ctx.record_id, ctx.attempt, *args)
-    return bool(status.endswith(" 1"))
-
-
 async def _on_failure(ctx: JobContext, payload: JobPayload, error: str) -> None:
     if ctx.job.on_failure is None:
         return
@@ -368,23 +361,6 @@ async def _on_failure(ctx: JobContext, payload: JobPayload, error: str) -> None:
         await ctx.job.on_failure(ctx, payload, error)
     except Exception as exc:  # the job is failed either way; say that its rows may not say so
         log.error("job.failure_hook_failed", error=describe(exc))
-
-
-async def _heartbeat(ctx: JobContext, run_task: asyncio.Future[Any], lease_lost: asyncio.Event) -> None:
-    """Extend the lease; when it is found lost, stop the run (its writes are fenced anyway)."""
-    settings = ctx.resources.settings
-    while True:
-        await asyncio.sleep(settings.job_heartbeat_interval_s)
-        try:
-            async with ctx.resources.db.scoped_tx(ctx.user_id) as conn:
-                status = await conn.execute(store.HEARTBEAT, ctx.record_id, ctx.attempt, settings.job_lease_s)
-        except Exception as exc:  # a missed beat is not worth failing the job over
-            log.warning("job.heartbeat_failed", error=describe(exc))
-            continue
-        if not status.endswith(" 1"):
-            lease_lost.set()
-            run_task.cancel()
-            return
 
 
 async def _record_foreign_job(

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +17,7 @@ from geniehelper.runtime import store
 from geniehelper.runtime.definition import AnyJob
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import TierLimits
+from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 
@@ -34,7 +33,7 @@ class Resources:
     registry: JobRegistry
     queue: JobQueue
     limits: TierLimits
-    worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    records: RecordWriter
     _cipher: CredentialCipher | None = None
 
     def credential_cipher(self) -> CredentialCipher:

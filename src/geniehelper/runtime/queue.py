@@ -11,9 +11,7 @@ and a push failure after commit is never an error for the caller: the record is 
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections import defaultdict
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,17 +24,18 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
+from geniehelper.runtime.coalesce import Coalescer
 from geniehelper.runtime.definition import InvalidPayload, JobPayload
 from geniehelper.runtime.quotas import QuotaExceeded, TierLimits, consume_up_to
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import describe
-from geniehelper.runtime.transport import Dispatch, push_dispatch
+from geniehelper.runtime.transport import Dispatch, push_dispatches_at_once
 
 log = structlog.get_logger("geniehelper.queue")
 
 PUSHABLE = ("queued",)
-# arq's enqueue is a WATCH/MULTI transaction per job: run a few at once over the connection pool.
-PUSH_CONCURRENCY = 32
+# Dispatches per Redis round trip (one script call each).
+PUSH_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -87,6 +86,7 @@ class JobQueue:
         self.dispatch_ttl_s = dispatch_ttl_s
         # A creator's job on a fair queue is left to the dispatcher (geniehelper.runtime.delivery).
         self.fair_queues = frozenset(fair_queues)
+        self._marks: Coalescer[list[Dispatch], None] = Coalescer(self._mark_enqueued)
 
     async def enqueue(
         self,
@@ -104,8 +104,14 @@ class JobQueue:
         `job.push_deferred`): the outbox relay delivers it, so the caller never retries into a second job.
         """
         user = UUID(str(user_id)) if user_id is not None else None
-        async with self.db.scoped_tx(user) as conn:
-            job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
+        if self.registry[job_name].quota_operation is None:
+            # One statement, its own transaction: record_jobs acts for the creator it is given.
+            pool: Any = self.db.app_pool if user is not None else self.db.system_pool
+            async with pool.acquire() as conn:
+                job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
+        else:  # the quota is consumed in the records' transaction
+            async with self.db.scoped_tx(user) as conn:
+                job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
         await self.push(job)
         return job
 
@@ -197,7 +203,7 @@ class JobQueue:
         return await self.push_many([job]) == 1
 
     async def push_many(self, jobs: list[EnqueuedJob]) -> int:
-        """Push committed records to arq, then mark them enqueued (one statement per creator).
+        """Push committed records to arq, then mark them enqueued (with other callers' in one statement).
 
         Returns how many are now in Redis. A push that fails is logged `job.push_deferred` and left
         to the outbox relay; it never raises.
@@ -210,34 +216,37 @@ class JobQueue:
         dispatches = [job.dispatch() for job in pushable]
         errors = await push_dispatches(self.redis, dispatches, self.dispatch_ttl_s)
         delivered = [d for d, error in zip(dispatches, errors, strict=True) if error is None]
-        by_creator: dict[UUID | None, list[Dispatch]] = defaultdict(list)
-        for dispatch in delivered:
-            by_creator[dispatch.user_id].append(dispatch)
-        for user_id, dispatches in by_creator.items():
+        if delivered:
             try:
-                async with self.db.scoped_tx(user_id) as conn:
-                    await conn.execute(
-                        store.MARK_ENQUEUED_MANY, [d.record_id for d in dispatches], [d.dispatch_no for d in dispatches]
-                    )
+                await self._marks.submit(delivered)
             except Exception as exc:  # they are in Redis; the relay finds them there and marks them
-                log.warning("job.mark_enqueued_failed", user_id=str(user_id), jobs=len(dispatches), error=describe(exc))
+                log.warning("job.mark_enqueued_failed", jobs=len(delivered), error=describe(exc))
         return len(delivered)
+
+    async def _mark_enqueued(self, batches: list[list[Dispatch]]) -> list[None]:
+        """The pushes of concurrent callers, marked in one statement (the system role's: they span creators)."""
+        dispatches = [d for batch in batches for d in batch]
+        async with self.db.records_pool.acquire() as conn:
+            await conn.execute(
+                store.MARK_ENQUEUED_MANY, [d.record_id for d in dispatches], [d.dispatch_no for d in dispatches]
+            )
+        return [None] * len(batches)
 
 
 async def push_dispatches(redis: ArqRedis, dispatches: list[Dispatch], ttl_s: float) -> list[str | None]:
-    """Push dispatches a few at a time. For each: None when it is now in Redis (pushed, or found
-    already there), else why the push failed."""
+    """Push dispatches, PUSH_CHUNK per round trip. For each: None when it is now in Redis (pushed, or
+    found already there), else why the push failed."""
     errors: list[str | None] = []
-    for start in range(0, len(dispatches), PUSH_CONCURRENCY):
-        chunk = dispatches[start : start + PUSH_CONCURRENCY]
-        results = await asyncio.gather(*[push_dispatch(redis, d, ttl_s=ttl_s) for d in chunk], return_exceptions=True)
-        for dispatch, result in zip(chunk, results, strict=True):
-            if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
-                    raise result
-                log.warning("job.push_deferred", record_id=str(dispatch.record_id), job_name=dispatch.job_name,
-                            user_id=str(dispatch.user_id), error=describe(result))  # fmt: skip
-                errors.append(describe(result))
-            else:
-                errors.append(None)
+    for start in range(0, len(dispatches), PUSH_CHUNK):
+        chunk = dispatches[start : start + PUSH_CHUNK]
+        try:
+            await push_dispatches_at_once(redis, chunk, ttl_s=ttl_s)
+        except Exception as exc:
+            error = describe(exc)
+            first = chunk[0]
+            log.warning("job.push_deferred", jobs=len(chunk), record_id=str(first.record_id), job_name=first.job_name,
+                        user_id=str(first.user_id), error=error)  # fmt: skip
+            errors += [error] * len(chunk)
+        else:
+            errors += [None] * len(chunk)
     return errors

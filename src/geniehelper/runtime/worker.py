@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import socket
 from typing import Any
 
 import httpx
@@ -38,6 +40,7 @@ from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
+from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import classify, describe
 from geniehelper.runtime.transport import (
@@ -90,11 +93,15 @@ def build_worker_settings(
         db = await _open_database(db_url, settings)
         http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
         limits = load_tier_limits()
+        records = RecordWriter(
+            db.records_pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.job_lease_s,
+            heartbeat_interval_s=settings.job_heartbeat_interval_s, batch_wait_s=settings.job_record_batch_wait_s,
+        )  # fmt: skip
         resources = Resources(
             settings=settings, db=db, redis=redis, http=http, registry=registry,
             queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s,
                            fair_queues=settings.fair_queues),
-            limits=limits,
+            limits=limits, records=records,
         )  # fmt: skip
         try:
             resources.credential_cipher()
@@ -172,6 +179,7 @@ async def close_resources(ctx: dict[str, Any], role: str) -> None:
             await task
     resources: Resources | None = ctx.pop("resources", None)
     if resources is not None:
+        await resources.records.close()
         await resources.http.aclose()
         await resources.db.close()
         with contextlib.suppress(Exception):
