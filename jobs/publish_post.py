@@ -35,6 +35,7 @@ from geniehelper.platforms import (
 )
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.resources import CREDENTIALS, HTTP_CLIENT
 from geniehelper.runtime.retry import PermanentJobError, TransientJobError
 
 log = structlog.get_logger("jobs.publish_post")
@@ -46,7 +47,7 @@ class PublishPostPayload(JobPayload):
 
 
 async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str, Any]:
-    max_lateness_s = ctx.resources.settings.post_max_lateness_s
+    max_lateness_s = ctx.settings.post_max_lateness_s
     async with ctx.creator_tx() as conn:
         post = await publishing.load_for_publish(conn, payload.scheduled_post_id)
         if post is None:
@@ -71,7 +72,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         raise PermanentJobError("platform connection missing or without api_base_url")
 
     try:
-        cipher = ctx.resources.credential_cipher()
+        cipher = ctx.resource(CREDENTIALS)
         token = connections.decrypt_token(cipher, connection)
     except CredentialError as exc:
         reason = f"stored credentials cannot be used: {exc}"
@@ -81,7 +82,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         raise PermanentJobError(reason) from exc
 
     client = HttpPlatformClient(
-        connection.api_base_url, token, ctx.resources.http, timeout_s=ctx.resources.settings.platform_timeout_s
+        connection.api_base_url, token, ctx.resource(HTTP_CLIENT), timeout_s=ctx.settings.platform_timeout_s
     )
     try:
         published: PublishedPost | None = None
@@ -180,4 +181,5 @@ PUBLISH_POST = JobDefinition(
     key=lambda p: f"publish_post:{p.scheduled_post_id}:r{p.revision}",
     subject=lambda p: Subject("scheduled_post", p.scheduled_post_id),
     on_failure=publish_post_failed,
+    resources=(HTTP_CLIENT, CREDENTIALS),
 )

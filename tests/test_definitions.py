@@ -24,6 +24,7 @@ from geniehelper.runtime.delivery import dispatch_fair
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry, discover
+from geniehelper.runtime.resources import ResourceKey
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
@@ -119,7 +120,7 @@ class GroupPayload(JobPayload):
 
 async def run_in_group(ctx: JobContext, payload: GroupPayload) -> None:
     """Counts how many jobs of its group run at once (observed in Redis), for a moment."""
-    redis = ctx.resources.redis
+    redis = ctx.resource(jobs_for_tests.TEST_REDIS)
     running = await redis.incr(f"test:conc:{payload.group}:running")
     await redis.rpush(f"test:conc:{payload.group}:seen", running)
     await asyncio.sleep(0.3)
@@ -128,6 +129,7 @@ async def run_in_group(ctx: JobContext, payload: GroupPayload) -> None:
 
 GROUPED = JobDefinition(
     "t_grouped", GroupPayload, run_in_group, concurrency=Concurrency(key=lambda p: f"group:{p.group}", limit=2),
+    resources=(jobs_for_tests.TEST_REDIS,),
     subject=lambda p: Subject("test_group", uuid.uuid5(uuid.NAMESPACE_URL, p.group)),
 )
 
@@ -247,3 +249,60 @@ async def test_a_fair_queue_serves_creators_round_robin_behind_one_creators_back
     assert len(order) == 305 and {j.id for j in quiet_jobs} <= {
         r["id"] for r in await owner.fetch("select id from media_jobs where status = 'completed'")
     }
+
+
+OPENED: list[str] = []
+
+
+async def _open_named(settings: Settings) -> str:
+    OPENED.append("media_tool")
+    return "media tool"
+
+
+async def _open_broken(settings: Settings) -> str:
+    raise RuntimeError("MEDIA_BROKEN_URL is not set")
+
+
+MEDIA_TOOL = ResourceKey("media_tool", _open_named)
+BROKEN_TOOL = ResourceKey("broken_tool", _open_broken)
+
+
+class ToolPayload(JobPayload):
+    use: str
+
+
+async def use_tool(ctx: JobContext, payload: ToolPayload) -> str:
+    return ctx.resource({"media_tool": MEDIA_TOOL, "broken_tool": BROKEN_TOOL}[payload.use])
+
+
+TOOL_JOB = JobDefinition("t_tool", ToolPayload, use_tool, queue="media", resources=(MEDIA_TOOL, BROKEN_TOOL))
+UNDECLARED_JOB = JobDefinition("t_undeclared", ToolPayload, use_tool, queue="media")
+DEFAULT_TOOL_JOB = JobDefinition("t_default_tool", ToolPayload, use_tool, resources=(MEDIA_TOOL,))
+
+
+async def test_a_worker_opens_the_resources_its_queues_jobs_declare_and_a_job_gets_only_what_it_declared(
+    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    registry = JobRegistry([TOOL_JOB, UNDECLARED_JOB, DEFAULT_TOOL_JOB])
+    jobs = JobQueue(db, arq_redis, registry, load_tier_limits())
+    creator = await make_creator(owner)
+    OPENED.clear()
+    await drain_queue(settings, registry, "default")  # its only job declares the tool: opened once
+    assert OPENED == ["media_tool"]
+    used = await jobs.enqueue("t_tool", {"use": "media_tool"}, user_id=creator)
+    broken = await jobs.enqueue("t_tool", {"use": "broken_tool"}, user_id=creator)
+    undeclared = await jobs.enqueue("t_undeclared", {"use": "media_tool"}, user_id=creator)
+    OPENED.clear()
+    await drain_queue(settings, registry, "media")  # two jobs declare it: still opened once
+    assert OPENED == ["media_tool"]
+    rows = {
+        r["id"]: r
+        for r in await owner.fetch(
+            "select id, status, result, error from media_jobs where id = any($1)", [used.id, broken.id, undeclared.id]
+        )
+    }
+    assert (rows[used.id]["status"], rows[used.id]["result"]) == ("completed", "media tool")
+    assert rows[broken.id]["status"] == "failed" and "MEDIA_BROKEN_URL is not set" in rows[broken.id]["error"]
+    assert rows[undeclared.id]["status"] == "failed"
+    assert "did not declare resource 'media_tool'" in rows[undeclared.id]["error"]

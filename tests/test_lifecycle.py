@@ -35,7 +35,10 @@ from tests import jobs_for_tests
 from tests.conftest import make_creator
 from tests.helpers import BIN, base_env, spawn, stop_worker
 
-FUTURE_JOB = JobDefinition("t_future", jobs_for_tests.CountPayload, jobs_for_tests.count, policy=jobs_for_tests.FAST)
+FUTURE_JOB = JobDefinition(
+    "t_future", jobs_for_tests.CountPayload, jobs_for_tests.count, policy=jobs_for_tests.FAST,
+    resources=(jobs_for_tests.TEST_REDIS,),
+)
 ALL_CONTRACTS = [*jobs_for_tests.CONTRACTS, FUTURE_JOB]
 
 

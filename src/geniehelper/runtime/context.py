@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
-import httpx
 from arq.connections import ArqRedis
 
-from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.runtime import store
 from geniehelper.runtime.definition import AnyJob
@@ -19,6 +17,7 @@ from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import TierLimits
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
+from geniehelper.runtime.resources import OpenResources, ResourceKey
 from geniehelper.settings import Settings
 
 
@@ -29,18 +28,14 @@ class Resources:
     settings: Settings
     db: Database
     redis: ArqRedis
-    http: httpx.AsyncClient
     registry: JobRegistry
     queue: JobQueue
     limits: TierLimits
     records: RecordWriter
-    _cipher: CredentialCipher | None = None
+    opened: OpenResources  # what the queue's jobs declared (runtime.resources)
 
-    def credential_cipher(self) -> CredentialCipher:
-        """Built on first use; a missing or malformed key raises CredentialKeyError naming the variable."""
-        if self._cipher is None:
-            self._cipher = self.settings.credential_cipher()
-        return self._cipher
+
+T = TypeVar("T")
 
 
 class LeaseLost(Exception):
@@ -95,8 +90,18 @@ class JobContext:
 
     async def ensure_lease(self) -> None:
         """Raise LeaseLost if this attempt no longer owns the job: call it before an outside effect."""
-        async with self.tx():
-            pass
+        if self.fenced and not await self.resources.records.holds(self.record_id, self.user_id, self.attempt):
+            raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
+
+    @property
+    def settings(self) -> Settings:
+        return self.resources.settings
+
+    def resource(self, key: ResourceKey[T]) -> T:
+        """A resource this job declared (`JobDefinition.resources`), as its worker opened it."""
+        if key not in self.job.resources:
+            raise TypeError(f"{self.job.name} did not declare resource {key.name!r} (JobDefinition.resources)")
+        return self.resources.opened.get(key)
 
     @property
     def is_last_attempt(self) -> bool:

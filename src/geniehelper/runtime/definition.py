@@ -21,6 +21,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from geniehelper.runtime.resources import ResourceKey
+
 if TYPE_CHECKING:
     from geniehelper.runtime.context import JobContext
 
@@ -114,6 +116,8 @@ class JobDefinition(Generic[P]):
     concurrency: Concurrency[P] | None = None
     on_failure: Callable[[JobContext, P, str], Awaitable[None]] | None = None
     on_success: Callable[[JobContext, P, JobResult], Awaitable[None]] | None = None
+    # What it uses beyond the database (runtime.resources): opened by the workers of its queue.
+    resources: tuple[ResourceKey[Any], ...] = ()
 
     RESERVED_KWARGS: ClassVar[frozenset[str]] = frozenset({"record_id", "user_id", "payload"})
 

@@ -112,6 +112,11 @@ class RecordWriter:
             (answer,) = await self._fetch_starts(conn, [request])
         return answer
 
+    async def holds(self, record_id: UUID, user_id: UUID | None, attempt: int) -> bool:
+        """Whether the attempt still owns the record (one statement, no transaction)."""
+        async with self.pool.acquire() as conn:
+            return bool(await conn.fetchval(store.ATTEMPT_HOLDS, record_id, user_id, attempt))
+
     async def finish(self, outcome: Finish) -> bool:
         """Record an outcome; False when the attempt no longer owns the record (nothing written)."""
         return await self._finishes.submit(outcome)

@@ -85,6 +85,12 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
+# Whether an attempt still owns its record (checked before an outside effect).
+ATTEMPT_HOLDS = """
+select exists (select 1 from media_jobs
+                where id = $1 and user_id is not distinct from $2 and attempts = $3 and status = 'processing')
+"""
+
 # Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
 BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
 BEGIN_SYSTEM_JOB_TX = "select begin_system_job_tx($1, $2)"

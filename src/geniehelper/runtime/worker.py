@@ -20,7 +20,6 @@ import signal
 import socket
 from typing import Any
 
-import httpx
 import structlog
 from arq import func
 from arq.connections import create_pool
@@ -28,7 +27,6 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, create_worker
 
 from geniehelper import health
-from geniehelper.crypto import CredentialKeyError
 from geniehelper.db import Database
 from geniehelper.runtime.attempt import (
     OUTCOME_WRITE_DELAYS_S,
@@ -42,6 +40,7 @@ from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
+from geniehelper.runtime.resources import OpenResources
 from geniehelper.runtime.retry import classify, describe
 from geniehelper.runtime.transport import (
     REJECTED_FUNCTION,
@@ -91,22 +90,22 @@ def build_worker_settings(
         for warning in await config_warnings(redis):
             log.warning("worker.unsafe_redis", problem=warning)
         db = await _open_database(db_url, settings)
-        http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+        # Resources see the servers this worker uses (the embedded stack's when none were given).
+        opened = await OpenResources.open(
+            (key for job in jobs for key in job.resources),
+            settings.model_copy(update={"database_url": db_url, "redis_url": redis_url}),
+        )
         limits = load_tier_limits()
         records = RecordWriter(
             db.records_pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.job_lease_s,
             heartbeat_interval_s=settings.job_heartbeat_interval_s, batch_wait_s=settings.job_record_batch_wait_s,
         )  # fmt: skip
         resources = Resources(
-            settings=settings, db=db, redis=redis, http=http, registry=registry,
+            settings=settings, db=db, redis=redis, registry=registry,
             queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s,
                            fair_queues=settings.fair_queues),
-            limits=limits, records=records,
+            limits=limits, records=records, opened=opened,
         )  # fmt: skip
-        try:
-            resources.credential_cipher()
-        except CredentialKeyError as exc:  # the worker still runs jobs that need no credentials
-            log.error("worker.credentials_unavailable", problem=str(exc))
         ctx["resources"] = resources
         ctx["health_task"] = asyncio.create_task(
             health.beat_forever(
@@ -180,7 +179,7 @@ async def close_resources(ctx: dict[str, Any], role: str) -> None:
     resources: Resources | None = ctx.pop("resources", None)
     if resources is not None:
         await resources.records.close()
-        await resources.http.aclose()
+        await resources.opened.close()
         await resources.db.close()
         with contextlib.suppress(Exception):
             await resources.redis.delete(health.health_key(role))
