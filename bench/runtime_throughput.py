@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from arq import func
@@ -49,7 +51,7 @@ from bench.common import (
 from geniehelper.db import Database, connect_owner
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
-from geniehelper.runtime.queue import EnqueuedJob, JobQueue
+from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
@@ -76,6 +78,14 @@ NOOP = JobDefinition("bench_noop", NoopPayload, noop_job, policy=Policy(max_atte
 
 async def bare_noop(ctx: dict[str, Any]) -> None:
     return None
+
+
+def ready_key(run_id: str) -> str:  # bench.burst_worker processes count themselves in when started up
+    return f"bench:workers:{run_id}:ready"
+
+
+def go_key(run_id: str) -> str:  # ... and each takes one token from here to start draining
+    return f"bench:workers:{run_id}:go"
 
 
 @dataclass
@@ -182,12 +192,7 @@ class Bench:
         phase = Phase(label, n, extra={"batch_size": batch})
 
         async def record_batch(b: int) -> list[EnqueuedJob]:
-            user = self.creators[b % N_CREATORS]
-            async with self.db.creator_tx(user) as conn:
-                recorded = [
-                    await self.queue.record(conn, NOOP.name, NoopPayload(n=i), user_id=user)
-                    for i in range(b * batch, min((b + 1) * batch, n))
-                ]
+            recorded = await self.record_batch(b, batch, n)
             await self.queue.push_many(recorded)
             return recorded
 
@@ -199,6 +204,54 @@ class Bench:
         phase.enqueue_s = sw.seconds
         phase.run_s = await drain(self.our_worker(poll_delay))
         await self.verify_ours(phase, [j.id for b in batches for j in b])
+        return phase
+
+    async def record_batch(self, b: int, batch: int, n: int) -> list[EnqueuedJob]:
+        """Jobs b*batch .. (b+1)*batch-1 for one creator, in one statement of its transaction."""
+        user = self.creators[b % N_CREATORS]
+        requests = [JobRequest(NoopPayload(n=i)) for i in range(b * batch, min((b + 1) * batch, n))]
+        async with self.db.creator_tx(user) as conn:
+            outcomes = await self.queue.record_many(conn, NOOP.name, requests, user_id=user)
+        return [o for o in outcomes if isinstance(o, EnqueuedJob)]
+
+    async def in_processes(self, side: str, n: int, processes: int) -> Phase:
+        """n jobs drained by `processes` burst worker processes started together (timed from the go
+        signal, sent once every process has started up, to the last one's exit)."""
+        phase = Phase(f"{side}: {processes} worker process{'es' if processes > 1 else ''}", n)
+        ids: list[UUID] = []
+        if side == "ours":
+            batches = await in_parallel(-(-n // 500), self.producers, lambda b: self.record_batch(b, 500, n))
+            recorded = [j for b in batches for j in b]
+            await self.queue.push_many(recorded)
+            ids = [j.id for j in recorded]
+        else:
+            pool = await create_pool(RedisSettings.from_dsn(self.srv.redis_url), default_queue_name=BARE_QUEUE)
+            try:
+                await in_parallel(n, self.producers, lambda _i: pool.enqueue_job("noop"))
+            finally:
+                await pool.aclose()
+        run_id = uuid4().hex
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.burst_worker", side, self.database_url, self.srv.redis_url, run_id,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            for _ in range(processes)
+        ]
+        while int(await self.redis.get(ready_key(run_id)) or 0) < processes:
+            await asyncio.sleep(0.05)  # start-up (imports, pools) is not what is measured
+        with Stopwatch() as sw:
+            await self.redis.rpush(go_key(run_id), *["go"] * processes)  # type: ignore[misc]
+            outputs = [await proc.communicate() for proc in procs]
+        phase.run_s = sw.seconds
+        counts = [json.loads(out.decode().strip().splitlines()[-1]) for out, _ in outputs]
+        if side == "ours":
+            await self.verify_ours(phase, ids)
+        else:
+            phase.completed = sum(c["completed"] for c in counts)
+            phase.check = f"{phase.completed:,}/{n:,} completed (the workers' counts)"
+            if phase.completed != n or any(c["failed"] or c["retried"] for c in counts):
+                self.problems.append(f"{phase.label}: worker counts {counts} for {n} jobs")
         return phase
 
     async def bare(self, label: str, n: int, poll_delay: float, *, time_enqueue: bool = True) -> Phase:
@@ -239,7 +292,9 @@ async def drain(worker: Worker) -> float:
     return sw.seconds
 
 
-async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool) -> int:
+async def run(
+    srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool, process_counts: list[int]
+) -> int:
     n_deployed = min(n_jobs, DEPLOYED_JOBS_MAX)
     async with fresh_database(srv, NAME) as database_url:
         settings = bench_settings(database_url, srv.redis_url)
@@ -256,7 +311,8 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
         )
         redis = await prepare_redis(srv, [queue_key("default"), BARE_QUEUE])
         owner = await connect_owner(database_url)
-        db = await Database.open(database_url, min_size=1, max_size=max(producers, 2))
+        # All connections opened up front: a service enqueues on a warm pool.
+        db = await Database.open(database_url, min_size=max(producers, 2), max_size=max(producers, 2))
         try:
             creators = [await make_creator(owner, tier="pro") for _ in range(N_CREATORS)]
             bench = Bench(
@@ -266,12 +322,15 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
             main_rows = [await bench.ours_one_by_one("ours: enqueue() one by one", n_jobs, FAST_POLL_S)]
             if variant:
                 main_rows.append(
-                    await bench.ours_batched(f"ours: record() x{batch} + push_many", n_jobs, batch, FAST_POLL_S)
+                    await bench.ours_batched(f"ours: record_many() x{batch} + push_many", n_jobs, batch, FAST_POLL_S)
                 )
             bare = await bench.bare("baseline: bare arq (pickle)", n_jobs, FAST_POLL_S)
             deployed = [
                 await bench.ours_one_by_one("ours", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
                 await bench.bare("baseline: bare arq", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
+            ]
+            by_processes = [
+                await bench.in_processes(side, n_jobs, count) for count in process_counts for side in ("ours", "bare")
             ]
         finally:
             await db.close()
@@ -300,6 +359,14 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
         f"poll_delay: about {max(5 * bench.concurrency, 100) / ARQ_DEFAULT_POLL_S:,.0f} jobs/s per worker process "
         "whatever the jobs cost"
     )
+    print()
+    print(f"-- worker processes ({n_jobs:,} jobs, poll_delay {FAST_POLL_S} s, timed from a common start) --")
+    rows = []
+    for ours_row, bare_row in zip(by_processes[::2], by_processes[1::2], strict=True):
+        rows.append([ours_row.label, fmt(ours_row.run_per_s, 0), ours_row.check])
+        rows.append([bare_row.label, fmt(bare_row.run_per_s, 0), bare_row.check])
+        rows.append(["  ratio ours / bare", f"{ours_row.run_per_s / bare_row.run_per_s:.2f}x", ""])
+    print_table(["", "run jobs/s", "verified"], rows)
     figures: dict[str, Any] = {
         "jobs": n_jobs, "producers": producers, "worker_max_jobs": bench.concurrency,
         "fast_poll_delay_s": FAST_POLL_S,
@@ -308,6 +375,7 @@ async def run(srv: Servers, n_jobs: int, producers: int, batch: int, variant: bo
         "arq_default_poll_delay": {
             "poll_delay_s": ARQ_DEFAULT_POLL_S, "rows": {p.label: p.as_dict() for p in deployed},
         },
+        "worker_processes": {p.label: p.as_dict() for p in by_processes},
         "problems": bench.problems,
         "logged": logs.summary(),
     }  # fmt: skip
@@ -325,9 +393,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--producers", type=int, default=10, help="concurrent enqueuers, both sides (default 10)")
     parser.add_argument("--batch", type=int, default=500, help="batch size of the record() + push_many variant")
     parser.add_argument("--no-batch-variant", dest="variant", action="store_false", help="skip the batched variant")
+    parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4],
+                        help="worker process counts of the multi-process rows (default 1 2 4; none: skip)")  # fmt: skip
     args = parser.parse_args(argv)
     with servers() as srv:
-        return asyncio.run(run(srv, args.jobs, args.producers, args.batch, args.variant))
+        return asyncio.run(run(srv, args.jobs, args.producers, args.batch, args.variant, args.processes))
 
 
 if __name__ == "__main__":
