@@ -22,9 +22,10 @@ from structlog.testing import capture_logs
 from geniehelper.db import Database
 from geniehelper.embedded import free_port
 from geniehelper.runtime import store
-from geniehelper.runtime.attempt import OUTCOME_PREFIX, UNKNOWN_JOB_MAX_TRIES
+from geniehelper.runtime.attempt import UNKNOWN_JOB_MAX_TRIES
 from geniehelper.runtime.definition import JobDefinition, queue_key
 from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
+from geniehelper.runtime.outcome import OUTCOME_PREFIX
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -37,23 +36,19 @@ from pydantic import BaseModel
 from geniehelper.runtime import store
 from geniehelper.runtime.context import JobContext, LeaseLost, Resources
 from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobDefinition, JobPayload
-from geniehelper.runtime.record_writer import Finish, OutcomeStatus, StartAnswer, StartRequest
+from geniehelper.runtime.outcome import Outcome, finish_of, record_parked_outcome, settle
+from geniehelper.runtime.record_writer import StartAnswer, StartRequest
 from geniehelper.runtime.retry import backoff_s, classify, describe
 from geniehelper.runtime.transport import dispatch_no_of
 
 log = structlog.get_logger("geniehelper.runtime")
 
-OUTCOME_PREFIX = "geniehelper:outcome:"
-OUTCOME_TTL_S = 7 * 86_400
-# In-process retries of an outcome write before it is parked in Redis (about 8 s in all).
-OUTCOME_WRITE_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 # An unknown job name is handed back this often (every UNKNOWN_JOB_RETRY_S) before it is failed.
 UNKNOWN_JOB_RETRY_S = 10.0
 UNKNOWN_JOB_MAX_TRIES = 30
 # A job whose concurrency key is at its limit asks again after this (plus as much again at random).
 CONCURRENCY_RETRY_S = 0.5
 
-Outcome = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ async def _deliver(
     record_id = envelope.record_id
     if record_id is not None and (job_try > 1 or envelope.dispatch_no > 1):
         with structlog.contextvars.bound_contextvars(record_id=str(record_id)):
-            settled = await _record_parked_outcome(resources, job, record_id, envelope.user_id, payload)
+            settled = await record_parked_outcome(resources, job, record_id, envelope.user_id, payload)
         if settled is not None:
             return settled
     try:
@@ -159,7 +154,7 @@ async def _deliver(
                 error = (
                     f"retries exhausted: attempt {ctx.attempt} of {ctx.max_attempts} (earlier attempts did not finish)"
                 )
-                return await _settle(
+                return await settle(
                     ctx, payload, {"kind": "fail", "error": error, "error_kind": "retries_exhausted"}
                 )
             return await _attempt(ctx, payload)
@@ -215,7 +210,7 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
         # Worker shutting down: hand the job back (arq re-queues this dispatch) with the record queued.
         with contextlib.suppress(Exception):
             await asyncio.shield(ctx.resources.records.finish(
-                _finish_of(ctx, {"kind": "retry", "error": "worker shut down mid-job", "error_kind": "interrupted",
+                finish_of(ctx, {"kind": "retry", "error": "worker shut down mid-job", "error_kind": "interrupted",
                                  "delay_s": 0.0})
             ))  # fmt: skip
         log.warning("job.interrupted")
@@ -234,20 +229,20 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
             delay = max(retry_after or 0.0, backoff_s(job.policy, ctx.attempt))
             log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2),
                         took_ms=_ms(loop, started_at))  # fmt: skip
-            return await _settle(
+            return await settle(
                 ctx, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay}
             )
         if error_class == "transient":
             attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
             error = f"retries exhausted after {attempts}; last error: {error}"
-        return await _settle(ctx, payload, {"kind": "fail", "error": error, "error_kind": kind},
+        return await settle(ctx, payload, {"kind": "fail", "error": error, "error_kind": kind},
                              took_ms=_ms(loop, started_at))  # fmt: skip
     finally:
         if not run_task.done():
             run_task.cancel()
 
     stored = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
-    return await _settle(ctx, payload, {"kind": "complete", "result": stored}, took_ms=_ms(loop, started_at))
+    return await settle(ctx, payload, {"kind": "complete", "result": stored}, took_ms=_ms(loop, started_at))
 
 
 def _cancelling() -> bool:
@@ -257,110 +252,6 @@ def _cancelling() -> bool:
 
 def _ms(loop: asyncio.AbstractEventLoop, since: float) -> int:
     return round((loop.time() - since) * 1000)
-
-
-OUTCOME_STATUS: dict[str, OutcomeStatus] = {"complete": "completed", "fail": "failed", "retry": "queued"}
-
-
-def _finish_of(ctx: JobContext, outcome: Outcome) -> Finish:
-    """The record write of an outcome ({"kind": complete|fail|retry, ...}, the shape parked in Redis)."""
-    return Finish(
-        ctx.record_id, ctx.user_id, ctx.attempt, OUTCOME_STATUS[outcome["kind"]], outcome.get("result"),
-        outcome.get("error"), outcome.get("error_kind"), outcome.get("delay_s", 0.0),
-    )  # fmt: skip
-
-
-async def _settle(
-    ctx: JobContext, payload: JobPayload, outcome: Outcome, *, took_ms: int | None = None
-) -> Outcome:
-    """Record an attempt's outcome; park it in Redis if PostgreSQL stays unreachable."""
-    try:
-        landed = await _write_with_retries(ctx, _finish_of(ctx, outcome))
-    except Exception as exc:
-        await _park(ctx, outcome, exc)
-        raise Retry(defer=backoff_s(ctx.job.policy, ctx.attempt)) from exc
-    return await _after_write(ctx, payload, outcome, landed, took_ms)
-
-
-async def _after_write(
-    ctx: JobContext, payload: JobPayload, outcome: Outcome, landed: bool, took_ms: int | None = None
-) -> Outcome:
-    kind = outcome["kind"]
-    if not landed:
-        log.warning("job.stale_outcome_ignored", outcome=kind, took_ms=took_ms)
-        return {"status": "stale", "outcome": kind}
-    if kind == "complete":
-        log.info("job.completed", took_ms=took_ms)
-        if ctx.job.on_success is not None:  # the next step of a chain
-            try:
-                await ctx.job.on_success(replace(ctx, fenced=False), payload, outcome.get("result"))
-            except Exception as exc:
-                log.error("job.success_hook_failed", error=describe(exc))
-        return {"status": "completed", "result": outcome.get("result")}
-    if kind == "retry":
-        raise Retry(defer=outcome["delay_s"])
-    log.error("job.failed", error=outcome["error"], error_kind=outcome["error_kind"], took_ms=took_ms)
-    await _on_failure(replace(ctx, fenced=False), payload, outcome["error"])
-    return {"status": "failed", "error_kind": outcome["error_kind"], "error": outcome["error"]}
-
-
-async def _write_with_retries(ctx: JobContext, finish: Finish) -> bool:
-    last: Exception | None = None
-    for delay in (*OUTCOME_WRITE_DELAYS_S, None):
-        try:
-            return await asyncio.shield(ctx.resources.records.finish(finish))
-        except Exception as exc:
-            last = exc
-            log.warning("job.outcome_write_failed", error=describe(exc), retry_in_s=delay)
-            if delay is not None:
-                await asyncio.sleep(delay)
-    assert last is not None
-    raise last
-
-
-async def _park(ctx: JobContext, outcome: Outcome, exc: Exception) -> None:
-    """Keep the outcome in Redis by record and attempt: the next delivery records it."""
-    value = json.dumps({**outcome, "attempt": ctx.attempt})
-    try:
-        await ctx.resources.redis.set(f"{OUTCOME_PREFIX}{ctx.record_id}", value, ex=OUTCOME_TTL_S)
-    except Exception as redis_exc:
-        log.error("job.outcome_lost", outcome=outcome["kind"], error=describe(exc), redis_error=describe(redis_exc))
-        return
-    log.warning("job.outcome_parked", outcome=outcome["kind"], error=describe(exc))
-
-
-async def _record_parked_outcome(
-    resources: Resources, job: AnyJob, record_id: UUID, user_id: UUID | None, payload: JobPayload
-) -> Outcome | None:
-    """Record an outcome an earlier delivery parked; None when there is none (or it was a retry)."""
-    key = f"{OUTCOME_PREFIX}{record_id}"
-    raw = await resources.redis.get(key)
-    if raw is None:
-        return None
-    outcome = json.loads(raw)
-    attempt = int(outcome.pop("attempt"))
-    ctx = JobContext(resources, job, record_id, user_id, attempt, attempt)
-    try:
-        landed = await resources.records.finish(_finish_of(ctx, outcome))
-    except Exception as exc:
-        delay = backoff_s(job.policy, attempt)
-        log.warning("job.parked_outcome_not_recorded", error=describe(exc), retry_in_s=round(delay, 2))
-        raise Retry(defer=delay) from exc
-    await resources.redis.delete(key)
-    log.info("job.parked_outcome_recorded", outcome=outcome["kind"], attempt=attempt, landed=landed)
-    if outcome["kind"] == "retry" and landed:
-        return None  # recorded; this delivery now starts the next attempt when it is due
-    with structlog.contextvars.bound_contextvars(attempt=attempt):
-        return await _after_write(ctx, payload, outcome, landed)
-
-
-async def _on_failure(ctx: JobContext, payload: JobPayload, error: str) -> None:
-    if ctx.job.on_failure is None:
-        return
-    try:
-        await ctx.job.on_failure(ctx, payload, error)
-    except Exception as exc:  # the job is failed either way; say that its rows may not say so
-        log.error("job.failure_hook_failed", error=describe(exc))
 
 
 async def _record_foreign_job(

@@ -29,13 +29,13 @@ from arq.worker import Worker, create_worker
 from geniehelper import health
 from geniehelper.db import Database
 from geniehelper.runtime.attempt import (
-    OUTCOME_WRITE_DELAYS_S,
     make_arq_function,
     make_rejected_function,
     make_unknown_job_function,
 )
 from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
+from geniehelper.runtime.outcome import OUTCOME_WRITE_DELAYS_S
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.record_writer import RecordWriter
