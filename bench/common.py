@@ -46,25 +46,32 @@ class Servers:
     redis_url: str
     embedded: bool
     owned: bool  # True: servers this run started (throw-away: Redis may be flushed)
+    owner_url: str  # the same server as the schema owner (MIGRATE_DATABASE_URL)
+    data_dir: Path = BENCH_DATA_DIR
 
     def describe(self) -> str:
         if self.embedded:
             started = "started for this run" if self.owned else "already running, reused"
-            return f"embedded stack under {BENCH_DATA_DIR.relative_to(ROOT)}, {started} (fsync off, no Redis AOF)"
+            where = self.data_dir.relative_to(ROOT) if self.data_dir.is_relative_to(ROOT) else self.data_dir
+            return f"embedded stack under {where}, {started} (fsync off, no Redis AOF)"
         return "DATABASE_URL / REDIS_URL from the environment"
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """The given servers, or an embedded stack started for this run and stopped after it."""
+def servers(data_dir: Path | None = None) -> Iterator[Servers]:
+    """The given servers, or an embedded stack started for this run and stopped after it (under
+    `data_dir`, default .data/bench: another folder lets a benchmark run beside another)."""
     given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if given_db and given_redis:
-        yield Servers(given_db, given_redis, embedded=False, owned=False)
+        owner = os.environ.get("MIGRATE_DATABASE_URL") or given_db
+        yield Servers(given_db, given_redis, embedded=False, owned=False, owner_url=owner)
         return
-    stack = EmbeddedStack(BENCH_DATA_DIR, durable=False)
+    where = (data_dir or BENCH_DATA_DIR).resolve()
+    stack = EmbeddedStack(where, durable=False)
     urls = stack.start()
     try:
-        yield Servers(urls.database_url, urls.redis_url, embedded=True, owned=stack.is_owner)
+        yield Servers(urls.database_url, urls.redis_url, embedded=True, owned=stack.is_owner, owner_url=urls.owner_url,
+                      data_dir=where)  # fmt: skip
     finally:
         stack.stop()
 
@@ -75,20 +82,20 @@ def with_database(url: str, name: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_database(srv: Servers, name: str) -> AsyncIterator[str]:
-    """A new database with every migration applied; yields its owner URL, drops it on exit."""
+async def fresh_database(srv: Servers, name: str) -> AsyncIterator[tuple[str, str]]:
+    """A new database with every migration applied; yields its URLs (processes', the owner's), drops it on exit."""
     db_name = f"gh_bench_{name}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = await asyncpg.connect(with_database(srv.database_url, "postgres"))
+    admin = await asyncpg.connect(with_database(srv.owner_url, "postgres"))
     try:
         await admin.execute(f'create database "{db_name}"')
-        url = with_database(srv.database_url, db_name)
+        url = with_database(srv.owner_url, db_name)
         owner = await connect_owner(url)
         try:
             await apply_migrations(owner)
         finally:
             await owner.close()
         try:
-            yield url
+            yield with_database(srv.database_url, db_name), url
         finally:
             await admin.execute(f'drop database if exists "{db_name}" with (force)')
     finally:

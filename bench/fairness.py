@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,7 +54,6 @@ from bench.common import (
 from bench.publishing import Env, admin_posts, connected_creators, schedule_posts, wait_until
 from bench.runtime_throughput import in_parallel
 from geniehelper.db import Database, connect_owner
-from geniehelper.embedded import EmbeddedStack
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
 from geniehelper.runtime.context import JobContext
@@ -367,7 +363,7 @@ async def fifo(env: Env, spec: Spec, max_jobs: int, poll_delay_s: float, problem
 
 async def run(srv: Servers, spec: Spec) -> int:
     problems: list[str] = []
-    async with fresh_database(srv, NAME) as database_url:
+    async with fresh_database(srv, NAME) as (database_url, owner_url):
         settings = bench_settings(database_url, srv.redis_url)
         logs = quiet_logs(settings, NAME)
         bulk, default = settings.queue("bulk"), settings.queue("default")
@@ -393,7 +389,7 @@ async def run(srv: Servers, spec: Spec) -> int:
         if not bulk.fair:
             problems.append("QUEUES makes bulk not fair: ours measures a plain queue")
         redis = await prepare_redis(srv, [queue_key("default"), queue_key("bulk"), FIFO_QUEUE])
-        owner = await connect_owner(database_url)
+        owner = await connect_owner(owner_url)
         db = await Database.open(database_url, min_size=1, max_size=4)
         try:
             platform = SandboxPlatform()
@@ -448,31 +444,6 @@ def report(spec: Spec, sides: list[Side], problems: list[str], log_line: str, ex
         print(f"LOST OR FAILED: {problem}")
 
 
-@dataclass(frozen=True)
-class ServersIn(Servers):
-    data_dir: Path = BENCH_DATA_DIR
-
-    def describe(self) -> str:
-        started = "started for this run" if self.owned else "already running, reused"
-        where = self.data_dir.relative_to(ROOT) if self.data_dir.is_relative_to(ROOT) else self.data_dir
-        return f"embedded stack under {where}, {started} (fsync off, no Redis AOF)"
-
-
-@contextlib.contextmanager
-def servers_in(data_dir: Path | None) -> Iterator[Servers]:
-    """bench.common.servers(), or an embedded stack in another folder (to run beside another benchmark)."""
-    if data_dir is None or (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
-        with servers() as srv:
-            yield srv
-        return
-    stack = EmbeddedStack(data_dir.resolve(), durable=False)
-    urls = stack.start()
-    try:
-        yield ServersIn(urls.database_url, urls.redis_url, True, stack.is_owner, data_dir.resolve())
-    finally:
-        stack.stop()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fairness", description=__doc__.splitlines()[0])
     parser.add_argument("--a-jobs", type=int, default=50_000, help="creator A's backlog (default 50000)")
@@ -486,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
                         "benchmark: give another one to run beside another benchmark)")  # fmt: skip
     args = parser.parse_args(argv)
     spec = Spec(args.a_jobs, args.b_jobs, args.b_posts, args.lead, args.bound)
-    with servers_in(args.data_dir) as srv:
+    with servers(args.data_dir) as srv:
         return asyncio.run(run(srv, spec))
 
 

@@ -335,7 +335,7 @@ async def run(
     srv: Servers, main_spec: RunSpec, deployed_spec: RunSpec | None, dispatch_spec: RunSpec | None, direct: bool
 ) -> int:
     problems: list[str] = []
-    async with fresh_database(srv, NAME) as database_url:
+    async with fresh_database(srv, NAME) as (database_url, owner_url):
         settings = bench_settings(database_url, srv.redis_url)
         logs = quiet_logs(settings, NAME)
         concurrency = settings.queue("default").concurrency
@@ -353,7 +353,7 @@ async def run(
         )
         redis = await prepare_redis(srv, [queue_key("default")])
         await redis.aclose()
-        owner = await connect_owner(database_url)
+        owner = await connect_owner(owner_url)
         db = await Database.open(database_url, min_size=1, max_size=10)
         try:
             platform = SandboxPlatform()

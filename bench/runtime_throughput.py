@@ -296,7 +296,7 @@ async def run(
     srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool, process_counts: list[int]
 ) -> int:
     n_deployed = min(n_jobs, DEPLOYED_JOBS_MAX)
-    async with fresh_database(srv, NAME) as database_url:
+    async with fresh_database(srv, NAME) as (database_url, owner_url):
         settings = bench_settings(database_url, srv.redis_url)
         logs = quiet_logs(settings, NAME)
         print_header(
@@ -310,7 +310,7 @@ async def run(
             },
         )
         redis = await prepare_redis(srv, [queue_key("default"), BARE_QUEUE])
-        owner = await connect_owner(database_url)
+        owner = await connect_owner(owner_url)
         # All connections opened up front: a service enqueues on a warm pool.
         db = await Database.open(database_url, min_size=max(producers, 2), max_size=max(producers, 2))
         try:

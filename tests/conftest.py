@@ -36,20 +36,20 @@ def with_database(url: str, name: str) -> str:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackUrls]:
     given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if given_db and given_redis:
-        yield StackUrls(given_db, given_redis)
+    if given_db and given_redis:  # the owner's URL too: MIGRATE_DATABASE_URL
+        yield StackUrls(given_db, given_redis, os.environ.get("MIGRATE_DATABASE_URL"))
         return
     # TEST_DATA_DIR: a second test run at the same time needs servers of its own (tests flush Redis).
     embedded = EmbeddedStack(Path(os.environ.get("TEST_DATA_DIR", ROOT / ".data" / "test")), durable=False)
     urls = embedded.start()
     try:
-        yield StackUrls(given_db or urls.database_url, given_redis or urls.redis_url)
+        yield StackUrls(urls.database_url, given_redis or urls.redis_url, urls.migrate_database_url)
     finally:
         embedded.stop()
 
 
 async def _admin(stack: StackUrls) -> asyncpg.Connection:
-    return await asyncpg.connect(with_database(stack.database_url, "postgres"))
+    return await asyncpg.connect(with_database(stack.owner_url, "postgres"))
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +59,7 @@ async def template_database(stack: StackUrls) -> AsyncIterator[str]:
     try:
         await admin.execute(f'drop database if exists "{name}"')
         await admin.execute(f'create database "{name}"')
-        conn = await connect_owner(with_database(stack.database_url, name))
+        conn = await connect_owner(with_database(stack.owner_url, name))
         try:
             await apply_migrations(conn)
         finally:
@@ -89,11 +89,23 @@ async def drop_database(stack: StackUrls, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-async def database_url(stack: StackUrls, template_database: str) -> AsyncIterator[str]:
-    """A migrated database of this test module's own (URL of the schema owner)."""
+async def module_database(stack: StackUrls, template_database: str) -> AsyncIterator[str]:
+    """A migrated database of this test module's own (its name)."""
     name = await create_database_from_template(stack, template_database)
-    yield with_database(stack.database_url, name)
+    yield name
     await drop_database(stack, name)
+
+
+@pytest.fixture(scope="module")
+def database_url(stack: StackUrls, module_database: str) -> str:
+    """The module's database as processes reach it: the login role (geniehelper_login)."""
+    return with_database(stack.database_url, module_database)
+
+
+@pytest.fixture(scope="module")
+def owner_url(stack: StackUrls, module_database: str) -> str:
+    """The module's database as the schema owner: for arranging and inspecting only."""
+    return with_database(stack.owner_url, module_database)
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +116,9 @@ async def db(database_url: str) -> AsyncIterator[Database]:
 
 
 @pytest.fixture
-async def owner(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+async def owner(owner_url: str) -> AsyncIterator[asyncpg.Connection]:
     """A connection as the schema owner: for arranging and inspecting, never for app code paths."""
-    conn = await connect_owner(database_url)
+    conn = await connect_owner(owner_url)
     yield conn
     await conn.close()
 

@@ -436,13 +436,13 @@ async def test_migrations_apply_once_even_when_two_processes_race(
     assert await apply_migrations(owner) == []  # the module's database is up to date
 
     name = f"gh_migrate_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(with_database(stack.database_url, "postgres"))
+    admin = await asyncpg.connect(with_database(stack.owner_url, "postgres"))
     try:
         await admin.execute(f"create database {ident(name)}")
     finally:
         await admin.close()
     try:
-        url = with_database(stack.database_url, name)
+        url = with_database(stack.owner_url, name)
         first, second = await connect_owner(url), await connect_owner(url)
         try:
             results = await asyncio.gather(apply_migrations(first), apply_migrations(second))

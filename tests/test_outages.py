@@ -270,7 +270,7 @@ class Rig:
     # Arranging and inspecting: fresh connections each time, so an outage leaves nothing broken behind.
     @contextlib.asynccontextmanager
     async def owner(self) -> AsyncIterator[asyncpg.Connection]:
-        conn = await connect_owner(self.urls.database_url)
+        conn = await connect_owner(self.urls.owner_url)
         try:
             yield conn
         finally:
@@ -384,7 +384,7 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]
 
     async def build(**settings: str) -> Rig:
         urls = servers.start()
-        conn = await connect_owner(urls.database_url)
+        conn = await connect_owner(urls.owner_url)
         try:
             await apply_migrations(conn)
         finally:

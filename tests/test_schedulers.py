@@ -482,7 +482,8 @@ def test_scheduler_waits_for_servers_at_start_and_still_stops_promptly(
 
 
 async def test_due_post_locked_by_another_transaction_does_not_make_post_scheduler_spin(
-    project_env: dict[str, str], db: Database, owner: asyncpg.Connection, database_url: str, redis_url: str
+    project_env: dict[str, str], db: Database, owner: asyncpg.Connection, database_url: str, owner_url: str,
+    redis_url: str,
 ) -> None:
     user_id = await make_creator(owner, tier="pro")
     async with db.creator_tx(user_id) as conn:
@@ -498,7 +499,7 @@ async def test_due_post_locked_by_another_transaction_does_not_make_post_schedul
             user_id, post_id, connection_id,
         )  # fmt: skip
     # Another transaction holds the due row: the claim (FOR UPDATE SKIP LOCKED) passes it over.
-    locker = await connect_owner(database_url)
+    locker = await connect_owner(owner_url)
     lock = locker.transaction()
     await lock.start()
     await locker.execute("select id from scheduled_posts where id = $1 for update", scheduled_id)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geniehelper import __version__
-from geniehelper.settings import Settings, load_settings
+from geniehelper.settings import Settings, load_settings, mask_url
 
 
 def _say(message: str) -> None:
@@ -49,7 +49,7 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
     urls, stack = start_stack(settings)
     try:
-        _run_migrations(urls.database_url)
+        _run_migrations(urls.owner_url)
     finally:
         if stack is not None:
             stack.stop()
@@ -58,8 +58,8 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _print_urls(urls: Any) -> None:
     _say("servers:")
-    for name, value in urls.as_env().items():
-        print(f"  export {name}={value}", file=sys.stderr, flush=True)
+    for name, value in urls.as_env().items():  # passwords masked
+        print(f"  export {name}={mask_url(value)}", file=sys.stderr, flush=True)
 
 
 def _wait_for_signal() -> None:
@@ -81,7 +81,7 @@ def cmd_services(_args: argparse.Namespace, settings: Settings) -> int:
 
     urls, stack = start_stack(settings)
     try:
-        _run_migrations(urls.database_url)
+        _run_migrations(urls.owner_url)
         _print_urls(urls)
         if stack is not None and not stack.is_owner:
             _say("the embedded servers were already running; they stay up when this exits")
@@ -115,7 +115,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         started = time.monotonic()
         urls, stack = start_stack(settings)
         try:
-            _run_migrations(urls.database_url)
+            _run_migrations(urls.owner_url)
             _print_urls(urls)
             env = child_env(urls.as_env())
             demo = stack is not None and not args.no_demo
@@ -136,7 +136,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 seeding = None
                 if demo:
                     seeding = asyncio.create_task(
-                        _seed_demo(urls.database_url, sandbox_url, env["CREDENTIALS_ENC_KEY_B64"])
+                        _seed_demo(urls.database_url, urls.owner_url, sandbox_url, env["CREDENTIALS_ENC_KEY_B64"])
                     )
                 await supervisor.run()
                 if seeding is not None:
@@ -154,13 +154,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _seed_demo(database_url: str, sandbox_url: str, key_b64: str) -> None:
+async def _seed_demo(database_url: str, owner_url: str, sandbox_url: str, key_b64: str) -> None:
     from geniehelper.crypto import CredentialCipher
     from geniehelper.demo import seed_demo
 
     try:
         cipher = CredentialCipher.from_settings_values(key_b64, "k1", None)
-        user_id = await seed_demo(database_url, sandbox_url, cipher)
+        user_id = await seed_demo(database_url, owner_url, sandbox_url, cipher)
     except Exception as exc:  # the demo is a convenience: never take the system down with it
         _say(f"demo: could not set up the demo creator: {type(exc).__name__}: {exc}")
         return

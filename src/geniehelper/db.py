@@ -33,6 +33,12 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
+async def _reset_session(conn: asyncpg.Connection) -> None:
+    """asyncpg's reset (RESET ALL, UNLISTEN, advisory locks, cursors) plus RESET ROLE, which RESET ALL
+    leaves alone: a SET ROLE run by one user of a pooled connection must not pass to the next."""
+    await conn.execute("reset role;\n" + conn.get_reset_query())
+
+
 async def create_pool(
     database_url: str, *, role: str | None, min_size: int = 1, max_size: int = 10, fixed_statements: bool = False
 ) -> Any:
@@ -52,7 +58,7 @@ async def create_pool(
         max_size=max_size,
         init=init_connection,
         server_settings=server_settings,
-        reset=_keep_session if fixed_statements else None,
+        reset=_keep_session if fixed_statements else _reset_session,
     )
 
 
@@ -61,6 +67,33 @@ async def connect_owner(database_url: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(database_url, server_settings={"application_name": "geniehelper"})
     await init_connection(conn)
     return conn
+
+
+class PrivilegedLogin(RuntimeError):
+    """DATABASE_URL logs in as a role that could undo creator isolation."""
+
+
+# The login role of a process must not be a superuser nor able to become the schema's owner: from
+# either, any SQL (RESET ROLE first) could disable RLS or the append-only triggers.
+LOGIN_PRIVILEGES = """
+select session_user::text as login, r.rolsuper as superuser,
+       c.oid is not null and pg_has_role(session_user, c.relowner, 'MEMBER') as can_be_owner
+  from pg_roles r left join pg_class c on c.oid = to_regclass('public.media_jobs')
+ where r.rolname = session_user
+"""
+
+
+async def _refuse_privileged_login(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(LOGIN_PRIVILEGES)
+    assert row is not None  # session_user always has a pg_roles row
+    if row["superuser"] or row["can_be_owner"]:
+        what = "a superuser" if row["superuser"] else "the schema owner (or may become it)"
+        raise PrivilegedLogin(
+            f"DATABASE_URL logs in as {row['login']}, {what}: processes must log in as a role that can only "
+            "act as geniehelper_app and geniehelper_system (geniehelper_login: README, 'Production roles'); "
+            "the owner's URL goes in MIGRATE_DATABASE_URL, used by `geniehelper migrate` only"
+        )
 
 
 @dataclass
@@ -82,6 +115,7 @@ class Database:
             ):
                 pools.append(await create_pool(database_url, role=role, min_size=low, max_size=high,
                                                fixed_statements=fixed))  # fmt: skip
+            await _refuse_privileged_login(pools[0])
         except BaseException:
             for pool in pools:
                 await pool.close()

@@ -47,14 +47,16 @@ async def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
                 await asyncio.sleep(0.2)
 
 
-async def seed_demo(database_url: str, sandbox_url: str, cipher: CredentialCipher, *, posts: int = 3) -> UUID:
+async def seed_demo(
+    database_url: str, owner_url: str, sandbox_url: str, cipher: CredentialCipher, *, posts: int = 3
+) -> UUID:
     """Create (or refresh) the demo creator, its sandbox connection, and `posts` posts due soon."""
     await wait_for_http(sandbox_url)
     async with httpx.AsyncClient() as http:
         response = await http.post(f"{sandbox_url}/admin/accounts", json={"username": "demo", "n_fans": 25})
         response.raise_for_status()
         account = response.json()
-    owner = await connect_owner(database_url)
+    owner = await connect_owner(owner_url)
     try:
         # Registration is the one step not done as the creator: the creator row is the tenant root.
         user_id: UUID = await owner.fetchval(

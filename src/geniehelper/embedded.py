@@ -37,13 +37,27 @@ class EmbeddedStackError(RuntimeError):
     """The embedded servers could not be started or found."""
 
 
+# The role processes log in as: it can act as geniehelper_app or geniehelper_system (SET ROLE, granted
+# by `geniehelper migrate`) and holds no privilege of its own, so RESET ROLE leaves it with nothing.
+LOGIN_ROLE = "geniehelper_login"
+
+
 @dataclass(frozen=True)
 class StackUrls:
-    database_url: str
+    database_url: str  # what processes log in as (the login role)
     redis_url: str
+    migrate_database_url: str | None = None  # the schema owner's, for `geniehelper migrate` only
+
+    @property
+    def owner_url(self) -> str:
+        """Where `geniehelper migrate` connects: the owner's URL, or DATABASE_URL when none was given."""
+        return self.migrate_database_url or self.database_url
 
     def as_env(self) -> dict[str, str]:
-        return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+        env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
+        if self.migrate_database_url:
+            env["MIGRATE_DATABASE_URL"] = self.migrate_database_url
+        return env
 
 
 def _package_dir(name: str) -> Path:
@@ -145,8 +159,18 @@ class EmbeddedPostgres:
             return None
         return (pid, port) if _alive(pid, "postgres") else None
 
-    def url(self, port: int) -> str:
-        return f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/{DATABASE_NAME}"
+    def url(self, port: int, user: str = PG_SUPERUSER) -> str:
+        return f"postgresql://{user}@127.0.0.1:{port}/{DATABASE_NAME}"
+
+    def ensure_login_role(self, port: int) -> None:
+        """The login role processes use (local trust authentication: no password in the dev stack)."""
+        psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, "-d", "postgres"]
+        sql = (
+            f"do $$ begin if not exists (select from pg_roles where rolname = '{LOGIN_ROLE}') then "
+            f"create role {LOGIN_ROLE} login noinherit nosuperuser nocreatedb nocreaterole nobypassrls; "
+            "end if; end $$"
+        )
+        subprocess.run([*psql, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
 
     def start(self) -> tuple[int, bool]:
         """Start (or find) the server; returns (port, started_by_us)."""
@@ -316,13 +340,19 @@ class EmbeddedStack:
             except Exception:
                 self.postgres.stop()
                 raise
+            self.postgres.ensure_login_role(pg_port)
         self._take_ownership()
-        return StackUrls(self.postgres.url(pg_port), self.valkey.url(redis_port))
+        return self._urls(pg_port, redis_port)
+
+    def _urls(self, pg_port: int, redis_port: int) -> StackUrls:
+        return StackUrls(
+            self.postgres.url(pg_port, LOGIN_ROLE), self.valkey.url(redis_port), self.postgres.url(pg_port)
+        )
 
     def running(self) -> StackUrls | None:
         pg, rd = self.postgres.running_pid_and_port(), self.valkey.running_pid_and_port()
         if pg and rd:
-            return StackUrls(self.postgres.url(pg[1]), self.valkey.url(rd[1]))
+            return self._urls(pg[1], rd[1])
         return None
 
     @property

@@ -79,13 +79,17 @@ class Settings(BaseSettings):
 
     # Servers. Unset: the embedded stack under DATA_DIR is used (see geniehelper.embedded).
     database_url: str | None = Field(
-        default=None, description="PostgreSQL 16 URL (schema owner): postgres[ql]://user@host[:port]/db."
+        default=None,
+        description="PostgreSQL 16 URL processes log in with (geniehelper_login: README, Production roles).",
+    )
+    migrate_database_url: str | None = Field(
+        default=None, description="The schema owner's URL, for `geniehelper migrate` only (default: DATABASE_URL)."
     )
     redis_url: str | None = Field(
         default=None, description="Redis-compatible server URL: redis://, rediss:// or unix://."
     )
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migrate_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if not value:
@@ -274,7 +278,7 @@ def mask_url(url: str) -> str:
     return head + question + re.sub(r"(?i)((?:^|&)password=)[^&#]*", r"\1***", query)
 
 
-_URL_FIELDS = {"database_url", "redis_url"}
+_URL_FIELDS = {"database_url", "migrate_database_url", "redis_url"}
 _SECRET_FIELDS = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
 
 

@@ -50,6 +50,28 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+# Processes log in as geniehelper_login (created by the embedded stack, or by the DBA in production:
+# README, "Production roles"); every migrate lets it act as the app and system roles, SET only: it
+# inherits nothing, so without SET ROLE (e.g. after RESET ROLE) it can read and change nothing.
+GRANT_LOGIN_ROLE = """
+do $$
+declare
+    r text;
+begin
+    if not exists (select from pg_catalog.pg_roles where rolname = 'geniehelper_login') then
+        return;
+    end if;
+    foreach r in array array['geniehelper_app', 'geniehelper_system'] loop
+        if not exists (select from pg_catalog.pg_auth_members m
+                        where m.roleid = r::regrole and m.member = 'geniehelper_login'::regrole) then
+            execute format('grant %I to geniehelper_login with inherit false, set true', r);
+        end if;
+    end loop;
+end
+$$
+"""
+
+
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
     migrations = load_migrations()
@@ -88,6 +110,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                     migration.checksum,
                 )
             done.append(migration.name)
+        await conn.execute(GRANT_LOGIN_ROLE)
         return done
     finally:
         await conn.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK_ID)
