@@ -35,7 +35,7 @@ import structlog
 from arq.connections import ArqRedis
 
 from geniehelper import health
-from geniehelper.db import SYSTEM_ROLE, Database
+from geniehelper.db import SYSTEM_ROLE, Database, PrivilegedLogin
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import discover
@@ -160,6 +160,8 @@ async def open_context(
                     redis_client = await _unless_stopped(create_arq_redis(redis_url), stop)
                 if redis_client is not None and db is None:
                     db = await _unless_stopped(Database.open(database_url, min_size=1, max_size=pool_max_size), stop)
+            except PrivilegedLogin:  # a configuration error waiting will not fix
+                raise
             except Exception as exc:
                 delay = backoff.next()
                 log.warning("scheduler.connect_failed", server=server, url=mask_url(url), error=describe(exc),

@@ -309,10 +309,10 @@ async def test_a_creator_sees_only_its_own_creators_row(db: Database, owner: asy
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             async with conn.transaction():
                 await conn.execute("insert into creators (email) values ('someone-else@example.test')")
-    async with db.system_tx() as conn:  # the schedulers' role reads every creator, but cannot write
+    async with db.system_tx() as conn:  # the system role reads every creator and writes only tiers
         assert await conn.fetchval("select count(*) from creators where id = any($1)", [creator_a, creator_b]) == 2
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await conn.execute("update creators set tier = 'studio' where id = $1", creator_a)
+            await conn.execute("update creators set email = 'taken@example.test' where id = $1", creator_a)
 
 
 # --- append-only ledgers ----------------------------------------------------------------------------

@@ -8,6 +8,8 @@ refused by PostgreSQL, and the owner finds nothing changed afterwards.
 from __future__ import annotations
 
 import re
+import subprocess
+import uuid
 from typing import Any
 
 import asyncpg
@@ -22,7 +24,7 @@ from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 from tests.conftest import make_creator
-from tests.helpers import drain_queue
+from tests.helpers import BIN, drain_queue
 
 # Each escape tried as the app role, or after RESET ROLE (which returns to the role the connection
 # was opened with, the app role: never to the login role or the owner).
@@ -140,3 +142,47 @@ async def test_a_job_cannot_leave_its_role_either(
     for job, (_sql, refusal) in zip(jobs, ESCAPES, strict=True):
         assert rows[job.id]["status"] == "failed" and re.search(refusal, rows[job.id]["error"]), rows[job.id]
     await _intact(owner)
+
+
+async def test_no_role_can_move_a_row_to_another_creator_or_change_a_tier(
+    db: Database, owner: asyncpg.Connection
+) -> None:
+    creator, other = await make_creator(owner), await make_creator(owner)
+    job = await owner.fetchval(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload) values ($1, 'x', 'default', 'k', '{}')"
+        " returning id", creator,
+    )  # fmt: skip
+    async with db.system_tx() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table media_jobs"):
+            await conn.execute("update media_jobs set user_id = $1 where id = $2", other, job)
+    async with db.system_tx() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table scheduled_posts"):
+            await conn.execute("update scheduled_posts set user_id = $1", other)
+    async with db.creator_tx(creator) as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table creators"):
+            await conn.execute("update creators set tier = 'studio' where id = $1", creator)
+    async with db.creator_tx(creator) as conn:
+        await conn.execute("update creators set display_name = 'Renamed' where id = $1", creator)  # still allowed
+    new_id = uuid.uuid4()
+    async with db.creator_tx(new_id) as conn:  # registration: its own row, at the default tier only
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table creators"):
+            await conn.execute("insert into creators (id, email, tier) values ($1, 'x@example.test', 'studio')", new_id)
+    async with db.creator_tx(new_id) as conn:
+        await conn.execute("insert into creators (id, email) values ($1, 'y@example.test')", new_id)
+    async with db.system_tx() as conn:  # the system path for tiers
+        await conn.execute("update creators set tier = 'pro' where id = $1", new_id)
+    rows = await owner.fetch("select id, tier, display_name from creators where id = any($1)", [creator, new_id])
+    assert {r["id"]: (r["tier"], r["display_name"]) for r in rows} == {
+        creator: ("starter", "Renamed"), new_id: ("pro", None),
+    }  # fmt: skip
+    assert await owner.fetchval("select user_id from media_jobs where id = $1", job) == creator
+
+
+@pytest.mark.parametrize("command", [["worker", "default"], ["scheduler", "all"]])
+def test_a_process_given_the_owners_url_stops_at_once_saying_what_to_set(
+    project_env: dict[str, str], owner_url: str, redis_url: str, command: list[str]
+) -> None:
+    env = {**project_env, "DATABASE_URL": owner_url, "REDIS_URL": redis_url, "LOG_FORMAT": "json"}
+    done = subprocess.run([str(BIN / "geniehelper"), *command], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "MIGRATE_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr

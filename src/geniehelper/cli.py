@@ -394,14 +394,16 @@ ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
+    from geniehelper.db import PrivilegedLogin
     from geniehelper.logs import configure_logging
+    from geniehelper.migrations import MigrationError
     from geniehelper.stack import NoServers
 
     role_of = ROLE_OF_COMMAND.get(args.command)
     configure_logging(settings, role_of(args) if role_of else args.command)
     try:
         return COMMANDS[args.command](args, settings)
-    except NoServers as exc:
+    except (NoServers, MigrationError, PrivilegedLogin) as exc:  # one line that says what to do, no traceback
         _say(str(exc))
         return 2
     except KeyboardInterrupt:

@@ -50,6 +50,8 @@ def load_migrations() -> list[Migration]:
     return found
 
 
+MIN_SERVER_VERSION_NUM = 160000
+
 # Processes log in as geniehelper_login (created by the embedded stack, or by the DBA in production:
 # README, "Production roles"); every migrate lets it act as the app and system roles, SET only: it
 # inherits nothing, so without SET ROLE (e.g. after RESET ROLE) it can read and change nothing.
@@ -74,6 +76,13 @@ $$
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
+    version = int(await conn.fetchval("select current_setting('server_version_num')"))
+    if version < MIN_SERVER_VERSION_NUM:
+        shown = await conn.fetchval("select current_setting('server_version')")
+        raise MigrationError(
+            f"PostgreSQL 16 or newer is required (this server is {shown}): the roles' SET-only membership "
+            "(GRANT ... WITH SET TRUE, INHERIT FALSE) that keeps processes from the owner's rights is 16's"
+        )
     migrations = load_migrations()
     await conn.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
