@@ -83,10 +83,15 @@ def test_up_supervises_restarts_the_dead_and_stops_everything(tmp_path: Path) ->
     assert not [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(600)" in " ".join(p.info["cmdline"] or [])]
 
 
-def test_health_reports_missing_role_with_nonzero_exit(project_env: dict[str, str], redis_url: str) -> None:
+def test_health_reports_missing_role_with_nonzero_exit(
+    project_env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    # It reads Redis only: no DATABASE_URL, and no embedded stack to fall back on.
+    env = {k: v for k, v in project_env.items() if k not in ("DATABASE_URL", "MIGRATE_DATABASE_URL")}
+    env.update(REDIS_URL=redis_url, DATA_DIR=str(tmp_path))
     result = subprocess.run(
         [str(BIN / "geniehelper"), "health", "--role", "worker", "--json"],
-        env=project_env, capture_output=True, text=True, timeout=60,
+        env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 1
     assert json.loads(result.stdout)["missing_roles"] == ["worker"]

@@ -113,6 +113,24 @@ async def test_a_foreign_client_with_a_valid_payload_gets_a_record_and_a_run(
     assert row is not None and row["status"] == "completed" and row["result"] == {"echo": "from go"}
 
 
+async def test_a_foreign_client_pays_the_quota_of_a_quota_bound_job_and_is_refused_past_it(
+    arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner, tier="starter")  # posts_published: 5 a month
+    for i in range(7):
+        await arq_redis.enqueue_job(
+            "t_quota", _job_id=f"foreign-quota-{i}", _queue_name=queue_key("default"),
+            user_id=str(creator), payload=json.dumps({"text": f"n{i}"}),
+        )  # fmt: skip
+    await run_burst(database_url, redis_url)
+    rows = await owner.fetch("select status, error_kind, error from media_jobs where user_id = $1", creator)
+    assert sorted(r["status"] for r in rows) == ["completed"] * 5 + ["failed"] * 2
+    refused = [r for r in rows if r["status"] == "failed"]
+    assert all(r["error_kind"] == "quota_exceeded" and "posts_published" in r["error"] for r in refused)
+    used = await owner.fetchval("select used from user_usage_counts where user_id = $1", creator)
+    assert used == 5
+
+
 async def test_transient_failures_retry_then_succeed(
     queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:

@@ -224,7 +224,7 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.stack import resolve_urls
 
     async def check() -> int:
-        redis_url = resolve_urls(settings).redis_url
+        redis_url = settings.redis_url or resolve_urls(settings).redis_url  # it reads Redis only
         try:
             redis = await create_arq_redis(redis_url)
             try:

@@ -37,6 +37,7 @@ from geniehelper.runtime import store
 from geniehelper.runtime.context import JobContext, LeaseLost, Resources
 from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobDefinition, JobPayload
 from geniehelper.runtime.outcome import Outcome, finish_of, record_parked_outcome, settle
+from geniehelper.runtime.quotas import QuotaExceeded, consume_up_to
 from geniehelper.runtime.record_writer import StartAnswer, StartRequest
 from geniehelper.runtime.retry import backoff_s, classify, describe
 from geniehelper.runtime.transport import dispatch_no_of
@@ -129,7 +130,10 @@ async def _deliver(
     try:
         if record_id is None:  # pushed straight to Redis by a foreign client: record it now
             async with resources.db.scoped_tx(envelope.user_id) as conn:
-                record_id = await _record_foreign_job(conn, job, arq_job_id, envelope, payload)
+                record_id, refusal = await _record_foreign_job(conn, resources, job, arq_job_id, envelope, payload)
+            if refusal is not None:
+                log.warning("job.quota_refused", record_id=str(record_id), **refusal.as_dict())
+                return {"status": "failed", "error_kind": "quota_exceeded", "error": str(refusal)}
         limit = job.concurrency
         answer = await resources.records.start(StartRequest(
             record_id, envelope.user_id, envelope.dispatch_no,
@@ -255,14 +259,22 @@ def _ms(loop: asyncio.AbstractEventLoop, since: float) -> int:
 
 
 async def _record_foreign_job(
-    conn: asyncpg.Connection, job: AnyJob, arq_job_id: str, envelope: Envelope, payload: JobPayload
-) -> UUID:
+    conn: asyncpg.Connection, resources: Resources, job: AnyJob, arq_job_id: str, envelope: Envelope,
+    payload: JobPayload,
+) -> tuple[UUID, QuotaExceeded | None]:
+    """Its record, and the quota a quota-bound job uses, charged as `enqueue()` would: a job over
+    the creator's quota is recorded failed (`quota_exceeded`, with the refusal) and never runs."""
     (ref,) = await store.insert_many(
         conn, envelope.user_id, job.name, job.queue, job.policy.max_attempts,
         [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
     )  # fmt: skip
+    if ref.created and job.quota_operation is not None and envelope.user_id is not None:
+        _, refusal = await consume_up_to(conn, resources.limits, envelope.user_id, job.quota_operation, 1)
+        if refusal is not None:
+            await conn.execute(store.REJECT, ref.id, ref.dispatch_no, str(refusal), "quota_exceeded")
+            return ref.id, refusal
     await conn.execute(store.MARK_ENQUEUED_MANY, [ref.id], [ref.dispatch_no])
-    return ref.id
+    return ref.id, None
 
 
 async def _record_rejection(
