@@ -14,6 +14,8 @@ from geniehelper.embedded import EmbeddedStack
 from schedulers import SCHEDULERS
 from tests.helpers import BIN, base_env, processes_using, spawn, wait_until
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def test_invalid_setting_stops_with_one_line_naming_the_variable() -> None:
     result = subprocess.run(
@@ -119,3 +121,11 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(60) == 0, up.text()
     assert wait_until(lambda: not processes_using(data), 15), [p.cmdline() for p in processes_using(data)]
+
+
+def test_the_plain_arq_entry_point_logs_as_configured(project_env: dict[str, str]) -> None:
+    code = "import workers.main, structlog; structlog.get_logger('check').warning('entry.point_logged', n=1)"
+    env = {**project_env, "LOG_FORMAT": "json"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (line["event"], line["role"], line["n"]) == ("entry.point_logged", "worker", 1)
