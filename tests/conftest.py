@@ -1,6 +1,7 @@
 """Test servers: one real PostgreSQL and one real Redis-compatible server for the whole run.
 
-With DATABASE_URL / REDIS_URL set, those servers are used; otherwise an embedded stack is started
+With TEST_DATABASE_URL / TEST_REDIS_URL (and TEST_MIGRATE_DATABASE_URL, the owner's) set, those
+servers are used (DATABASE_URL and REDIS_URL are never taken for the tests); otherwise an embedded stack is started
 under .data/test (no fsync: throw-away data) and stopped at the end. The schema is migrated once
 into a template database; each test module gets its own database cloned from it, and each test a
 flushed Redis database.
@@ -35,15 +36,16 @@ def with_database(url: str, name: str) -> str:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[StackUrls]:
-    given_db, given_redis = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if given_db and given_redis:  # the owner's URL too: MIGRATE_DATABASE_URL
-        yield StackUrls(given_db, given_redis, os.environ.get("MIGRATE_DATABASE_URL"))
+    # Servers of your own only when named for tests: the suite creates databases and flushes Redis.
+    given_db, given_redis = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
+    if given_db and given_redis:  # the owner's URL too: TEST_MIGRATE_DATABASE_URL
+        yield StackUrls(given_db, given_redis, os.environ.get("TEST_MIGRATE_DATABASE_URL"))
         return
     # TEST_DATA_DIR: a second test run at the same time needs servers of its own (tests flush Redis).
     embedded = EmbeddedStack(Path(os.environ.get("TEST_DATA_DIR", ROOT / ".data" / "test")), durable=False)
     urls = embedded.start()
     try:
-        yield StackUrls(urls.database_url, given_redis or urls.redis_url, urls.migrate_database_url)
+        yield urls
     finally:
         embedded.stop()
 

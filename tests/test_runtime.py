@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -20,6 +21,7 @@ from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
 from geniehelper.runtime.record_writer import Finish, RecordWriter, StartRequest
 from geniehelper.runtime.registry import JobRegistry
+from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
@@ -289,18 +291,25 @@ async def test_media_jobs_run_only_on_the_media_worker(
     assert row["status"] == "completed" and row["queue"] == "media"
 
 
-async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRedis) -> None:
+async def test_an_unsafe_queue_server_configuration_is_reported(arq_redis: ArqRedis, tmp_path: Path) -> None:
+    from geniehelper.embedded import EmbeddedValkey
     from geniehelper.runtime.transport import config_warnings
 
-    await arq_redis.config_set("appendonly", "no")
-    await arq_redis.config_set("maxmemory-policy", "allkeys-lru")
+    assert [w for w in await config_warnings(arq_redis) if "maxmemory" in w] == []  # the suite's: safe
+    # An unsafe configuration on a server of this test's own: the suite never reconfigures a server.
+    unsafe = EmbeddedValkey(tmp_path, durable=False)  # appendonly no
+    port, _ = unsafe.start()
     try:
-        warnings = await config_warnings(arq_redis)
+        redis = await create_arq_redis(unsafe.url(port))
+        try:
+            await redis.config_set("maxmemory-policy", "allkeys-lru")
+            warnings = await config_warnings(redis)
+        finally:
+            await redis.aclose()
     finally:
-        await arq_redis.config_set("maxmemory-policy", "noeviction")
+        unsafe.stop()
     assert any("appendonly" in w for w in warnings)
     assert any("allkeys-lru" in w and "evict" in w for w in warnings)
-    assert [w for w in await config_warnings(arq_redis) if "maxmemory" in w] == []
 
 
 async def test_record_many_admits_up_to_the_quota_and_counts_a_repeated_key_once(
