@@ -181,6 +181,10 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.domain import platform as connections
     from geniehelper.stack import resolve_urls
 
+    async def each_creator(db: Database) -> list[Any]:
+        async with db.system_tx() as conn:
+            return [r["id"] for r in await conn.fetch("select id from creators order by id")]
+
     async def rotate() -> int:
         try:
             cipher = settings.credential_cipher()
@@ -188,31 +192,42 @@ def cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             _say(f"cannot rotate: {exc}")
             return 2
         db = await Database.open(resolve_urls(settings).database_url, min_size=1, max_size=2)
-        rotated = failed = 0
+        counts = {"rotated": 0, "current": 0, "changed_meanwhile": 0, "unreadable": 0}
         try:
-            async with db.system_tx() as conn:
-                creators = [r["id"] for r in await conn.fetch("select id from creators")]
-            for user_id in creators:  # as each creator in turn: RLS applies to the rewrite too
+            for user_id in await each_creator(db):  # as each creator in turn: RLS applies to the rewrite too
                 async with db.creator_tx(user_id) as conn:
                     for row in await conn.fetch(connections.ALL_WITH_TOKENS):
-                        if not cipher.needs_rotation(row["auth_token_enc"]):
-                            continue
-                        context = connections.token_context(row["id"], user_id)
                         try:
-                            stored = cipher.reencrypt(row["auth_token_enc"], context)
+                            counts[await connections.rotate_tokens(conn, cipher, row)] += 1
                         except CredentialError as exc:
-                            failed += 1
+                            counts["unreadable"] += 1
                             _say(f"connection {row['id']}: cannot re-encrypt ({exc}); "
                                  "is its old key in CREDENTIALS_OLD_KEYS?")  # fmt: skip
-                            continue
-                        await conn.execute(connections.SET_TOKEN, row["id"], stored, cipher.active_key_id)
-                        rotated += 1
         finally:
             await db.close()
-        _say(f"re-encrypted {rotated} tokens with key {cipher.active_key_id!r}; {failed} could not be read")
-        return 1 if failed else 0
+        _say(f"re-encrypted {counts['rotated']} connections' tokens with key {cipher.active_key_id!r}; "
+             f"{counts['current']} already current, {counts['changed_meanwhile']} reconnected meanwhile (left as "
+             f"stored), {counts['unreadable']} could not be read")  # fmt: skip
+        return 1 if counts["unreadable"] else 0
 
-    return asyncio.run(rotate())
+    async def status() -> int:
+        db = await Database.open(resolve_urls(settings).database_url, min_size=1, max_size=2)
+        by_key: dict[str, int] = {}
+        try:
+            for user_id in await each_creator(db):
+                async with db.creator_tx(user_id) as conn:
+                    for row in await conn.fetch(connections.TOKENS_BY_KEY):
+                        by_key[row["key_id"]] = by_key.get(row["key_id"], 0) + row["connections"]
+        finally:
+            await db.close()
+        if args.json:
+            print(json.dumps({"connections_by_key": by_key}))
+        else:
+            for key_id, count in sorted(by_key.items()):
+                print(f"{key_id}\t{count}")
+        return 0
+
+    return asyncio.run(rotate() if args.keys_command == "rotate" else status())
 
 
 def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
@@ -367,7 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--port", type=int, default=8765)
     keys = sub.add_parser("keys", help="credential keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    keys_sub.add_parser("rotate", help="re-encrypt every stored token with the active key (CREDENTIALS_ENC_KEY_ID)")
+    keys_sub.add_parser("rotate", help="re-encrypt every stored token (both columns) with the active key "
+                        "(CREDENTIALS_ENC_KEY_ID); safe to rerun: it resumes")  # fmt: skip
+    status = keys_sub.add_parser("status", help="connections with stored tokens, per key id")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 

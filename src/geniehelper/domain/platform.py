@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -34,11 +34,12 @@ class PlatformConnection(BaseModel):
 
 
 TOKEN_COLUMN = "auth_token_enc"
+REFRESH_TOKEN_COLUMN = "refresh_token_enc"
 
 
-def token_context(connection_id: UUID, user_id: UUID) -> CredentialContext:
-    """The row identity bound into the ciphertext: a token moved to another row fails to decrypt."""
-    return CredentialContext("platform_connections", TOKEN_COLUMN, str(connection_id), str(user_id))
+def token_context(connection_id: UUID, user_id: UUID, column: str = TOKEN_COLUMN) -> CredentialContext:
+    """The row identity bound into the ciphertext: a token moved to another row (or column) fails to decrypt."""
+    return CredentialContext("platform_connections", column, str(connection_id), str(user_id))
 
 
 GET = """
@@ -65,7 +66,42 @@ update platform_connections
  where id = $1
 """
 
-ALL_WITH_TOKENS = "select id, user_id, auth_token_enc from platform_connections where auth_token_enc is not null"
+ALL_WITH_TOKENS = """
+select id, user_id, auth_token_enc, refresh_token_enc from platform_connections
+ where auth_token_enc is not null or refresh_token_enc is not null
+"""
+
+# Rotation's write lands only if neither token changed since it was read (a reconnect meanwhile
+# stored a new token, already under the active key: it must not be overwritten with the old one).
+SET_TOKENS_IF_UNCHANGED = """
+update platform_connections set auth_token_enc = $2, refresh_token_enc = $3, credential_key_id = $4
+ where id = $1 and auth_token_enc is not distinct from $5 and refresh_token_enc is not distinct from $6
+"""
+
+TOKENS_BY_KEY = """
+select coalesce(credential_key_id, '(none)') as key_id, count(*)::int as connections from platform_connections
+ where auth_token_enc is not null or refresh_token_enc is not null group by 1
+"""
+
+RotationOutcome = Literal["rotated", "current", "changed_meanwhile"]
+
+
+async def rotate_tokens(conn: Any, cipher: CredentialCipher, row: Any) -> RotationOutcome:
+    """Re-encrypt a connection's tokens (both columns) with the active key; compare-and-set, so a
+    rerun resumes where an interrupted one stopped. Raises CredentialError for a token no
+    configured key can read."""
+    stored = {TOKEN_COLUMN: row["auth_token_enc"], REFRESH_TOKEN_COLUMN: row["refresh_token_enc"]}
+    if not any(value and cipher.needs_rotation(value) for value in stored.values()):
+        return "current"
+    fresh = {
+        column: cipher.reencrypt(value, token_context(row["id"], row["user_id"], column)) if value else None
+        for column, value in stored.items()
+    }
+    status = await conn.execute(
+        SET_TOKENS_IF_UNCHANGED, row["id"], fresh[TOKEN_COLUMN], fresh[REFRESH_TOKEN_COLUMN], cipher.active_key_id,
+        stored[TOKEN_COLUMN], stored[REFRESH_TOKEN_COLUMN],
+    )  # fmt: skip
+    return "rotated" if status == "UPDATE 1" else "changed_meanwhile"
 
 
 async def get(conn: Any, connection_id: UUID) -> PlatformConnection | None:
