@@ -54,14 +54,40 @@ async def _admin(stack: StackUrls) -> asyncpg.Connection:
     return await asyncpg.connect(with_database(stack.owner_url, "postgres"))
 
 
+# The schema is owned as in production: by a role that is not a superuser (the embedded stack's
+# trust authentication lets it log in without a password). Inspecting fixtures use the superuser.
+SCHEMA_OWNER = "gh_test_schema_owner"
+
+
+async def _schema_owner_url(admin: asyncpg.Connection, stack: StackUrls) -> str:
+    if not await admin.fetchval("select rolsuper from pg_roles where rolname = current_user"):
+        return stack.owner_url  # given servers: the owner you named
+    await admin.execute(f"""
+        do $$ begin
+            if not exists (select from pg_roles where rolname = '{SCHEMA_OWNER}') then
+                create role {SCHEMA_OWNER} login createrole nosuperuser nobypassrls;
+            end if;
+        end $$
+    """)
+    # Roles are cluster-wide: ones an earlier run's superuser created need handing to this owner.
+    for role in ("geniehelper_app", "geniehelper_system"):
+        if await admin.fetchval("select 1 from pg_roles where rolname = $1", role):
+            await admin.execute(f"grant {role} to {SCHEMA_OWNER} with admin option, inherit false, set true")
+    parts = urlsplit(stack.owner_url)
+    netloc = f"{SCHEMA_OWNER}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
 @pytest.fixture(scope="session")
 async def template_database(stack: StackUrls) -> AsyncIterator[str]:
     name = f"gh_template_{RUN_ID}"
     admin = await _admin(stack)
     try:
         await admin.execute(f'drop database if exists "{name}"')
-        await admin.execute(f'create database "{name}"')
-        conn = await connect_owner(with_database(stack.owner_url, name))
+        owner_url = await _schema_owner_url(admin, stack)
+        owner_role = urlsplit(owner_url).username
+        await admin.execute(f'create database "{name}" owner "{owner_role}"')
+        conn = await connect_owner(with_database(owner_url, name))
         try:
             await apply_migrations(conn)
         finally:

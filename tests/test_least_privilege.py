@@ -100,6 +100,8 @@ async def test_the_login_role_inherits_nothing_and_cannot_become_the_owner(owner
     )
     assert login is not None and not any(login.values())
     table_owner = await owner.fetchval("select tableowner from pg_tables where tablename = 'media_jobs'")
+    # The suite's schema is owned as in production: not by a superuser (tests/conftest.py).
+    assert not await owner.fetchval("select rolsuper or rolbypassrls from pg_roles where rolname = $1", table_owner)
     assert not await owner.fetchval("select pg_has_role('geniehelper_login', $1::name, 'MEMBER')", table_owner)
     memberships = await owner.fetch(
         "select r.rolname, m.inherit_option, m.set_option from pg_auth_members m join pg_roles r on r.oid = m.roleid"
