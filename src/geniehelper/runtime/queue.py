@@ -104,14 +104,13 @@ class JobQueue:
         `job.push_deferred`): the outbox relay delivers it, so the caller never retries into a second job.
         """
         user = UUID(str(user_id)) if user_id is not None else None
-        if self.registry[job_name].quota_operation is None:
-            # One statement, its own transaction: record_jobs acts for the creator it is given.
-            pool: Any = self.db.app_pool if user is not None else self.db.system_pool
-            async with pool.acquire() as conn:
-                job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
-        else:  # the quota is consumed in the records' transaction
-            async with self.db.scoped_tx(user) as conn:
-                job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
+        scope: Any
+        if self.registry[job_name].quota_operation is not None:
+            scope = self.db.scoped_tx(user)  # the quota is consumed in the records' transaction
+        else:  # one statement, its own transaction: record_jobs acts for the creator it is given
+            scope = (self.db.app_pool if user is not None else self.db.system_pool).acquire()
+        async with scope as conn:
+            job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
         await self.push(job)
         return job
 
