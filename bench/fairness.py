@@ -59,7 +59,6 @@ from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandb
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
 from geniehelper.runtime.queue import JobQueue, JobRequest
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from jobs.publish_post import PUBLISH_POST
@@ -163,7 +162,7 @@ async def clear_queue(redis: ArqRedis, key: str) -> None:
 async def ours(env: Env, redis: ArqRedis, spec: Spec, problems: list[str]) -> Side:
     settings, owner = env.settings, env.owner
     registry = JobRegistry([BULK, PUBLISH_POST])
-    queue = JobQueue(env.db, redis, registry, load_tier_limits(), fair_queues=settings.fair_queues)
+    queue = JobQueue(env.db, redis, registry, fair_queues=settings.fair_queues)
     a = await make_creator(owner, tier="pro")
     (b,) = await connected_creators(env, 1, prefix="ours_b")
     with Stopwatch() as enqueue:

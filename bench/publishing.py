@@ -116,7 +116,6 @@ async def connected_creators(env: Env, n: int, prefix: str) -> list[Account]:
         async with env.db.creator_tx(user_id) as conn:
             connection_id = await connections.connect_account(
                 conn, cipher, user_id=user_id, platform="sandbox", external_account_id=account_id, token=token,
-                api_base_url=env.url,
             )  # fmt: skip
         accounts.append(Account(user_id, account_id, connection_id))
     return accounts
@@ -358,6 +357,7 @@ async def run(
         try:
             platform = SandboxPlatform()
             async with run_sandbox(platform=platform) as url, httpx.AsyncClient(timeout=30) as http:
+                settings = settings.model_copy(update={"platform_api_urls": {"sandbox": url}})
                 env = Env(settings, database_url, srv.redis_url, owner, db, platform, url, http)
                 main_stats = await job_system_run(env, main_spec, problems)
                 baselines = []

@@ -52,7 +52,6 @@ from geniehelper.db import Database, connect_owner
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
@@ -316,8 +315,8 @@ async def run(
         try:
             creators = [await make_creator(owner, tier="pro") for _ in range(N_CREATORS)]
             bench = Bench(
-                srv, settings, database_url, owner, db, redis, JobQueue(db, redis, JobRegistry([NOOP]),
-                load_tier_limits()), creators, producers,
+                srv, settings, database_url, owner, db, redis, JobQueue(db, redis, JobRegistry([NOOP])), creators,
+                producers,
             )  # fmt: skip
             main_rows = [await bench.ours_one_by_one("ours: enqueue() one by one", n_jobs, FAST_POLL_S)]
             if variant:

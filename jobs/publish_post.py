@@ -67,9 +67,14 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
             return {"outcome": "not_publishable", "status": post.status}
         attempt = await publishing.record_attempt(conn, post)
         connection = await connections.get(conn, post.platform_connection_id)
-    if connection is None or not connection.api_base_url:
-        await _fail(ctx, post, "the post's platform connection is missing or has no API address")
-        raise PermanentJobError("platform connection missing or without api_base_url")
+    if connection is None:
+        await _fail(ctx, post, "the post's platform connection is missing")
+        raise PermanentJobError("platform connection missing")
+    try:
+        api_url = ctx.settings.platform_api_url(connection.platform)
+    except LookupError as exc:  # checked before the token is decrypted: it goes nowhere unregistered
+        await _fail(ctx, post, str(exc))
+        raise PermanentJobError(str(exc)) from exc
 
     try:
         cipher = ctx.resource(CREDENTIALS)
@@ -82,7 +87,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         raise PermanentJobError(reason) from exc
 
     client = HttpPlatformClient(
-        connection.api_base_url, token, ctx.resource(HTTP_CLIENT), timeout_s=ctx.settings.platform_timeout_s
+        api_url, token, ctx.resource(HTTP_CLIENT), timeout_s=ctx.settings.platform_timeout_s
     )
     try:
         published: PublishedPost | None = None

@@ -35,9 +35,8 @@ import structlog
 from arq.connections import ArqRedis
 
 from geniehelper import health
-from geniehelper.db import SYSTEM_ROLE, Database, PrivilegedLogin
+from geniehelper.db import SYSTEM_ROLE, Database, LoginLacksRole, PrivilegedLogin
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import discover
 from geniehelper.runtime.retry import describe
 from geniehelper.runtime.transport import create_arq_redis
@@ -160,7 +159,7 @@ async def open_context(
                     redis_client = await _unless_stopped(create_arq_redis(redis_url), stop)
                 if redis_client is not None and db is None:
                     db = await _unless_stopped(Database.open(database_url, min_size=1, max_size=pool_max_size), stop)
-            except PrivilegedLogin:  # a configuration error waiting will not fix
+            except (PrivilegedLogin, LoginLacksRole):  # a configuration error waiting will not fix
                 raise
             except Exception as exc:
                 delay = backoff.next()
@@ -170,7 +169,7 @@ async def open_context(
                 continue
             if redis_client is not None and db is not None:
                 queue = JobQueue(
-                    db, redis_client, discover(settings.job_packages), load_tier_limits(),
+                    db, redis_client, discover(settings.job_packages),
                     dispatch_ttl_s=settings.job_dispatch_ttl_s, fair_queues=settings.fair_queues,
                 )
                 return SchedulerContext(settings, db, redis_client, queue, database_url)
@@ -210,8 +209,9 @@ async def _close(db: Database | None, redis_client: ArqRedis | None) -> None:
         try:
             await asyncio.wait_for(db.close(), CLOSE_TIMEOUT_S)
         except Exception:  # server gone: do not wait for a goodbye
-            db.app_pool.terminate()
-            db.system_pool.terminate()
+            for pool in (db.app_pool, db.records_pool, db.system_pool):
+                if pool is not None:
+                    pool.terminate()
     if redis_client is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(redis_client.aclose(), CLOSE_TIMEOUT_S)

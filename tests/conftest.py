@@ -1,6 +1,7 @@
 """Test servers: one real PostgreSQL and one real Redis-compatible server for the whole run.
 
-With TEST_DATABASE_URL / TEST_REDIS_URL (and TEST_MIGRATE_DATABASE_URL, the owner's) set, those
+With TEST_DATABASE_URL / TEST_REDIS_URL (and TEST_MIGRATE_DATABASE_URL, the owner's, and
+TEST_WORKER_DATABASE_URL, the worker login's) set, those
 servers are used (DATABASE_URL and REDIS_URL are never taken for the tests); otherwise an embedded stack is started
 under .data/test (no fsync: throw-away data) and stopped at the end. The schema is migrated once
 into a template database; each test module gets its own database cloned from it, and each test a
@@ -39,7 +40,10 @@ def stack() -> Iterator[StackUrls]:
     # Servers of your own only when named for tests: the suite creates databases and flushes Redis.
     given_db, given_redis = os.environ.get("TEST_DATABASE_URL"), os.environ.get("TEST_REDIS_URL")
     if given_db and given_redis:  # the owner's URL too: TEST_MIGRATE_DATABASE_URL
-        yield StackUrls(given_db, given_redis, os.environ.get("TEST_MIGRATE_DATABASE_URL"))
+        yield StackUrls(
+            given_db, given_redis, os.environ.get("TEST_MIGRATE_DATABASE_URL"),
+            os.environ.get("TEST_WORKER_DATABASE_URL"),
+        )  # fmt: skip
         return
     # TEST_DATA_DIR: a second test run at the same time needs servers of its own (tests flush Redis).
     embedded = EmbeddedStack(Path(os.environ.get("TEST_DATA_DIR", ROOT / ".data" / "test")), durable=False)
@@ -70,7 +74,7 @@ async def _schema_owner_url(admin: asyncpg.Connection, stack: StackUrls) -> str:
         end $$
     """)
     # Roles are cluster-wide: ones an earlier run's superuser created need handing to this owner.
-    for role in ("geniehelper_app", "geniehelper_system"):
+    for role in ("geniehelper_app", "geniehelper_system", "geniehelper_runtime"):
         if await admin.fetchval("select 1 from pg_roles where rolname = $1", role):
             await admin.execute(f"grant {role} to {SCHEMA_OWNER} with admin option, inherit false, set true")
     parts = urlsplit(stack.owner_url)
@@ -131,6 +135,12 @@ def database_url(stack: StackUrls, module_database: str) -> str:
 
 
 @pytest.fixture(scope="module")
+def worker_database_url(stack: StackUrls, module_database: str) -> str:
+    """The module's database as workers reach it (geniehelper_worker_login: no system role)."""
+    return with_database(stack.worker_url, module_database)
+
+
+@pytest.fixture(scope="module")
 def owner_url(stack: StackUrls, module_database: str) -> str:
     """The module's database as the schema owner: for arranging and inspecting only."""
     return with_database(stack.owner_url, module_database)
@@ -175,7 +185,9 @@ async def make_creator(owner: asyncpg.Connection, *, tier: str = "starter") -> u
 
 @pytest.fixture
 def project_env(stack: StackUrls) -> dict[str, Any]:
-    """The environment a subprocess of ours needs to reach the test servers."""
+    """The environment a subprocess of ours needs to reach the test servers. Tests point DATABASE_URL at
+    their module's database; without WORKER_DATABASE_URL, workers use it too (the broader login)."""
     env = dict(os.environ)
     env.update(stack.as_env())
+    env.pop("WORKER_DATABASE_URL", None)
     return env

@@ -100,7 +100,7 @@ async def drain_queue(settings: Settings, registry: JobRegistry, queue: str = "d
     assert settings.database_url and settings.redis_url
     cls = build_worker_settings(
         queue, registry, role=f"test_{queue}", settings=settings,
-        database_url=settings.database_url, redis_url=settings.redis_url,
+        database_url=settings.worker_database_url or settings.database_url, redis_url=settings.redis_url,
     )  # fmt: skip
     worker = create_worker(cls, burst=True, handle_signals=False)
     try:

@@ -22,7 +22,6 @@ from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Subject, queue_key
 from geniehelper.runtime.delivery import dispatch_fair
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry, discover
 from geniehelper.runtime.resources import ResourceKey
 from geniehelper.runtime.worker import build_worker_settings
@@ -84,7 +83,7 @@ async def test_a_bulk_job_runs_on_the_bulk_worker_with_its_configured_concurrenc
     assert settings.queue("media").concurrency == 1  # the other defaults stay
     with pytest.raises(LookupError, match="configured queues: bulk, default, media"):
         settings.queue("nope")
-    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    queue = JobQueue(db, arq_redis, registry)
     creator = await make_creator(owner)
     job = await queue.enqueue("t_bulk_echo", {"text": "b"}, user_id=creator)
     await drain_queue(settings, registry, "default")  # the default worker never takes it
@@ -96,7 +95,7 @@ async def test_a_bulk_job_runs_on_the_bulk_worker_with_its_configured_concurrenc
 async def test_a_key_is_unique_while_active_and_a_finished_job_can_be_requeued(
     db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    queue = JobQueue(db, arq_redis, jobs_for_tests.REGISTRY, load_tier_limits())
+    queue = JobQueue(db, arq_redis, jobs_for_tests.REGISTRY)
     creator = await make_creator(owner)
     first = await queue.enqueue("t_count", {"counter": "rq"}, user_id=creator, key="rq-key")
     again = await queue.enqueue("t_count", {"counter": "rq"}, user_id=creator, key="rq-key")
@@ -138,7 +137,7 @@ async def test_per_key_concurrency_never_runs_more_than_the_limit_at_once(
     db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     registry = JobRegistry([GROUPED])
-    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    queue = JobQueue(db, arq_redis, registry)
     creator = await make_creator(owner)
     for n in range(8):
         await queue.enqueue("t_grouped", {"group": "a", "n": n}, user_id=creator)
@@ -176,7 +175,7 @@ async def test_a_system_job_has_no_creator_is_invisible_to_creators_and_runs_as_
     db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     registry = JobRegistry([ROLLUP, *jobs_for_tests.CONTRACTS])
-    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    queue = JobQueue(db, arq_redis, registry)
     creator = await make_creator(owner)
     job = await queue.enqueue("t_rollup", {"day": "2026-12-01"}, user_id=None)
     assert job.user_id is None
@@ -208,7 +207,7 @@ async def test_a_fair_queue_serves_creators_round_robin_behind_one_creators_back
 ) -> None:
     registry = JobRegistry([BULK_ECHO])
     settings = settings_for(database_url, redis_url, queues={"bulk": {"concurrency": 5, "fair": True, "window": 10}})
-    queue = JobQueue(db, arq_redis, registry, load_tier_limits(), fair_queues=settings.fair_queues)
+    queue = JobQueue(db, arq_redis, registry, fair_queues=settings.fair_queues)
     noisy, quiet = await make_creator(owner), await make_creator(owner)
     async with db.creator_tx(noisy) as conn:
         backlog = await queue.record_many(
@@ -285,7 +284,7 @@ async def test_a_worker_opens_the_resources_its_queues_jobs_declare_and_a_job_ge
 ) -> None:
     settings = settings_for(database_url, redis_url)
     registry = JobRegistry([TOOL_JOB, UNDECLARED_JOB, DEFAULT_TOOL_JOB])
-    jobs = JobQueue(db, arq_redis, registry, load_tier_limits())
+    jobs = JobQueue(db, arq_redis, registry)
     creator = await make_creator(owner)
     OPENED.clear()
     await drain_queue(settings, registry, "default")  # its only job declares the tool: opened once

@@ -13,7 +13,7 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest
-from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 from jobs.publish_post import PUBLISH_POST
@@ -91,7 +91,7 @@ class EchoDue(DueWorkScheduler[dict[str, Any]]):
 
 @pytest.fixture
 def queue(db: Database, arq_redis: ArqRedis) -> CountingQueue:
-    return CountingQueue(db, arq_redis, jobs_for_tests.REGISTRY, load_tier_limits())
+    return CountingQueue(db, arq_redis, jobs_for_tests.REGISTRY)
 
 
 def context(db: Database, arq_redis: ArqRedis, queue: JobQueue, database_url: str, **settings: Any) -> SchedulerContext:
@@ -169,7 +169,7 @@ async def test_post_scheduler_marks_posts_over_the_quota_failed_and_dispatches_t
             " values ($1, $2, $3, 'sandbox', $4) returning id",
             starter, post_id, connection_id, now - timedelta(seconds=60 - i),
         ))  # fmt: skip
-    queue = JobQueue(db, arq_redis, JobRegistry([PUBLISH_POST]), load_tier_limits())
+    queue = JobQueue(db, arq_redis, JobRegistry([PUBLISH_POST]))
 
     result = await PostScheduler().tick(context(db, arq_redis, queue, database_url, post_dispatch_batch=3))
 

@@ -69,7 +69,7 @@ async def test_rotation_covers_both_token_columns_is_compare_and_set_and_status_
         (stale,) = [r for r in await conn.fetch(connections.ALL_WITH_TOKENS) if r["id"] == creator.connection_id]
         await connections.connect_account(
             conn, rotated, user_id=creator.user_id, platform="sandbox", external_account_id=creator.account_id,
-            token="reconnected-token", api_base_url=sandbox.url,
+            token="reconnected-token",
         )  # fmt: skip
         assert await connections.rotate_tokens(conn, rotated, stale) == "changed_meanwhile"
     row = await owner.fetchrow("select * from platform_connections where id = $1", creator.connection_id)

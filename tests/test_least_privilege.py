@@ -1,7 +1,8 @@
 """Red team: what a process's database connection cannot do, from app code and from inside a job.
 
-Processes log in as geniehelper_login, which acts as geniehelper_app or geniehelper_system and holds
-nothing itself; the schema owner's URL is for `geniehelper migrate` only. Every attempt below is
+Schedulers log in as geniehelper_login (acts as the app, runtime and system roles), workers as
+geniehelper_worker_login (app and runtime only); neither holds anything itself, and the schema
+owner's URL is for `geniehelper migrate` only. Every attempt below is
 refused by PostgreSQL, and the owner finds nothing changed afterwards.
 """
 
@@ -10,17 +11,17 @@ from __future__ import annotations
 import re
 import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
 
-from geniehelper.db import Database, PrivilegedLogin
+from geniehelper.db import Database, LoginLacksRole, PrivilegedLogin
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
 from tests.conftest import make_creator
@@ -80,36 +81,86 @@ async def test_a_role_set_on_a_pooled_connection_does_not_pass_to_its_next_user(
         await database.close()
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: one login role may act as both roles, so an app connection can "
-                   "SET ROLE geniehelper_system; next: a worker login for the app role plus the record functions, "
-                   "a scheduler login for the system role (issue: least privilege)")  # fmt: skip
-async def test_an_app_connection_cannot_become_the_system_role(database_url: str) -> None:
-    database = await Database.open(database_url, min_size=1, max_size=1)
+async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_creators(
+    worker_database_url: str, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    await owner.execute(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload) values ($1, 'x', 'default', 'k', '{}')",
+        creator,
+    )
+    database = await Database.open(worker_database_url, min_size=1, max_size=1, system=False)
     try:
-        async with database.app_pool.acquire() as conn, conn.transaction():
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
-                await conn.execute("set local role geniehelper_system")
+        assert database.system_pool is None
+        async with database.app_pool.acquire() as conn:
+            refusal = 'permission denied to set role "geniehelper_system"'
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=refusal):
+                await conn.execute("set role geniehelper_system")
+            # The runtime role, which the worker login may act as, calls the record functions and reads nothing.
+            await conn.execute("set role geniehelper_runtime")
+            for sql in ("select count(*) from media_jobs", "update media_jobs set status = 'failed'",
+                        "select count(*) from creators", "select count(*) from platform_connections"):  # fmt: skip
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table"):
+                    await conn.execute(sql)
+            assert await conn.fetchval("select runtime_attempt_holds(gen_random_uuid(), $1, 1)", creator) is False
     finally:
         await database.close()
+    assert await owner.fetchval("select status from media_jobs where user_id = $1", creator) == "queued"
 
 
-async def test_the_login_role_inherits_nothing_and_cannot_become_the_owner(owner: asyncpg.Connection) -> None:
-    login = await owner.fetchrow(
-        "select rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles"
-        " where rolname = 'geniehelper_login'"
-    )
-    assert login is not None and not any(login.values())
+async def test_the_login_roles_inherit_nothing_and_cannot_become_the_owner(owner: asyncpg.Connection) -> None:
     table_owner = await owner.fetchval("select tableowner from pg_tables where tablename = 'media_jobs'")
     # The suite's schema is owned as in production: not by a superuser (tests/conftest.py).
     assert not await owner.fetchval("select rolsuper or rolbypassrls from pg_roles where rolname = $1", table_owner)
-    assert not await owner.fetchval("select pg_has_role('geniehelper_login', $1::name, 'MEMBER')", table_owner)
-    memberships = await owner.fetch(
-        "select r.rolname, m.inherit_option, m.set_option from pg_auth_members m join pg_roles r on r.oid = m.roleid"
-        " where m.member = 'geniehelper_login'::regrole order by r.rolname"
-    )
-    assert [tuple(m.values()) for m in memberships] == [
-        ("geniehelper_app", False, True), ("geniehelper_system", False, True),
+    expected = {
+        "geniehelper_login": ["geniehelper_app", "geniehelper_runtime", "geniehelper_system"],
+        "geniehelper_worker_login": ["geniehelper_app", "geniehelper_runtime"],
+    }
+    for name, roles in expected.items():
+        login = await owner.fetchrow(
+            "select rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolbypassrls from pg_roles where rolname = $1",
+            name,
+        )
+        assert login is not None and not any(login.values()), name
+        assert not await owner.fetchval("select pg_has_role($1::name, $2::name, 'MEMBER')", name, table_owner)
+        memberships = await owner.fetch(
+            "select r.rolname, m.inherit_option, m.set_option"
+            "  from pg_auth_members m join pg_roles r on r.oid = m.roleid"
+            " where m.member = $1::regrole order by r.rolname", name,
+        )  # fmt: skip
+        assert [tuple(m.values()) for m in memberships] == [(role, False, True) for role in roles], name
+
+
+async def test_a_worker_whose_queue_runs_system_jobs_needs_a_login_with_the_system_role(
+    worker_database_url: str,
+) -> None:
+    with pytest.raises(LoginLacksRole, match="cannot act as geniehelper_system"):
+        await Database.open(worker_database_url, min_size=1, max_size=2, system=True)
+
+
+async def test_the_app_cannot_write_quota_counters_or_mark_a_record_charged(
+    db: Database, owner: asyncpg.Connection
+) -> None:
+    creator, other = await make_creator(owner), await make_creator(owner)
+    job = await owner.fetchval(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload) values ($1, 'x', 'default', 'k', '{}')"
+        " returning id", creator,
+    )  # fmt: skip
+    attempts = [
+        ("insert into user_usage_counts (user_id, operation, period_start, used) values ($1, 'x', current_date, 0)",
+         "permission denied for table user_usage_counts"),
+        ("update user_usage_counts set used = 0 where user_id = $1", "permission denied for table user_usage_counts"),
+        ("delete from user_usage_counts where user_id = $1", "permission denied for table user_usage_counts"),
+        ("update media_jobs set quota_charged = 'scheduled_post' where user_id = $1",
+         "permission denied for table media_jobs"),
+        ("select charge_quota($1, 'scheduled_post', '{}')", "not for creator"),  # set per row below
     ]  # fmt: skip
+    for sql, refusal in attempts:
+        async with db.creator_tx(creator) as conn:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=refusal):
+                await conn.execute(sql, other if "charge_quota" in sql else creator)
+    assert await owner.fetchval("select count(*) from user_usage_counts where user_id = any($1)", [creator, other]) == 0
+    assert await owner.fetchval("select quota_charged from media_jobs where id = $1", job) is None
 
 
 async def test_a_process_logging_in_as_the_owner_is_refused_at_start(owner_url: str) -> None:
@@ -130,18 +181,34 @@ async def escape(ctx: JobContext, payload: EscapePayload) -> dict[str, Any]:
 ESCAPE = JobDefinition("t_escape", EscapePayload, escape, policy=Policy(max_attempts=1))
 
 
+# What a job in a worker (geniehelper_worker_login) cannot do beyond that: reach the system role, or
+# read through the runtime role.
+JOB_ESCAPES = [
+    *ESCAPES,
+    ("set role geniehelper_system", 'permission denied to set role "geniehelper_system"'),
+    ("set local role geniehelper_runtime; select count(*) from media_jobs", "permission denied for table media_jobs"),
+    ("update creators set tier = 'studio'", "permission denied for table creators"),
+    ("update user_usage_counts set used = 0", "permission denied for table user_usage_counts"),
+    ("update platform_stats_snapshots set follower_count = 0", "permission denied for table platform_stats_snapshots"),
+    ("delete from fan_subscription_events", "permission denied for table fan_subscription_events"),
+    ("truncate subscription_events", "permission denied for table subscription_events"),
+]
+
+
 async def test_a_job_cannot_leave_its_role_either(
-    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, worker_database_url: str,
+    redis_url: str,
 ) -> None:
     registry = JobRegistry([ESCAPE])
-    queue = JobQueue(db, arq_redis, registry, load_tier_limits())
+    queue = JobQueue(db, arq_redis, registry)
     creator = await make_creator(owner)
-    jobs = [await queue.enqueue("t_escape", {"sql": sql}, user_id=creator) for sql, _ in ESCAPES]
-    await drain_queue(Settings(database_url=database_url, redis_url=redis_url), registry)
+    jobs = [await queue.enqueue("t_escape", {"sql": sql}, user_id=creator) for sql, _ in JOB_ESCAPES]
+    settings = Settings(database_url=database_url, worker_database_url=worker_database_url, redis_url=redis_url)
+    await drain_queue(settings, registry)
     rows = {r["id"]: r for r in await owner.fetch(
         "select id, status, error from media_jobs where id = any($1)", [j.id for j in jobs]
     )}  # fmt: skip
-    for job, (_sql, refusal) in zip(jobs, ESCAPES, strict=True):
+    for job, (_sql, refusal) in zip(jobs, JOB_ESCAPES, strict=True):
         assert rows[job.id]["status"] == "failed" and re.search(refusal, rows[job.id]["error"]), rows[job.id]
     await _intact(owner)
 
@@ -188,3 +255,30 @@ def test_a_process_given_the_owners_url_stops_at_once_saying_what_to_set(
     done = subprocess.run([str(BIN / "geniehelper"), *command], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "MIGRATE_DATABASE_URL" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_another_creators_credentials_are_not_visible(db: Database, owner: asyncpg.Connection) -> None:
+    creator, other = await make_creator(owner), await make_creator(owner)
+    await owner.execute(
+        "insert into platform_connections (user_id, platform, external_account_id, auth_token_enc)"
+        " values ($1, 'sandbox', 'acct', 'v1.k1.secret')", other,
+    )  # fmt: skip
+    async with db.creator_tx(creator) as conn:
+        assert await conn.fetch("select auth_token_enc from platform_connections where user_id = $1", other) == []
+        wiped = await conn.execute("update platform_connections set auth_token_enc = null where user_id = $1", other)
+        assert wiped == "UPDATE 0"
+    assert await owner.fetchval("select auth_token_enc from platform_connections where user_id = $1", other) == (
+        "v1.k1.secret"
+    )
+
+
+def test_only_the_runtime_sets_the_current_creator() -> None:
+    """`app.user_id` decides what the app role sees: only db.py (and the migrations' functions) set it."""
+    root = Path(__file__).resolve().parent.parent
+    allowed = {root / "src" / "geniehelper" / "db.py"}
+    setters = [
+        path.relative_to(root)
+        for top in ("src", "jobs", "schedulers", "workers") for path in (root / top).rglob("*.py")
+        if "app.user_id" in path.read_text(encoding="utf-8") and path not in allowed
+    ]  # fmt: skip
+    assert setters == []

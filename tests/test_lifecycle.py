@@ -27,7 +27,6 @@ from geniehelper.runtime.definition import JobDefinition, queue_key
 from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
 from geniehelper.runtime.outcome import OUTCOME_PREFIX
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import arq_job_id
 from geniehelper.runtime.worker import build_worker_settings
@@ -45,7 +44,7 @@ ALL_CONTRACTS = [*jobs_for_tests.CONTRACTS, FUTURE_JOB]
 
 @pytest.fixture
 def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JobRegistry(ALL_CONTRACTS), load_tier_limits())
+    return JobQueue(db, arq_redis, JobRegistry(ALL_CONTRACTS))
 
 
 def worker_for(
@@ -197,7 +196,7 @@ async def test_a_postgres_error_at_complete_is_recorded_later_and_the_job_not_ru
 ) -> None:
     await owner.execute("""
         create table if not exists test_fault_complete (job_id uuid primary key);
-        grant select on test_fault_complete to geniehelper_app, geniehelper_system;
+        grant select on test_fault_complete to public;  -- record writes run as the owner (definer functions)
         create or replace function test_fault_on_complete() returns trigger language plpgsql as $$
         begin
             if new.status = 'completed' and exists (select 1 from test_fault_complete where job_id = new.id) then
@@ -261,7 +260,7 @@ async def test_enqueue_with_redis_down_returns_the_record_and_the_job_runs_once_
     db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
     dead_redis = ArqRedis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
-    down = JobQueue(db, dead_redis, JobRegistry(ALL_CONTRACTS), load_tier_limits())
+    down = JobQueue(db, dead_redis, JobRegistry(ALL_CONTRACTS))
     creator = await make_creator(owner)
     with capture_logs() as logs:
         job = await down.enqueue("t_count", {"counter": "redis-down"}, user_id=creator, key="k-redis-down")
@@ -269,7 +268,7 @@ async def test_enqueue_with_redis_down_returns_the_record_and_the_job_runs_once_
     assert any(e["event"] == "job.push_deferred" for e in logs)
     assert (await job_row(owner, job.id))["enqueued_at"] is None
     # The caller retries (it did not see an error, but say it does): the same record, no second job.
-    up = JobQueue(db, arq_redis, JobRegistry(ALL_CONTRACTS), load_tier_limits())
+    up = JobQueue(db, arq_redis, JobRegistry(ALL_CONTRACTS))
     again = await up.enqueue("t_count", {"counter": "redis-down"}, user_id=creator, key="k-redis-down")
     assert again.id == job.id and again.duplicate
     assert (await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=3600))[0] == 0  # already pushed by the retry

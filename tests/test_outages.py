@@ -293,7 +293,7 @@ class Rig:
                 async with db.creator_tx(user_id) as conn:
                     connection_id = await connections.connect_account(
                         conn, cipher, user_id=user_id, platform="sandbox", external_account_id=account["account_id"],
-                        token=account["token"], api_base_url=self.sandbox_url,
+                        token=account["token"],
                     )  # fmt: skip
                 creators.append(Creator(user_id, account["account_id"], connection_id))
         finally:
@@ -389,8 +389,9 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Rig]
             await apply_migrations(conn)
         finally:
             await conn.close()
-        env = base_env(**{**FAST, **settings, **urls.as_env()})
         port = free_port()
+        registry = json.dumps({"sandbox": f"http://127.0.0.1:{port}"})  # where tokens may go
+        env = base_env(**{**FAST, **settings, **urls.as_env(), "PLATFORM_API_URLS": registry})
         sandbox = spawn([str(BIN / "geniehelper"), "sandbox-platform", "--port", str(port)], env)
         rig = Rig(servers, urls, env, f"http://127.0.0.1:{port}", http, sandbox)
         rigs.append(rig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import re
 import signal
@@ -29,7 +30,6 @@ from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
 from geniehelper.runtime.delivery import redrive_expired_leases, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import arq_job_id
 from geniehelper.settings import Settings
@@ -63,7 +63,9 @@ class Sandbox:
 async def sandbox() -> AsyncIterator[Sandbox]:
     platform = SandboxPlatform()
     async with run_sandbox(platform=platform) as url, httpx.AsyncClient() as http:
-        yield Sandbox(url, platform, http)
+        with pytest.MonkeyPatch.context() as env:  # the platform registry, for Settings and spawned processes
+            env.setenv("PLATFORM_API_URLS", json.dumps({"sandbox": url}))
+            yield Sandbox(url, platform, http)
 
 
 def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
@@ -93,13 +95,12 @@ async def make_connected_creator(
     async with db.creator_tx(user_id) as conn:
         connection_id = await connections.connect_account(
             conn, cipher(), user_id=user_id, platform="sandbox", external_account_id=account_id, token=token,
-            api_base_url=sandbox.url,
         )  # fmt: skip
     return Creator(user_id, account_id, connection_id)
 
 
 async def schedule_post(
-    db: Database, creator: Creator, *, due_in_s: float = -1.0, caption: str = "hello fans"
+    db: Database, creator: Creator, *, due_in_s: float = -1.0, caption: str = "hello fans", platform: str = "sandbox"
 ) -> uuid.UUID:
     async with db.creator_tx(creator.user_id) as conn:
         post_id = await conn.fetchval(
@@ -109,15 +110,15 @@ async def schedule_post(
         )  # fmt: skip
         scheduled_id: uuid.UUID = await conn.fetchval(
             "insert into scheduled_posts (user_id, content_post_id, platform_connection_id, platform, scheduled_time)"
-            " values ($1, $2, $3, 'sandbox', $4) returning id",
-            creator.user_id, post_id, creator.connection_id, datetime.now(UTC) + timedelta(seconds=due_in_s),
+            " values ($1, $2, $3, $4, $5) returning id",
+            creator.user_id, post_id, creator.connection_id, platform, datetime.now(UTC) + timedelta(seconds=due_in_s),
         )  # fmt: skip
     return scheduled_id
 
 
 async def scheduler_tick(settings: Settings, db: Database, redis: ArqRedis, database_url: str) -> Any:
     ctx = SchedulerContext(
-        settings, db, redis, JobQueue(db, redis, JOBS, load_tier_limits()), database_url,
+        settings, db, redis, JobQueue(db, redis, JOBS), database_url,
     )  # fmt: skip
     return await PostScheduler().tick(ctx)
 
@@ -306,6 +307,35 @@ async def test_tampered_ciphertext_and_wrong_key_are_detected(
     row = await post_row(owner, other_post)
     assert row["status"] == "failed" and "stored credentials cannot be used" in row["error_message"]
     assert await sandbox.posts(tampered.account_id) == [] and await sandbox.posts(other.account_id) == []
+
+
+async def test_a_token_goes_only_to_the_registered_address_of_its_platform(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creator = await make_connected_creator(db, owner, sandbox)
+    # A connection cannot carry an address of its own any more (the creator-writable column is gone) ...
+    async with db.creator_tx(creator.user_id) as conn:
+        with pytest.raises(asyncpg.UndefinedColumnError, match="api_base_url"):
+            await conn.execute("update platform_connections set api_base_url = 'http://attacker.test' where id = $1",
+                               creator.connection_id)  # fmt: skip
+    # ... and a platform the registry does not know gets nothing: the job fails before decrypting the token.
+    async with db.creator_tx(creator.user_id) as conn:
+        elsewhere = await connections.connect_account(
+            conn, cipher(), user_id=creator.user_id, platform="elsewhere", external_account_id=creator.account_id,
+            token="a-token-that-must-stay-home",
+        )  # fmt: skip
+    post = await schedule_post(db, Creator(creator.user_id, creator.account_id, elsewhere), platform="elsewhere")
+    settings = settings_for(database_url, redis_url)
+    await scheduler_tick(settings, db, arq_redis, database_url)
+    before = sandbox.platform.request_counts()
+    await run_worker(settings)
+    row = await post_row(owner, post)
+    assert row["status"] == "failed", row
+    assert "platform 'elsewhere' has no registered API address (PLATFORM_API_URLS knows ['sandbox'])" in (
+        row["error_message"]
+    )
+    assert await sandbox.posts(creator.account_id) == []
+    assert sandbox.platform.request_counts() == before  # no request at all reached a platform
 
 
 async def test_timeout_after_accept_is_verified_not_reposted(

@@ -18,7 +18,7 @@ from geniehelper.runtime import store
 from geniehelper.runtime.definition import InvalidPayload, UnknownJob, queue_key
 from geniehelper.runtime.delivery import relay_unpushed
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.runtime.record_writer import Finish, RecordWriter, StartRequest
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import create_arq_redis
@@ -30,7 +30,7 @@ from tests.helpers import drain_queue
 
 @pytest.fixture
 def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, jobs_for_tests.REGISTRY, load_tier_limits())
+    return JobQueue(db, arq_redis, jobs_for_tests.REGISTRY)
 
 
 def settings_for(database_url: str, redis_url: str) -> Settings:
@@ -133,6 +133,26 @@ async def test_a_foreign_client_pays_the_quota_of_a_quota_bound_job_and_is_refus
     assert used == 5
 
 
+async def test_records_inserted_in_plain_sql_pay_the_quota_when_they_start(
+    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    creator = await make_creator(owner, tier="starter")  # posts_published: 5 a month
+    async with db.creator_tx(creator) as conn:  # service code writing records itself, past enqueue()
+        await conn.execute(
+            "insert into media_jobs (user_id, job_name, queue, job_key, payload)"
+            " select $1, 't_quota', 'default', 'sql-' || n, jsonb_build_object('text', 'n' || n)"
+            "   from generate_series(1, 7) n", creator,
+        )  # fmt: skip
+    pushed, failed = await relay_unpushed(db, arq_redis, grace_s=0.0, ttl_s=60.0)
+    assert pushed >= 7 and failed == 0  # (and any other test's records this module left unpushed)
+    await run_burst(database_url, redis_url)
+    rows = await owner.fetch("select status, error_kind, quota_charged from media_jobs where user_id = $1", creator)
+    assert sorted((r["status"], r["error_kind"], r["quota_charged"]) for r in rows) == (
+        [("completed", None, "posts_published")] * 5 + [("failed", "quota_exceeded", None)] * 2
+    )
+    assert await owner.fetchval("select used from user_usage_counts where user_id = $1", creator) == 5
+
+
 async def test_transient_failures_retry_then_succeed(
     queue: JobQueue, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
@@ -226,7 +246,7 @@ async def test_operation_not_in_tier_is_refused_as_such(
     clip = JobDefinition(
         "t_clip", jobs_for_tests.EchoPayload, jobs_for_tests.echo, quota_operation="ai_clip_operations"
     )
-    clip_queue = JobQueue(db, arq_redis, JobRegistry([clip]), load_tier_limits())
+    clip_queue = JobQueue(db, arq_redis, JobRegistry([clip]))
     creator = await make_creator(owner, tier="starter")
     with pytest.raises(QuotaExceeded) as refused:
         await clip_queue.enqueue("t_clip", {"text": "x"}, user_id=creator)

@@ -126,6 +126,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                     env["CREDENTIALS_ENC_KEY_B64"] = development_key(settings.data_dir)
                     _say(f"using the development credentials key in {settings.data_dir / 'credentials.key'}")
                 sandbox_url = f"http://127.0.0.1:{free_port()}"
+                # Register the sandbox as a platform: tokens go only to registered addresses.
+                env["PLATFORM_API_URLS"] = json.dumps({**settings.platform_api_urls, "sandbox": sandbox_url})
                 entries.append(ProcfileEntry("sandbox_platform", f"geniehelper sandbox-platform --port "
                                                                  f"{sandbox_url.rsplit(':', 1)[1]}"))  # fmt: skip
             supervisor = Supervisor(entries, env, say=_say)
@@ -309,7 +311,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.db import Database
     from geniehelper.runtime.definition import InvalidPayload, UnknownJob
     from geniehelper.runtime.queue import JobQueue
-    from geniehelper.runtime.quotas import QuotaExceeded, load_tier_limits
+    from geniehelper.runtime.quotas import QuotaExceeded
     from geniehelper.runtime.registry import discover
     from geniehelper.runtime.transport import create_arq_redis
     from geniehelper.stack import resolve_urls
@@ -320,7 +322,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         redis = await create_arq_redis(urls.redis_url)
         try:
             registry = discover(settings.job_packages)
-            queue = JobQueue(db, redis, registry, load_tier_limits(), fair_queues=settings.fair_queues)
+            queue = JobQueue(db, redis, registry, fair_queues=settings.fair_queues)
             job = await queue.enqueue(args.job, args.payload, user_id=args.user, key=args.key)
         except (InvalidPayload, UnknownJob, QuotaExceeded, LookupError, ValueError) as exc:
             _say(f"refused: {exc}")
@@ -412,7 +414,7 @@ ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
-    from geniehelper.db import PrivilegedLogin
+    from geniehelper.db import LoginLacksRole, PrivilegedLogin
     from geniehelper.logs import configure_logging
     from geniehelper.migrations import MigrationError
     from geniehelper.stack import NoServers
@@ -421,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings, role_of(args) if role_of else args.command)
     try:
         return COMMANDS[args.command](args, settings)
-    except (NoServers, MigrationError, PrivilegedLogin) as exc:  # one line that says what to do, no traceback
+    # One line that says what to do, no traceback.
+    except (NoServers, MigrationError, PrivilegedLogin, LoginLacksRole) as exc:
         _say(str(exc))
         return 2
     except KeyboardInterrupt:

@@ -3,10 +3,12 @@
 Pools per database role (the roles are created by the migrations):
 - `geniehelper_app`: per-creator work. Row-level security shows it only the rows of the creator
   set for the current transaction by `creator_tx`; with no creator set it sees nothing.
-- `geniehelper_system`: the few cross-creator scans schedulers need, on narrow grants; and, in a
-  pool of its own (`records_pool`), the runtime's writes to job records, which span creators.
-DATABASE_URL logs in as the schema owner (which runs migrations); each pooled connection switches
-to its role at connect time, so even a raw `pool.acquire()` never runs with the owner's rights.
+- `geniehelper_runtime` (`records_pool`): the runtime's bookkeeping on job records, which spans
+  creators; it may only call the record functions of migration 0015.
+- `geniehelper_system` (only where asked for): the few cross-creator scans schedulers need, on narrow
+  grants. Workers open it only when their queue runs system jobs.
+A process logs in as a role that holds nothing itself and may only SET ROLE to these (README,
+"Production roles"); each pooled connection switches to its role at connect time.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 APP_ROLE = "geniehelper_app"
 SYSTEM_ROLE = "geniehelper_system"
+RUNTIME_ROLE = "geniehelper_runtime"
+
+log = structlog.get_logger("geniehelper.db")
 
 async def init_connection(conn: asyncpg.Connection) -> None:
     """JSON on the wire as Python objects, for json and jsonb columns."""
@@ -73,20 +79,47 @@ class PrivilegedLogin(RuntimeError):
     """DATABASE_URL logs in as a role that could undo creator isolation."""
 
 
+class LoginLacksRole(RuntimeError):
+    """The login cannot act as a role this process needs."""
+
+
+class NoSystemRole(RuntimeError):
+    """A system transaction was asked of a Database opened without the system role."""
+
+
 # The login role of a process must not be a superuser nor able to become the schema's owner: from
 # either, any SQL (RESET ROLE first) could disable RLS or the append-only triggers.
 LOGIN_PRIVILEGES = """
 select session_user::text as login, r.rolsuper as superuser,
-       c.oid is not null and pg_has_role(session_user, c.relowner, 'MEMBER') as can_be_owner
+       c.oid is not null and pg_has_role(session_user, c.relowner, 'MEMBER') as can_be_owner,
+       coalesce((select pg_has_role(session_user, s.oid, 'SET') from pg_roles s where s.rolname = $1), false)
+           as can_be_system,
+       coalesce((select pg_has_role(session_user, s.oid, 'SET') from pg_roles s where s.rolname = $2), false)
+           as can_be_runtime
   from pg_roles r left join pg_class c on c.oid = to_regclass('public.media_jobs')
  where r.rolname = session_user
 """
 
 
-async def _refuse_privileged_login(pool: asyncpg.Pool) -> None:
+async def _check_login(pool: asyncpg.Pool, *, system: bool) -> None:
+    """Refuse a login that could undo isolation, or that lacks a role this process needs; warn when
+    it could act as the system role and the process does not need it (a worker: WORKER_DATABASE_URL)."""
     async with pool.acquire() as conn:
-        row = await conn.fetchrow(LOGIN_PRIVILEGES)
+        row = await conn.fetchrow(LOGIN_PRIVILEGES, SYSTEM_ROLE, RUNTIME_ROLE)
     assert row is not None  # session_user always has a pg_roles row
+    needs = ((RUNTIME_ROLE, True, row["can_be_runtime"]), (SYSTEM_ROLE, system, row["can_be_system"]))
+    lacking = [role for role, needed, held in needs if needed and not held]
+    if lacking:
+        raise LoginLacksRole(
+            f"the database login {row['login']} cannot act as {' and '.join(lacking)}, which this process needs: "
+            "`geniehelper migrate` grants the roles to geniehelper_login (all three) and geniehelper_worker_login "
+            "(app and runtime: workers of queues without system jobs); see README, 'Production roles'"
+        )
+    if not system and row["can_be_system"]:
+        log.warning(
+            "db.login_broader_than_needed", login=row["login"], could_act_as=SYSTEM_ROLE,
+            hint="give workers WORKER_DATABASE_URL (geniehelper_worker_login: README, 'Production roles')",
+        )  # fmt: skip
     if row["superuser"] or row["can_be_owner"]:
         what = "a superuser" if row["superuser"] else "the schema owner (or may become it)"
         raise PrivilegedLogin(
@@ -99,33 +132,36 @@ async def _refuse_privileged_login(pool: asyncpg.Pool) -> None:
 @dataclass
 class Database:
     app_pool: asyncpg.Pool
-    system_pool: asyncpg.Pool
     # The runtime's own job-record writes (enqueue marks, a worker's starts, outcomes and leases):
-    # the system role, connections never reset (see create_pool's fixed_statements).
+    # geniehelper_runtime, connections never reset (see create_pool's fixed_statements).
     records_pool: asyncpg.Pool
+    system_pool: asyncpg.Pool | None  # None: opened without the system role (a worker's, usually)
 
     @classmethod
-    async def open(cls, database_url: str, *, min_size: int = 1, max_size: int = 10) -> Database:
+    async def open(
+        cls, database_url: str, *, min_size: int = 1, max_size: int = 10, system: bool = True
+    ) -> Database:
+        """`system`: whether this process needs the system role (schedulers, the CLI, system jobs)."""
         pools: list[asyncpg.Pool] = []
         try:
-            for role, low, high, fixed in (
-                (APP_ROLE, min_size, max_size, False),
-                (SYSTEM_ROLE, 0, max(2, max_size // 4), False),
-                (SYSTEM_ROLE, 0, 3, True),
-            ):
-                pools.append(await create_pool(database_url, role=role, min_size=low, max_size=high,
-                                               fixed_statements=fixed))  # fmt: skip
-            await _refuse_privileged_login(pools[0])
+            pools.append(await create_pool(database_url, role=APP_ROLE, min_size=min_size, max_size=max_size))
+            await _check_login(pools[0], system=system)
+            pools.append(await create_pool(database_url, role=RUNTIME_ROLE, min_size=0, max_size=3,
+                                           fixed_statements=True))  # fmt: skip
+            if system:
+                system_size = max(2, max_size // 4)
+                pools.append(await create_pool(database_url, role=SYSTEM_ROLE, min_size=0, max_size=system_size))
         except BaseException:
             for pool in pools:
                 await pool.close()
             raise
-        return cls(*pools)
+        return cls(pools[0], pools[1], pools[2] if system else None)
 
     async def close(self) -> None:
         await self.app_pool.close()
-        await self.system_pool.close()
         await self.records_pool.close()
+        if self.system_pool is not None:
+            await self.system_pool.close()
 
     @asynccontextmanager
     async def creator_tx(self, user_id: UUID | str) -> AsyncIterator[Any]:
@@ -141,6 +177,8 @@ class Database:
     @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:
         """A transaction for cross-creator scans, limited to the system role's grants."""
+        if self.system_pool is None:
+            raise NoSystemRole("this process opened the database without the system role (Database.open(system=False))")
         async with self.system_pool.acquire() as conn, conn.transaction():
             yield conn
 

@@ -77,7 +77,7 @@ async def seed_demo(
             )
             connection_id = await connections.connect_account(
                 conn, cipher, user_id=user_id, platform="sandbox", external_account_id=account["account_id"],
-                token=account["token"], handle="demo", api_base_url=sandbox_url,
+                token=account["token"], handle="demo",
             )  # fmt: skip
             now = datetime.now(UTC)
             for n in range(1, posts + 1):

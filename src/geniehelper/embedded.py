@@ -37,26 +37,36 @@ class EmbeddedStackError(RuntimeError):
     """The embedded servers could not be started or found."""
 
 
-# The role processes log in as: it can act as geniehelper_app or geniehelper_system (SET ROLE, granted
-# by `geniehelper migrate`) and holds no privilege of its own, so RESET ROLE leaves it with nothing.
+# The roles processes log in as (SET ROLE to what `geniehelper migrate` grants them, no privilege of
+# their own, so RESET ROLE leaves them with nothing): schedulers, the CLI and services log in as
+# LOGIN_ROLE (app, system and runtime roles), workers as WORKER_LOGIN_ROLE (app and runtime only).
 LOGIN_ROLE = "geniehelper_login"
+WORKER_LOGIN_ROLE = "geniehelper_worker_login"
 
 
 @dataclass(frozen=True)
 class StackUrls:
-    database_url: str  # what processes log in as (the login role)
+    database_url: str  # what schedulers, the CLI and services log in as (LOGIN_ROLE)
     redis_url: str
     migrate_database_url: str | None = None  # the schema owner's, for `geniehelper migrate` only
+    worker_database_url: str | None = None  # what workers log in as (WORKER_LOGIN_ROLE)
 
     @property
     def owner_url(self) -> str:
         """Where `geniehelper migrate` connects: the owner's URL, or DATABASE_URL when none was given."""
         return self.migrate_database_url or self.database_url
 
+    @property
+    def worker_url(self) -> str:
+        """Where workers connect: WORKER_DATABASE_URL, or DATABASE_URL when none was given."""
+        return self.worker_database_url or self.database_url
+
     def as_env(self) -> dict[str, str]:
         env = {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url}
         if self.migrate_database_url:
             env["MIGRATE_DATABASE_URL"] = self.migrate_database_url
+        if self.worker_database_url:
+            env["WORKER_DATABASE_URL"] = self.worker_database_url
         return env
 
 
@@ -162,15 +172,16 @@ class EmbeddedPostgres:
     def url(self, port: int, user: str = PG_SUPERUSER) -> str:
         return f"postgresql://{user}@127.0.0.1:{port}/{DATABASE_NAME}"
 
-    def ensure_login_role(self, port: int) -> None:
-        """The login role processes use (local trust authentication: no password in the dev stack)."""
+    def ensure_login_roles(self, port: int) -> None:
+        """The login roles processes use (local trust authentication: no password in the dev stack)."""
         psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER, "-d", "postgres"]
-        sql = (
-            f"do $$ begin if not exists (select from pg_roles where rolname = '{LOGIN_ROLE}') then "
-            f"create role {LOGIN_ROLE} login noinherit nosuperuser nocreatedb nocreaterole nobypassrls; "
-            "end if; end $$"
-        )
-        subprocess.run([*psql, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
+        for role in (LOGIN_ROLE, WORKER_LOGIN_ROLE):
+            sql = (
+                f"do $$ begin if not exists (select from pg_roles where rolname = '{role}') then "
+                f"create role {role} login noinherit nosuperuser nocreatedb nocreaterole nobypassrls; "
+                "end if; end $$"
+            )
+            subprocess.run([*psql, "-v", "ON_ERROR_STOP=1", "-c", sql], check=True, capture_output=True)
 
     def start(self) -> tuple[int, bool]:
         """Start (or find) the server; returns (port, started_by_us)."""
@@ -340,13 +351,14 @@ class EmbeddedStack:
             except Exception:
                 self.postgres.stop()
                 raise
-            self.postgres.ensure_login_role(pg_port)
+            self.postgres.ensure_login_roles(pg_port)
         self._take_ownership()
         return self._urls(pg_port, redis_port)
 
     def _urls(self, pg_port: int, redis_port: int) -> StackUrls:
         return StackUrls(
-            self.postgres.url(pg_port, LOGIN_ROLE), self.valkey.url(redis_port), self.postgres.url(pg_port)
+            self.postgres.url(pg_port, LOGIN_ROLE), self.valkey.url(redis_port), self.postgres.url(pg_port),
+            self.postgres.url(pg_port, WORKER_LOGIN_ROLE),
         )
 
     def running(self) -> StackUrls | None:

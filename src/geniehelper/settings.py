@@ -80,7 +80,12 @@ class Settings(BaseSettings):
     # Servers. Unset: the embedded stack under DATA_DIR is used (see geniehelper.embedded).
     database_url: str | None = Field(
         default=None,
-        description="PostgreSQL 16 URL processes log in with (geniehelper_login: README, Production roles).",
+        description="PostgreSQL 16 URL schedulers, the CLI and services log in with (geniehelper_login: README, "
+        "Production roles).",
+    )
+    worker_database_url: str | None = Field(
+        default=None,
+        description="The URL workers log in with (geniehelper_worker_login: no system role; default: DATABASE_URL).",
     )
     migrate_database_url: str | None = Field(
         default=None, description="The schema owner's URL, for `geniehelper migrate` only (default: DATABASE_URL)."
@@ -89,7 +94,7 @@ class Settings(BaseSettings):
         default=None, description="Redis-compatible server URL: redis://, rediss:// or unix://."
     )
 
-    @field_validator("database_url", "migrate_database_url")
+    @field_validator("database_url", "migrate_database_url", "worker_database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
         if not value:
@@ -196,8 +201,31 @@ class Settings(BaseSettings):
         default=None, description="Retired keys still accepted for decryption: 'id:base64,id:base64'."
     )
 
-    # Publishing.
+    # Platforms. Tokens go only to these addresses: a connection names its platform, never a URL.
+    platform_api_urls: dict[str, str] = Field(
+        default_factory=dict,
+        description='PLATFORM_API_URLS: JSON {platform: API base URL}, e.g. {"sandbox": "http://127.0.0.1:8900"}.',
+    )
     platform_timeout_s: float = Field(default=15.0, gt=0, le=600)
+
+    @field_validator("platform_api_urls")
+    @classmethod
+    def _check_platform_api_urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for platform, url in value.items():
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{platform}: expected an http:// or https:// URL with a host, got {url!r}")
+        return {platform: url.rstrip("/") for platform, url in value.items()}
+
+    def platform_api_url(self, platform: str) -> str:
+        """The registered API address of a platform; LookupError (saying what to set) if it has none."""
+        url = self.platform_api_urls.get(platform)
+        if url is None:
+            raise LookupError(
+                f"platform {platform!r} has no registered API address (PLATFORM_API_URLS knows "
+                f"{sorted(self.platform_api_urls) or 'none'})"
+            )
+        return url
 
     # Workers.
     queues: dict[str, QueueSettings] = Field(
@@ -278,7 +306,7 @@ def mask_url(url: str) -> str:
     return head + question + re.sub(r"(?i)((?:^|&)password=)[^&#]*", r"\1***", query)
 
 
-_URL_FIELDS = {"database_url", "migrate_database_url", "redis_url"}
+_URL_FIELDS = {"database_url", "migrate_database_url", "worker_database_url", "redis_url"}
 _SECRET_FIELDS = {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
 
 

@@ -35,11 +35,18 @@ def start_stack(settings: Settings, *, durable: bool = True) -> tuple[StackUrls,
 
 def _given(settings: Settings) -> StackUrls:
     assert settings.database_url and settings.redis_url
-    return StackUrls(settings.database_url, settings.redis_url, settings.migrate_database_url)
+    return StackUrls(
+        settings.database_url, settings.redis_url, settings.migrate_database_url, settings.worker_database_url
+    )
 
 
 def _merged(settings: Settings, embedded: StackUrls) -> StackUrls:
     """The given URLs over the embedded stack's (a given DATABASE_URL brings its own migrate URL, if any)."""
     if settings.database_url:
-        return StackUrls(settings.database_url, embedded.redis_url, settings.migrate_database_url)
-    return StackUrls(embedded.database_url, settings.redis_url or embedded.redis_url, embedded.migrate_database_url)
+        return StackUrls(
+            settings.database_url, embedded.redis_url, settings.migrate_database_url, settings.worker_database_url
+        )
+    return StackUrls(
+        embedded.database_url, settings.redis_url or embedded.redis_url, embedded.migrate_database_url,
+        embedded.worker_database_url,
+    )

@@ -19,7 +19,6 @@ class PlatformConnection(BaseModel):
     platform: str
     external_account_id: str
     handle: str | None
-    api_base_url: str | None
     auth_token_enc: str | None
     credential_key_id: str | None
     status: str
@@ -43,16 +42,15 @@ def token_context(connection_id: UUID, user_id: UUID, column: str = TOKEN_COLUMN
 
 
 GET = """
-select id, user_id, platform, external_account_id, handle, api_base_url, auth_token_enc, credential_key_id,
+select id, user_id, platform, external_account_id, handle, auth_token_enc, credential_key_id,
        status, health, health_reason, follower_count, subscriber_count, stats_updated_at
   from platform_connections where id = $1
 """
 
 INSERT = """
-insert into platform_connections (user_id, platform, external_account_id, handle, api_base_url)
-values ($1, $2, $3, $4, $5)
-on conflict (user_id, platform, external_account_id) do update set handle = excluded.handle,
-    api_base_url = excluded.api_base_url
+insert into platform_connections (user_id, platform, external_account_id, handle)
+values ($1, $2, $3, $4)
+on conflict (user_id, platform, external_account_id) do update set handle = excluded.handle
 returning id
 """
 
@@ -118,10 +116,9 @@ async def connect_account(
     external_account_id: str,
     token: str,
     handle: str | None = None,
-    api_base_url: str | None = None,
 ) -> UUID:
     """Create (or update) a connection and store its token encrypted, bound to the row."""
-    connection_id: UUID = await conn.fetchval(INSERT, user_id, platform, external_account_id, handle, api_base_url)
+    connection_id: UUID = await conn.fetchval(INSERT, user_id, platform, external_account_id, handle)
     stored = cipher.encrypt(token, token_context(connection_id, user_id))
     await conn.execute(SET_TOKEN, connection_id, stored, cipher.active_key_id)
     return connection_id

@@ -14,6 +14,8 @@ from importlib import resources
 
 import asyncpg
 
+from geniehelper.runtime.quotas import load_tier_limits, sync_tier_quotas
+
 # Any fixed 64-bit number; the name documents whose lock it is.
 MIGRATION_LOCK_ID = int.from_bytes(hashlib.sha256(b"geniehelper.migrations").digest()[:8], "big", signed=True)
 FILE_PATTERN = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -52,26 +54,25 @@ def load_migrations() -> list[Migration]:
 
 MIN_SERVER_VERSION_NUM = 160000
 
-# Processes log in as geniehelper_login (created by the embedded stack, or by the DBA in production:
-# README, "Production roles"); every migrate lets it act as the app and system roles, SET only: it
-# inherits nothing, so without SET ROLE (e.g. after RESET ROLE) it can read and change nothing.
-GRANT_LOGIN_ROLE = """
-do $$
-declare
-    r text;
-begin
-    if not exists (select from pg_catalog.pg_roles where rolname = 'geniehelper_login') then
-        return;
-    end if;
-    foreach r in array array['geniehelper_app', 'geniehelper_system'] loop
-        if not exists (select from pg_catalog.pg_auth_members m
-                        where m.roleid = r::regrole and m.member = 'geniehelper_login'::regrole) then
-            execute format('grant %I to geniehelper_login with inherit false, set true', r);
-        end if;
-    end loop;
-end
-$$
-"""
+# Processes log in as roles that hold nothing themselves and may only SET ROLE (inherit nothing: after
+# RESET ROLE they can read and change nothing). They are created by the embedded stack, or by the DBA
+# in production (README, "Production roles"); every migrate grants each what it may act as:
+# geniehelper_login (schedulers, the CLI, services) the three roles, geniehelper_worker_login
+# (WORKER_DATABASE_URL: workers) the app and runtime roles only, never the system role.
+LOGIN_ROLES = {
+    "geniehelper_login": ("geniehelper_app", "geniehelper_system", "geniehelper_runtime"),
+    "geniehelper_worker_login": ("geniehelper_app", "geniehelper_runtime"),
+}
+HOLDS_ROLE = "select exists (select from pg_auth_members where roleid = $1::regrole and member = $2::regrole)"
+
+
+async def grant_login_roles(conn: asyncpg.Connection) -> None:
+    for login, roles in LOGIN_ROLES.items():
+        if not await conn.fetchval("select exists (select from pg_roles where rolname = $1)", login):
+            continue
+        for role in roles:
+            if not await conn.fetchval(HOLDS_ROLE, role, login):  # names from LOGIN_ROLES, never from input
+                await conn.execute(f'grant "{role}" to "{login}" with inherit false, set true')
 
 
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
@@ -119,7 +120,8 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                     migration.checksum,
                 )
             done.append(migration.name)
-        await conn.execute(GRANT_LOGIN_ROLE)
+        await grant_login_roles(conn)
+        await sync_tier_quotas(conn, load_tier_limits())
         return done
     finally:
         await conn.execute("select pg_advisory_unlock($1)", MIGRATION_LOCK_ID)

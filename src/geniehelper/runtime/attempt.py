@@ -33,11 +33,10 @@ import structlog
 from arq import Retry
 from pydantic import BaseModel
 
-from geniehelper.runtime import store
+from geniehelper.runtime import quotas, store
 from geniehelper.runtime.context import JobContext, LeaseLost, Resources
 from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobDefinition, JobPayload
 from geniehelper.runtime.outcome import Outcome, finish_of, record_parked_outcome, settle
-from geniehelper.runtime.quotas import QuotaExceeded, consume_up_to
 from geniehelper.runtime.record_writer import StartAnswer, StartRequest
 from geniehelper.runtime.retry import backoff_s, classify, describe
 from geniehelper.runtime.transport import dispatch_no_of
@@ -129,11 +128,7 @@ async def _deliver(
             return settled
     try:
         if record_id is None:  # pushed straight to Redis by a foreign client: record it now
-            async with resources.db.scoped_tx(envelope.user_id) as conn:
-                record_id, refusal = await _record_foreign_job(conn, resources, job, arq_job_id, envelope, payload)
-            if refusal is not None:
-                log.warning("job.quota_refused", record_id=str(record_id), **refusal.as_dict())
-                return {"status": "failed", "error_kind": "quota_exceeded", "error": str(refusal)}
+            record_id = await _record_foreign_job(resources, job, arq_job_id, envelope, payload)
         limit = job.concurrency
         answer = await resources.records.start(StartRequest(
             record_id, envelope.user_id, envelope.dispatch_no,
@@ -161,7 +156,31 @@ async def _deliver(
                 return await settle(
                     ctx, payload, {"kind": "fail", "error": error, "error_kind": "retries_exhausted"}
                 )
+            if job.quota_operation is not None and answer.quota_charged != job.quota_operation:
+                unpaid = await _charge_at_start(ctx, payload, job.quota_operation)
+                if unpaid is not None:
+                    return unpaid
             return await _attempt(ctx, payload)
+
+
+async def _charge_at_start(ctx: JobContext, payload: JobPayload, operation: str) -> Outcome | None:
+    """Charge the quota of a record that `enqueue()` did not charge (made in plain SQL, or pushed
+    straight to Redis): a job over its creator's quota fails (`quota_exceeded`) and never runs."""
+    assert ctx.user_id is not None  # quota-bound jobs are creator jobs (JobDefinition)
+    try:
+        async with ctx.creator_tx() as conn:
+            _, refusal = await quotas.charge(conn, ctx.user_id, operation, [ctx.record_id])
+    except LeaseLost:
+        return {"status": "lease_lost"}
+    except Exception as exc:
+        delay = backoff_s(ctx.job.policy, ctx.attempt)
+        log.warning("job.quota_check_failed", error=describe(exc), retry_in_s=round(delay, 2))
+        return await settle(ctx, payload, {"kind": "retry", "error": describe(exc), "error_kind": "quota_check_failed",
+                                           "delay_s": delay})  # fmt: skip
+    if refusal is None:
+        return None
+    log.warning("job.quota_refused", **refusal.as_dict())
+    return await settle(ctx, payload, {"kind": "fail", "error": str(refusal), "error_kind": "quota_exceeded"})
 
 
 def _not_started(refused: StartAnswer, dispatch_no: int, job: AnyJob) -> Outcome:
@@ -259,22 +278,18 @@ def _ms(loop: asyncio.AbstractEventLoop, since: float) -> int:
 
 
 async def _record_foreign_job(
-    conn: asyncpg.Connection, resources: Resources, job: AnyJob, arq_job_id: str, envelope: Envelope,
-    payload: JobPayload,
-) -> tuple[UUID, QuotaExceeded | None]:
-    """Its record, and the quota a quota-bound job uses, charged as `enqueue()` would: a job over
-    the creator's quota is recorded failed (`quota_exceeded`, with the refusal) and never runs."""
-    (ref,) = await store.insert_many(
-        conn, envelope.user_id, job.name, job.queue, job.policy.max_attempts,
-        [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
-    )  # fmt: skip
-    if ref.created and job.quota_operation is not None and envelope.user_id is not None:
-        _, refusal = await consume_up_to(conn, resources.limits, envelope.user_id, job.quota_operation, 1)
-        if refusal is not None:
-            await conn.execute(store.REJECT, ref.id, ref.dispatch_no, str(refusal), "quota_exceeded")
-            return ref.id, refusal
-    await conn.execute(store.MARK_ENQUEUED_MANY, [ref.id], [ref.dispatch_no])
-    return ref.id, None
+    resources: Resources, job: AnyJob, arq_job_id: str, envelope: Envelope, payload: JobPayload
+) -> UUID:
+    """Its record, marked as in Redis already (it is being delivered). Its quota, if it has one, is
+    charged when it starts, as for any record `enqueue()` did not make."""
+    async with resources.db.scoped_tx(envelope.user_id) as conn:
+        (ref,) = await store.insert_many(
+            conn, envelope.user_id, job.name, job.queue, job.policy.max_attempts,
+            [store.NewJobRecord(f"arq:{arq_job_id}", payload.model_dump(mode="json"))],
+        )  # fmt: skip
+    async with resources.db.records_pool.acquire() as conn:
+        await conn.execute(store.MARK_ENQUEUED_MANY, [ref.id], [ref.dispatch_no])
+    return ref.id
 
 
 async def _record_rejection(

@@ -14,7 +14,6 @@ from geniehelper.db import Database
 from geniehelper.runtime import store
 from geniehelper.runtime.definition import AnyJob
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import TierLimits
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.resources import OpenResources, ResourceKey
@@ -30,7 +29,6 @@ class Resources:
     redis: ArqRedis
     registry: JobRegistry
     queue: JobQueue
-    limits: TierLimits
     records: RecordWriter
     opened: OpenResources  # what the queue's jobs declared (runtime.resources)
 

@@ -23,10 +23,10 @@ import structlog
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database
-from geniehelper.runtime import store
+from geniehelper.runtime import quotas, store
 from geniehelper.runtime.coalesce import Coalescer
 from geniehelper.runtime.definition import InvalidPayload, JobPayload
-from geniehelper.runtime.quotas import QuotaExceeded, TierLimits, consume_up_to
+from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import describe
 from geniehelper.runtime.transport import Dispatch, push_dispatches_at_once
@@ -74,7 +74,6 @@ class JobQueue:
         db: Database,
         redis: ArqRedis,
         registry: JobRegistry,
-        limits: TierLimits,
         *,
         dispatch_ttl_s: float = 86_400.0,
         fair_queues: Collection[str] = (),
@@ -82,7 +81,6 @@ class JobQueue:
         self.db = db
         self.redis = redis
         self.registry = registry
-        self.limits = limits
         self.dispatch_ttl_s = dispatch_ttl_s
         # A creator's job on a fair queue is left to the dispatcher (geniehelper.runtime.delivery).
         self.fair_queues = frozenset(fair_queues)
@@ -105,10 +103,10 @@ class JobQueue:
         """
         user = UUID(str(user_id)) if user_id is not None else None
         scope: Any
-        if self.registry[job_name].quota_operation is not None:
-            scope = self.db.scoped_tx(user)  # the quota is consumed in the records' transaction
+        if self.registry[job_name].quota_operation is not None or user is None:
+            scope = self.db.scoped_tx(user)  # the quota is charged in the records' transaction
         else:  # one statement, its own transaction: record_jobs acts for the creator it is given
-            scope = (self.db.app_pool if user is not None else self.db.system_pool).acquire()
+            scope = self.db.app_pool.acquire()
         async with scope as conn:
             job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
         await self.push(job)
@@ -168,7 +166,7 @@ class JobQueue:
         created = list({ref.id: ref for ref in refs if ref.created}.values())  # a key twice in one batch counts once
         if created and user_id is not None and job.quota_operation is not None:
             # Same transaction as the records: what the quota does not admit is removed again.
-            admitted, refusal = await consume_up_to(conn, self.limits, user_id, job.quota_operation, len(created))
+            admitted, refusal = await quotas.charge(conn, user_id, job.quota_operation, [ref.id for ref in created])
             if refusal is not None:
                 rejected = created[admitted:]
                 await conn.execute(store.DELETE_UNADMITTED, [ref.id for ref in rejected])

@@ -1,15 +1,19 @@
-"""Tier quotas (`tier_rate_limits.json`), checked and consumed atomically before a job is enqueued.
+"""Tier quotas, charged atomically in PostgreSQL before a job is enqueued (and when a record made
+any other way starts).
 
-Counters live in `user_usage_counts`, one row per (creator, operation, period). The period is the
-calendar month in UTC. Consuming is one update under the counter's row lock: there is no
-read-then-write race, so N concurrent callers at the limit admit exactly the limit.
+The limits are `tier_quotas` rows, written from `tier_rate_limits.json` by every `geniehelper
+migrate` (`sync_tier_quotas`). Counters live in `user_usage_counts`, one row per (creator,
+operation, calendar month in UTC). Only `charge_quota()` (migration 0015, SECURITY DEFINER) writes
+them: the app role may read its counters, never write them, and cannot change its tier. Charging is
+one update under the counter's row lock, so N concurrent callers at the limit admit exactly the
+limit; each record charged is marked with the operation (`media_jobs.quota_charged`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import datetime
 from importlib import resources
 from typing import Any, Literal
 from uuid import UUID
@@ -22,13 +26,11 @@ NOT_IN_TIER = 0
 
 
 class TierLimits(BaseModel):
+    """The tier file: operation limits per tier per calendar month (-1 unlimited; absent: not in the tier)."""
+
     model_config = ConfigDict(frozen=True, extra="ignore")
     period: Literal["calendar_month_utc"]
     tiers: dict[str, dict[str, int]]
-
-    def limit(self, tier: str, operation: str) -> int:
-        """The limit for an operation; an operation a tier does not list is not in that tier."""
-        return self.tiers.get(tier, {}).get(operation, NOT_IN_TIER)
 
 
 def load_tier_limits() -> TierLimits:
@@ -36,12 +38,24 @@ def load_tier_limits() -> TierLimits:
     return TierLimits.model_validate(json.loads(text))
 
 
-def period_bounds(now: datetime) -> tuple[date, datetime]:
-    """(first day of this period, when the next period starts), calendar month in UTC."""
-    now = now.astimezone(UTC)
-    start = date(now.year, now.month, 1)
-    reset = datetime(now.year + (now.month == 12), now.month % 12 + 1, 1, tzinfo=UTC)
-    return start, reset
+# The whole file replaces what the table held (an operation removed from a tier leaves it).
+SYNC_TIER_QUOTAS = """
+with wanted as (
+    select * from unnest($1::text[], $2::text[], $3::int[]) as t(tier, operation, monthly_limit)
+), removed as (
+    delete from tier_quotas q
+     where not exists (select 1 from wanted w where w.tier = q.tier and w.operation = q.operation)
+)
+insert into tier_quotas (tier, operation, monthly_limit) select tier, operation, monthly_limit from wanted
+on conflict (tier, operation) do update set monthly_limit = excluded.monthly_limit
+ where tier_quotas.monthly_limit is distinct from excluded.monthly_limit
+"""
+
+
+async def sync_tier_quotas(conn: asyncpg.Connection, limits: TierLimits) -> None:
+    """Write the tier file into `tier_quotas` (as the schema owner, at migrate)."""
+    rows = [(tier, op, limit) for tier, ops in limits.tiers.items() for op, limit in ops.items()]
+    await conn.execute(SYNC_TIER_QUOTAS, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
 
 
 @dataclass
@@ -73,49 +87,20 @@ class QuotaExceeded(Exception):
         }
 
 
-# Creating the period's row first means the row lock below always exists to serialise on.
-ENSURE_COUNTER = """
-insert into user_usage_counts (user_id, operation, period_start, used) values ($1, $2, $3, 0)
-on conflict (user_id, operation, period_start) do nothing
-"""
-
-# Admit up to $4 uses under the limit $5 (-1 = unlimited) in one locked read-modify-write: the
-# subquery takes the row lock, so concurrent callers queue up and each sees the previous total.
-CONSUME_UP_TO = """
-update user_usage_counts u
-   set used = u.used + least($4::int, case when $5::int < 0 then $4::int else greatest(0, $5::int - o.used) end),
-       updated_at = now()
-  from (select used from user_usage_counts
-         where user_id = $1 and operation = $2 and period_start = $3 for update) o
- where u.user_id = $1 and u.operation = $2 and u.period_start = $3
-returning u.used - o.used as admitted
-"""
+CHARGE_QUOTA = "select admitted, tier, monthly_limit, resets_at from charge_quota($1, $2, $3)"
 
 
-async def creator_tier(conn: asyncpg.Connection, user_id: UUID) -> str:
-    tier: str | None = await conn.fetchval("select tier from creators where id = $1", user_id)
-    if tier is None:
-        raise LookupError(f"creator {user_id} not found")
-    return tier
-
-
-async def consume_up_to(
-    conn: asyncpg.Connection,
-    limits: TierLimits,
-    user_id: UUID,
-    operation: str,
-    count: int,
-    *,
-    tier: str | None = None,
-    now: datetime | None = None,
+async def charge(
+    conn: asyncpg.Connection, user_id: UUID, operation: str, record_ids: list[UUID]
 ) -> tuple[int, QuotaExceeded | None]:
-    """Admit up to `count` uses for the creator of this transaction: (admitted, refusal for the rest)."""
-    tier = tier or await creator_tier(conn, user_id)
-    limit = limits.limit(tier, operation)
-    if limit == NOT_IN_TIER:
-        return 0, QuotaExceeded("not_in_tier", operation, tier, limit, None)
-    period_start, resets_at = period_bounds(now or datetime.now(UTC))
-    await conn.execute(ENSURE_COUNTER, user_id, operation, period_start)
-    admitted = int(await conn.fetchval(CONSUME_UP_TO, user_id, operation, period_start, count, limit))
-    refusal = None if admitted == count else QuotaExceeded("limit_reached", operation, tier, limit, resets_at)
-    return admitted, refusal
+    """Charge one use per record (in the creator's transaction, in order): (how many were admitted,
+    the refusal for the rest). The records admitted are marked charged; the caller removes or fails
+    the others."""
+    row = await conn.fetchrow(CHARGE_QUOTA, user_id, operation, record_ids)
+    assert row is not None  # charge_quota returns one row or raises
+    admitted = int(row["admitted"])
+    if admitted == len(record_ids):
+        return admitted, None
+    if row["monthly_limit"] == NOT_IN_TIER:
+        return admitted, QuotaExceeded("not_in_tier", operation, row["tier"], NOT_IN_TIER, None)
+    return admitted, QuotaExceeded("limit_reached", operation, row["tier"], row["monthly_limit"], row["resets_at"])

@@ -6,8 +6,9 @@ outcomes) that a worker's concurrently running deliveries ask for while a statem
 join the next one (group commit): one `unnest` statement for all of them, fenced per row exactly as
 a single write would be. Leases are beaten by one loop for every attempt the worker holds.
 
-These are runtime bookkeeping writes on `media_jobs` across creators, so they use the system role;
-a start matches the record's creator against the delivery's, so a delivery cannot start another
+These are runtime bookkeeping writes on `media_jobs` across creators: they run as
+geniehelper_runtime, which may call the record functions (migration 0015) and touch no table itself.
+A start matches the record's creator against the delivery's, so a delivery cannot start another
 creator's record. A job's own work never runs here: it runs in `JobContext.creator_tx`.
 """
 
@@ -47,6 +48,7 @@ class StartAnswer:
     status: str | None  # None: no such record for this creator
     dispatch_no: int | None
     starts_in_s: float
+    quota_charged: str | None = None  # the quota operation the record was charged for, if any
 
 
 OutcomeStatus = Literal["completed", "failed", "queued"]
@@ -78,7 +80,7 @@ class RecordWriter:
         self, pool: asyncpg.Pool, worker_id: str, *, lease_s: float, heartbeat_interval_s: float,
         batch_wait_s: float = 0.0,
     ) -> None:  # fmt: skip
-        self.pool = pool  # the system role's, for the runtime's own statements (Database.records_pool)
+        self.pool = pool  # geniehelper_runtime's, for the record functions only (Database.records_pool)
         self.worker_id = worker_id
         self.lease_s = lease_s
         self.heartbeat_interval_s = heartbeat_interval_s
@@ -176,7 +178,9 @@ class RecordWriter:
         answers = []
         for r in requests:
             if (row := started.get(r.record_id)) is not None:
-                answers.append(StartAnswer(row["attempts"], row["max_attempts"], "processing", r.dispatch_no, 0.0))
+                answers.append(StartAnswer(
+                    row["attempts"], row["max_attempts"], "processing", r.dispatch_no, 0.0, row["quota_charged"]
+                ))
             elif (row := refused.get(r.record_id)) is not None:
                 answers.append(StartAnswer(None, None, row["status"], row["dispatch_no"], row["starts_in_s"]))
             else:

@@ -16,9 +16,11 @@ from uuid import UUID
 
 import asyncpg
 
-# Batch writes below join their rows with `unnest` and also say `id = any($1)`: that makes the
-# primary key drive the statement whatever the planner estimates (stale statistics once made a
-# 2,500-row mark scan the table per row: 1.8 s instead of 0.1 s).
+# The bookkeeping a worker does for every creator (starts, leases, outcomes, "pushed" marks) is in
+# functions (migration 0015): geniehelper_runtime may call them and touch no table itself. Their batch
+# writes join rows with `unnest` and also say `id = any(...)`: that makes the primary key drive the
+# statement whatever the planner estimates (stale statistics once made a 2,500-row mark scan the
+# table per row: 1.8 s instead of 0.1 s).
 
 # Many records of one job for one creator in one statement (and one round trip outside a transaction):
 # inserts those whose key has no active record, returns them and the active records of the others.
@@ -27,58 +29,25 @@ RECORD_JOBS = "select * from record_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10
 DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
 
 # A push of dispatch n landed: the record leaves the outbox (only if n is still its dispatch).
-MARK_ENQUEUED_MANY = """
-update media_jobs j set enqueued_at = now(), dispatch_error = null
-  from unnest($1::uuid[], $2::int[]) as t(id, dispatch_no)
- where j.id = any($1::uuid[]) and j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null
-"""
+MARK_ENQUEUED_MANY = "select runtime_mark_enqueued($1, $2)"
 
-MARK_DISPATCH_FAILED_MANY = """
-update media_jobs j set dispatch_error = t.error
-  from unnest($1::uuid[], $2::int[], $3::text[]) as t(id, dispatch_no, error)
- where j.id = any($1::uuid[]) and j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null
-"""
+MARK_DISPATCH_FAILED_MANY = "select runtime_mark_dispatch_failed($1, $2, $3)"
 
 # The lease: a record is started by the delivery of its current dispatch, when queued, or when
 # the attempt that held it let its lease expire (its worker died or stopped). Many deliveries per
 # statement (see record_writer); a row's creator must be the delivery's. A row with a concurrency
 # key starts only while fewer than its limit run under that key (its starts hold LOCK_CONCURRENCY_KEY).
-START_ATTEMPTS = """
-update media_jobs j
-   set status = 'processing', attempts = j.attempts + 1, started_at = now(), heartbeat_at = now(),
-       lease_expires_at = now() + make_interval(secs => $5), worker_id = $4, updated_at = now()
-  from unnest($1::uuid[], $2::uuid[], $3::int[], $6::text[], $7::int[])
-       as req(id, user_id, dispatch_no, concurrency_key, concurrency_limit)
- where j.id = any($1::uuid[]) and j.id = req.id and j.user_id is not distinct from req.user_id
-   and j.dispatch_no = req.dispatch_no and j.run_at <= now() + interval '1 second'
-   and (j.status = 'queued' or (j.status = 'processing' and j.lease_expires_at < now()))
-   and (req.concurrency_key is null
-        or (select count(*) from media_jobs c
-             where c.concurrency_key = req.concurrency_key and c.status = 'processing'
-               and c.lease_expires_at > now() and c.id <> req.id) < req.concurrency_limit)
-returning j.id, j.attempts, j.max_attempts
-"""
+START_ATTEMPTS = "select * from runtime_start_attempts($1, $2, $3, $4, $5, $6, $7)"
 
 # Why deliveries did not start: each record's state as they see it (no row: no such record).
-START_REFUSED = """
-select j.id, j.status, j.dispatch_no, greatest(0, extract(epoch from j.run_at - now()))::float8 as starts_in_s
-  from media_jobs j join unnest($1::uuid[], $2::uuid[]) as req(id, user_id)
-       on j.id = req.id and j.user_id is not distinct from req.user_id
- where j.id = any($1::uuid[])
-"""
+START_REFUSED = "select * from runtime_start_refused($1, $2)"
 
 # Taken before START_ATTEMPTS for a job with a concurrency key: starts of one key run one at a time,
 # so the count in START_ATTEMPTS cannot be read by two starts at once.
 LOCK_CONCURRENCY_KEY = "select pg_advisory_xact_lock(hashtextextended($1, 0))"
 
 # The leases of every attempt a worker holds, in one statement; what comes back is still held.
-HEARTBEATS = """
-update media_jobs j set heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => $4)
-  from unnest($1::uuid[], $2::uuid[], $3::int[]) as t(id, user_id, attempt)
- where j.id = any($1::uuid[]) and j.id = t.id and j.user_id is not distinct from t.user_id and j.attempts = t.attempt
-   and j.status = 'processing'
-returning j.id
-"""
+HEARTBEATS = "select id from runtime_heartbeats($1, $2, $3, $4) as id"
 
 PROGRESS = """
 update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
@@ -86,10 +55,7 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
 """
 
 # Whether an attempt still owns its record (checked before an outside effect).
-ATTEMPT_HOLDS = """
-select exists (select 1 from media_jobs
-                where id = $1 and user_id is not distinct from $2 and attempts = $3 and status = 'processing')
-"""
+ATTEMPT_HOLDS = "select runtime_attempt_holds($1, $2, $3)"
 
 # Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
 BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
@@ -98,21 +64,7 @@ BEGIN_SYSTEM_JOB_TX = "select begin_system_job_tx($1, $2)"
 # Outcomes of many attempts, each landing only while its attempt still owns the record:
 # 'completed' (with a result), 'failed', or 'queued' again (a retry keeps the dispatch: arq
 # delivers the same job again after delay_s). What comes back landed.
-FINISH_ATTEMPTS = """
-update media_jobs j
-   set status = t.status,
-       result = case when t.status = 'completed' then t.result else j.result end,
-       progress = case when t.status = 'completed' then 100 else j.progress end,
-       error = t.error, error_kind = t.error_kind,
-       run_at = case when t.status = 'queued' then now() + make_interval(secs => t.delay_s) else j.run_at end,
-       finished_at = case when t.status = 'queued' then j.finished_at else now() end,
-       lease_expires_at = null, updated_at = now()
-  from unnest($1::uuid[], $2::uuid[], $3::int[], $4::text[], $5::jsonb[], $6::text[], $7::text[], $8::float8[])
-       as t(id, user_id, attempt, status, result, error, error_kind, delay_s)
- where j.id = any($1::uuid[]) and j.id = t.id and j.user_id is not distinct from t.user_id and j.attempts = t.attempt
-   and j.status = 'processing'
-returning j.id, j.attempts
-"""
+FINISH_ATTEMPTS = "select * from runtime_finish_attempts($1, $2, $3, $4, $5, $6, $7, $8)"
 
 # A record that never became a valid job: failed with the reason (fenced on its dispatch).
 REJECT = """

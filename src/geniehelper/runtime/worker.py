@@ -37,7 +37,6 @@ from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.outcome import OUTCOME_WRITE_DELAYS_S
 from geniehelper.runtime.queue import JobQueue
-from geniehelper.runtime.quotas import load_tier_limits
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.resources import OpenResources
@@ -79,7 +78,7 @@ def build_worker_settings(
         log.warning("worker.queue_has_no_jobs", queue=queue, known_jobs=registry.names())
     if database_url is None or redis_url is None:
         urls = resolve_urls(settings)
-        database_url, redis_url = database_url or urls.database_url, redis_url or urls.redis_url
+        database_url, redis_url = database_url or urls.worker_url, redis_url or urls.redis_url
     db_url: str = database_url
     max_jobs = queue_settings.concurrency
 
@@ -89,22 +88,22 @@ def build_worker_settings(
         redis = ctx["redis"]
         for warning in await config_warnings(redis):
             log.warning("worker.unsafe_redis", problem=warning)
-        db = await _open_database(db_url, settings)
+        # The system role only for a queue that runs system jobs: a creator job never needs it.
+        db = await _open_database(db_url, settings, system=any(job.scope == "system" for job in jobs))
         # Resources see the servers this worker uses (the embedded stack's when none were given).
         opened = await OpenResources.open(
             (key for job in jobs for key in job.resources),
             settings.model_copy(update={"database_url": db_url, "redis_url": redis_url}),
         )
-        limits = load_tier_limits()
         records = RecordWriter(
             db.records_pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.job_lease_s,
             heartbeat_interval_s=settings.job_heartbeat_interval_s, batch_wait_s=settings.job_record_batch_wait_s,
         )  # fmt: skip
         resources = Resources(
             settings=settings, db=db, redis=redis, registry=registry,
-            queue=JobQueue(db, redis, registry, limits, dispatch_ttl_s=settings.job_dispatch_ttl_s,
+            queue=JobQueue(db, redis, registry, dispatch_ttl_s=settings.job_dispatch_ttl_s,
                            fair_queues=settings.fair_queues),
-            limits=limits, records=records, opened=opened,
+            records=records, opened=opened,
         )  # fmt: skip
         ctx["resources"] = resources
         ctx["health_task"] = asyncio.create_task(
@@ -154,13 +153,13 @@ def build_worker_settings(
     return type(f"{role.title().replace('_', '')}WorkerSettings", (), attributes)
 
 
-async def _open_database(url: str, settings: Settings) -> Database:
-    """Open the pools, waiting out a PostgreSQL that is not reachable yet."""
+async def _open_database(url: str, settings: Settings, *, system: bool) -> Database:
+    """Open the pools (the system role's only if `system`), waiting out a PostgreSQL that is not reachable yet."""
     delay = 0.5
     while True:
         try:
             return await Database.open(
-                url, min_size=settings.db_pool_min_size, max_size=max(settings.db_pool_max_size, 2)
+                url, min_size=settings.db_pool_min_size, max_size=max(settings.db_pool_max_size, 2), system=system
             )
         except Exception as exc:
             if classify(exc)[0] != "transient":  # e.g. a wrong password: say it and stop
