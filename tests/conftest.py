@@ -11,6 +11,7 @@ flushed Redis database.
 from __future__ import annotations
 
 import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -58,8 +59,8 @@ async def _admin(stack: StackUrls) -> asyncpg.Connection:
     return await asyncpg.connect(with_database(stack.owner_url, "postgres"))
 
 
-# The schema is owned as in production: by a role that is not a superuser (the embedded stack's
-# trust authentication lets it log in without a password). Inspecting fixtures use the superuser.
+# The schema is owned as in production: by a role that is not a superuser (its URL carries a password
+# of this run's, for servers that ask for one). Inspecting fixtures use the superuser.
 SCHEMA_OWNER = "gh_test_schema_owner"
 
 
@@ -77,8 +78,11 @@ async def _schema_owner_url(admin: asyncpg.Connection, stack: StackUrls) -> str:
     for role in ("geniehelper_app", "geniehelper_system", "geniehelper_runtime"):
         if await admin.fetchval("select 1 from pg_roles where rolname = $1", role):
             await admin.execute(f"grant {role} to {SCHEMA_OWNER} with admin option, inherit false, set true")
+    # A password of this run's (hex: safe in SQL), for servers that ask for one.
+    password = secrets.token_hex(16)
+    await admin.execute(f"alter role {SCHEMA_OWNER} password '{password}'")
     parts = urlsplit(stack.owner_url)
-    netloc = f"{SCHEMA_OWNER}@{parts.hostname}:{parts.port}"
+    netloc = f"{SCHEMA_OWNER}:{password}@{parts.hostname}:{parts.port}"
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 

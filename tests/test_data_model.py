@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -592,3 +593,27 @@ async def test_scheduler_claim_and_creator_job_list_use_their_indexes(db: Databa
     scans = scans_of(plan, "media_jobs")
     assert scans and all(index == "media_jobs_user_created_idx" for _, index in scans), scans
     assert not any(node == "Seq Scan" for node, _ in scans)
+
+
+async def test_an_owner_that_cannot_set_up_the_roles_is_told_every_grant_at_once(stack: StackUrls) -> None:
+    name, role, password = f"gh_weak_{uuid.uuid4().hex[:10]}", f"gh_weak_owner_{uuid.uuid4().hex[:6]}", "weakpw"
+    admin = await asyncpg.connect(with_database(stack.owner_url, "postgres"))
+    try:
+        await admin.execute(f"create role {role} login password '{password}'")  # no CREATEROLE, no ADMIN on ours
+        await admin.execute(f"create database {ident(name)} owner {role}")
+        parts = urlsplit(with_database(stack.owner_url, name))
+        url = urlunsplit((parts.scheme, f"{role}:{password}@{parts.hostname}:{parts.port}", parts.path, "", ""))
+        conn = await connect_owner(url)
+        try:
+            with pytest.raises(MigrationError) as refused:
+                await apply_migrations(conn)
+            assert await conn.fetchval("select to_regclass('schema_migrations')") is None  # nothing applied
+        finally:
+            await conn.close()
+        message = str(refused.value)
+        for nologin in ("geniehelper_app", "geniehelper_system", "geniehelper_runtime"):
+            assert f"GRANT {nologin} TO {role} WITH ADMIN OPTION, INHERIT FALSE, SET TRUE;" in message
+    finally:
+        await admin.execute(f"drop database if exists {ident(name)} with (force)")
+        await admin.execute(f"drop role if exists {role}")
+        await admin.close()

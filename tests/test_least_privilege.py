@@ -282,3 +282,11 @@ def test_only_the_runtime_sets_the_current_creator() -> None:
         if "app.user_id" in path.read_text(encoding="utf-8") and path not in allowed
     ]  # fmt: skip
     assert setters == []
+
+
+def test_job_modules_reach_the_database_only_through_their_context() -> None:
+    """A job gets its own creator's transaction from its context; the worker's pools stay with the runtime."""
+    root = Path(__file__).resolve().parent.parent
+    words = ("_runtime", "geniehelper.db", "_pool", "set_config")
+    reaching = [p.name for p in (root / "jobs").glob("*.py") if any(w in p.read_text(encoding="utf-8") for w in words)]
+    assert reaching == []

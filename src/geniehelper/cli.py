@@ -119,6 +119,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             _print_urls(urls)
             env = child_env(urls.as_env())
             demo = stack is not None and not args.no_demo
+            if not demo:
+                given = "the servers were given (DATABASE_URL, REDIS_URL): it writes a demo creator, so it runs on the "
+                why = "--no-demo" if args.no_demo else given + "embedded stack only"
+                _say(f"demo: not started ({why})")
             if demo:
                 from geniehelper.demo import development_key
 

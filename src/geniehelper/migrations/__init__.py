@@ -75,6 +75,39 @@ async def grant_login_roles(conn: asyncpg.Connection) -> None:
                 await conn.execute(f'grant "{role}" to "{login}" with inherit false, set true')
 
 
+NOLOGIN_ROLES = ("geniehelper_app", "geniehelper_system", "geniehelper_runtime")
+
+# What the migrating role needs on the cluster-wide roles: to create those missing (CREATEROLE) and
+# ADMIN on those that exist already (to let itself and the logins act as them).
+ROLE_PRIVILEGES = """
+select me.rolsuper as superuser, me.rolcreaterole as createrole,
+       array(select r.rolname::text from pg_roles r where r.rolname = any($1)
+              and not exists (select from pg_auth_members m
+                               where m.roleid = r.oid and m.member = me.oid and m.admin_option)) as without_admin,
+       array(select n from unnest($1::text[]) n where not exists (select from pg_roles r where r.rolname = n))
+           as missing
+  from pg_roles me where me.rolname = current_user
+"""
+
+
+async def check_role_privileges(conn: asyncpg.Connection) -> None:
+    """Refuse, naming every GRANT needed at once, when the migrating role cannot set up the roles."""
+    row = await conn.fetchrow(ROLE_PRIVILEGES, list(NOLOGIN_ROLES))
+    assert row is not None
+    if row["superuser"]:
+        return
+    me = await conn.fetchval("select current_user")
+    problems = []
+    if row["without_admin"]:
+        grant = "GRANT {} TO {} WITH ADMIN OPTION, INHERIT FALSE, SET TRUE;"
+        grants = " ".join(grant.format(role, me) for role in row["without_admin"])
+        problems.append(f"roles exist already that {me} has no ADMIN on; as a superuser run: {grants}")
+    if row["missing"] and not row["createrole"]:
+        problems.append(f"{me} cannot create the roles {', '.join(row['missing'])}: ALTER ROLE {me} CREATEROLE;")
+    if problems:
+        raise MigrationError(f"{me} cannot set up the database roles: " + " ".join(problems))
+
+
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply what is missing; return the names applied (empty when up to date)."""
     version = int(await conn.fetchval("select current_setting('server_version_num')"))
@@ -84,6 +117,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
             f"PostgreSQL 16 or newer is required (this server is {shown}): the roles' SET-only membership "
             "(GRANT ... WITH SET TRUE, INHERIT FALSE) that keeps processes from the owner's rights is 16's"
         )
+    await check_role_privileges(conn)
     migrations = load_migrations()
     await conn.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:

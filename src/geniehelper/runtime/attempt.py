@@ -219,7 +219,7 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
     timed_out = False
     try:
         try:
-            with ctx.resources.records.holding(ctx.record_id, ctx.user_id, ctx.attempt, on_lease_lost):
+            with ctx._runtime.records.holding(ctx.record_id, ctx.user_id, ctx.attempt, on_lease_lost):
                 async with asyncio.timeout(job.policy.timeout_s) as deadline:
                     result = await run_task
         except TimeoutError:
@@ -232,7 +232,7 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
             return {"status": "lease_lost"}
         # Worker shutting down: hand the job back (arq re-queues this dispatch) with the record queued.
         with contextlib.suppress(Exception):
-            await asyncio.shield(ctx.resources.records.finish(
+            await asyncio.shield(ctx._runtime.records.finish(
                 finish_of(ctx, {"kind": "retry", "error": "worker shut down mid-job", "error_kind": "interrupted",
                                  "delay_s": 0.0})
             ))  # fmt: skip

@@ -42,9 +42,11 @@ class LeaseLost(Exception):
 
 @dataclass
 class JobContext:
-    """A job's typed view of its run."""
+    """A job's typed view of its run: its own creator's transaction (or, for a system job, the
+    system's), its settings, the resources it declared, progress and its lease. Nothing reaching
+    another creator: the worker's pools stay with the runtime (`_runtime`, never used by job code)."""
 
-    resources: Resources
+    _runtime: Resources
     job: AnyJob
     record_id: UUID
     user_id: UUID | None  # None: a system job
@@ -64,10 +66,10 @@ class JobContext:
         if self.user_id is None:
             raise TypeError(f"{self.job.name} is a system job: it has no creator (use system_tx)")
         if not self.fenced:
-            async with self.resources.db.creator_tx(self.user_id) as conn:
+            async with self._runtime.db.creator_tx(self.user_id) as conn:
                 yield conn
             return
-        async with self.resources.db.app_pool.acquire() as conn, conn.transaction():
+        async with self._runtime.db.app_pool.acquire() as conn, conn.transaction():
             if not await conn.fetchval(store.BEGIN_JOB_TX, self.user_id, self.record_id, self.attempt):
                 raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
             yield conn
@@ -77,7 +79,7 @@ class JobContext:
         """A system job's transaction (the system role's grants only), fenced like creator_tx."""
         if self.user_id is not None:
             raise TypeError(f"{self.job.name} is a creator job: it acts only for its creator (use creator_tx)")
-        async with self.resources.db.system_tx() as conn:
+        async with self._runtime.db.system_tx() as conn:
             if self.fenced and not await conn.fetchval(store.BEGIN_SYSTEM_JOB_TX, self.record_id, self.attempt):
                 raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
             yield conn
@@ -88,23 +90,23 @@ class JobContext:
 
     async def ensure_lease(self) -> None:
         """Raise LeaseLost if this attempt no longer owns the job: call it before an outside effect."""
-        if self.fenced and not await self.resources.records.holds(self.record_id, self.user_id, self.attempt):
+        if self.fenced and not await self._runtime.records.holds(self.record_id, self.user_id, self.attempt):
             raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
 
     @property
     def settings(self) -> Settings:
-        return self.resources.settings
+        return self._runtime.settings
 
     def resource(self, key: ResourceKey[T]) -> T:
         """A resource this job declared (`JobDefinition.resources`), as its worker opened it."""
         if key not in self.job.resources:
             raise TypeError(f"{self.job.name} did not declare resource {key.name!r} (JobDefinition.resources)")
-        return self.resources.opened.get(key)
+        return self._runtime.opened.get(key)
 
     @property
     def is_last_attempt(self) -> bool:
         return self.attempt >= self.max_attempts
 
     async def progress(self, percent: int) -> None:
-        async with self.resources.db.scoped_tx(self.user_id) as conn:
+        async with self._runtime.db.scoped_tx(self.user_id) as conn:
             await conn.execute(store.PROGRESS, self.record_id, self.attempt, max(0, min(100, percent)))

@@ -81,7 +81,7 @@ async def _write_with_retries(ctx: JobContext, finish: Finish) -> bool:
     last: Exception | None = None
     for delay in (*OUTCOME_WRITE_DELAYS_S, None):
         try:
-            return await asyncio.shield(ctx.resources.records.finish(finish))
+            return await asyncio.shield(ctx._runtime.records.finish(finish))
         except Exception as exc:
             last = exc
             log.warning("job.outcome_write_failed", error=describe(exc), retry_in_s=delay)
@@ -95,7 +95,7 @@ async def _park(ctx: JobContext, outcome: Outcome, exc: Exception) -> None:
     """Keep the outcome in Redis by record and attempt: the next delivery records it."""
     value = json.dumps({**outcome, "attempt": ctx.attempt})
     try:
-        await ctx.resources.redis.set(f"{OUTCOME_PREFIX}{ctx.record_id}", value, ex=OUTCOME_TTL_S)
+        await ctx._runtime.redis.set(f"{OUTCOME_PREFIX}{ctx.record_id}", value, ex=OUTCOME_TTL_S)
     except Exception as redis_exc:
         log.error("job.outcome_lost", outcome=outcome["kind"], error=describe(exc), redis_error=describe(redis_exc))
         return
