@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from schedulers.base import Scheduler
 from schedulers.dispatcher import Dispatcher
+from schedulers.job_monitor import JobMonitor
 from schedulers.job_retention import JobRetention
 from schedulers.outbox_relay import OutboxRelay
 from schedulers.post_scheduler import PostScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (Dispatcher, JobRetention, OutboxRelay, PostScheduler)
+    cls.name: cls for cls in (Dispatcher, JobMonitor, JobRetention, OutboxRelay, PostScheduler)
 }

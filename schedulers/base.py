@@ -243,6 +243,7 @@ class SchedulerRunner:
     def health_details(self) -> dict[str, Any]:
         return {
             "leader": self.is_leader, "ticks": self.ticks, "last_tick_at": self.last_tick_at,
+            "interval_s": self.scheduler.interval_s(self.settings),
             "failing": self.failures > 0, "failures": self.failures,
             "last_error": self.last_error, "last_error_at": self.last_error_at,
         }  # fmt: skip

@@ -35,6 +35,8 @@ LEDGERS = (
     "post_performance_snapshots",
     "platform_stats_snapshots",
 )
+# Operations logs (no creator data; the system role's only): append-only too.
+OPS_LOGS = ("ops_alert_deliveries", "ops_actions")
 
 
 def ident(name: str) -> str:
@@ -328,7 +330,7 @@ async def test_a_creator_sees_only_its_own_creators_row(db: Database, owner: asy
 # --- append-only ledgers ----------------------------------------------------------------------------
 
 
-async def test_exactly_the_six_ledgers_carry_the_append_only_triggers(owner: asyncpg.Connection) -> None:
+async def test_exactly_the_ledgers_and_ops_logs_carry_the_append_only_triggers(owner: asyncpg.Connection) -> None:
     # tgtype bits: 1 row-level, 2 BEFORE, 8 DELETE, 16 UPDATE, 32 TRUNCATE
     rows = await owner.fetch(
         """
@@ -341,7 +343,7 @@ async def test_exactly_the_six_ledgers_carry_the_append_only_triggers(owner: asy
         """
     )
     assert {r["table_name"]: (r["row_update_delete"], r["statement_truncate"]) for r in rows} == {
-        ledger: (True, True) for ledger in LEDGERS
+        ledger: (True, True) for ledger in (*LEDGERS, *OPS_LOGS)
     }
 
 

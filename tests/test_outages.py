@@ -1,7 +1,7 @@
 """Outages with real processes: PostgreSQL stopped, valkey killed, a worker paused past its lease.
 
 Each test starts a throw-away embedded stack of its own (durable: fsync on, valkey AOF), a sandbox
-platform process, two `geniehelper worker default`, one `geniehelper scheduler outbox_relay` and
+platform process, two `geniehelper worker default`, one `geniehelper scheduler outbox_relay job_monitor` and
 one `geniehelper scheduler post_scheduler`, with no supervisor: a process that exits stays dead,
 so "no process exits" is checked for real. The servers are stopped and started one at a time with
 the same command line (same port, same data folder) they were started with.
@@ -53,6 +53,7 @@ FAST = {
     "JOB_LEASE_S": "6",
     "JOB_HEARTBEAT_INTERVAL_S": "1",
     "OUTBOX_RELAY_INTERVAL_S": "1",
+    "JOB_MONITOR_INTERVAL_S": "1",
     "OUTBOX_RELAY_GRACE_S": "2",
     "POST_SCHEDULER_INTERVAL_S": "2",
     "HEALTH_INTERVAL_S": "1",
@@ -262,7 +263,7 @@ class Rig:
 
     async def start_processes(self) -> None:
         self.workers = [self.spawn("worker", "default") for _ in range(2)]
-        self.relay = self.spawn("scheduler", "outbox_relay")
+        self.relay = self.spawn("scheduler", "outbox_relay", "job_monitor")
         self.post_scheduler = self.spawn("scheduler", "post_scheduler")
         for output in [*self.workers, self.relay, self.post_scheduler]:
             await asyncio.to_thread(output.wait_for, r'"event": "process.ready"', 60)
@@ -593,7 +594,7 @@ async def test_a_paused_worker_past_its_lease_does_not_write_or_publish_again(
     os.kill(a.proc.pid, signal.SIGSTOP)
     paused_at = time.monotonic()
     try:
-        # A's lease runs out; outbox_relay re-drives the record and B takes it over.
+        # A's lease runs out; job_monitor re-drives the record, outbox_relay pushes it and B takes it over.
         async def posted() -> bool:
             return (await rig.post_statuses([post_id]))["posted"] == 1
 

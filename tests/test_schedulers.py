@@ -294,7 +294,7 @@ class OutageProxy:
         self._writers -= pair
 
 
-SCHEDULER_NAMES = ("dispatcher", "job_retention", "outbox_relay", "post_scheduler")
+SCHEDULER_NAMES = ("dispatcher", "job_monitor", "job_retention", "outbox_relay", "post_scheduler")
 
 
 def _scheduler_env(project_env: dict[str, str], **extra: str) -> dict[str, str]:

@@ -60,6 +60,25 @@ class DispatcherSettings:
 
 
 @dataclass(frozen=True)
+class FailureSpikeSettings:
+    window_s: float
+    min_failures: int
+    ratio: float
+
+
+@dataclass(frozen=True)
+class JobMonitorSettings:
+    interval_s: float
+    dead_window_s: float
+    queue_age_s: float
+    failure_spike: FailureSpikeSettings
+    expected_roles: tuple[str, ...]
+    webhook_url: str | None
+    webhook_secret: str | None
+    webhook_retry_max_s: float
+
+
+@dataclass(frozen=True)
 class JobRetentionSettings:
     interval_s: float  # JOB_RETENTION_INTERVAL_S
     older_than_s: float  # JOB_RETENTION_S
@@ -169,6 +188,24 @@ class Settings(BaseSettings):
     dispatcher_interval_s: float = Field(
         default=0.1, gt=0, le=60, description="How often the dispatcher tops up the fair queues."
     )
+    # job_monitor and its alerts (docs/operations.md).
+    job_monitor_interval_s: float = Field(
+        default=5.0, gt=0, le=600, description="job_monitor's interval: stalled and lost jobs re-driven, alerts kept."
+    )
+    alert_dead_window_s: float = Field(
+        default=86_400.0, gt=0, description="Jobs failed for good within this window (and not run again) are an alert."
+    )
+    alert_queue_age_s: float = Field(default=300.0, gt=0, description="Due jobs waiting longer than this are an alert.")
+    alert_failure_spike_window_s: float = Field(default=300.0, gt=0)
+    alert_failure_spike_min: int = Field(default=10, ge=1, description="Failures in the window before a spike counts.")
+    alert_failure_spike_ratio: float = Field(default=0.5, gt=0, le=1, description="Share of finished jobs that failed.")
+    alert_expected_roles: list[str] = Field(
+        default=["worker", "scheduler"], description="Roles that must have a live process (health keys)."
+    )
+    # A secret: Slack-style webhook URLs carry their token in the path.
+    alert_webhook_url: SecretStr | None = Field(default=None, description="Slack-compatible webhook for alerts.")
+    alert_webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key signing each POST.")
+    alert_retry_max_s: float = Field(default=300.0, gt=0, description="Longest wait between delivery attempts.")
     # job_retention.
     job_retention_interval_s: float = Field(default=600.0, gt=0, le=86_400, description="job_retention's interval.")
     job_retention_s: float = Field(
@@ -189,6 +226,20 @@ class Settings(BaseSettings):
     @property
     def dispatcher(self) -> DispatcherSettings:
         return DispatcherSettings(interval_s=self.dispatcher_interval_s)
+
+    @property
+    def job_monitor(self) -> JobMonitorSettings:
+        return JobMonitorSettings(
+            interval_s=self.job_monitor_interval_s, dead_window_s=self.alert_dead_window_s,
+            queue_age_s=self.alert_queue_age_s,
+            failure_spike=FailureSpikeSettings(
+                self.alert_failure_spike_window_s, self.alert_failure_spike_min, self.alert_failure_spike_ratio
+            ),
+            expected_roles=tuple(self.alert_expected_roles),
+            webhook_url=self.alert_webhook_url.get_secret_value() if self.alert_webhook_url else None,
+            webhook_secret=self.alert_webhook_secret.get_secret_value() if self.alert_webhook_secret else None,
+            webhook_retry_max_s=self.alert_retry_max_s,
+        )  # fmt: skip
 
     @property
     def job_retention(self) -> JobRetentionSettings:

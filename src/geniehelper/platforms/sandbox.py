@@ -685,15 +685,21 @@ async def run_sandbox(
 
     Pass `platform` to reach its state from the test (its clock, `create_account`, ...).
     """
-    app = (platform or SandboxPlatform()).create_app()
+    async with serve_app((platform or SandboxPlatform()).create_app(), host, port) as base_url:
+        yield base_url
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Serve an app on loopback in the current event loop (port 0: a free one); yields its base URL."""
     sock, base_url = _bind(host, port)
     server = _EmbeddedServer(_config(app))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name="sandbox-platform")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{base_url}")
     try:
         while not server.started:
             if task.done():
                 await task  # raises the start-up error, if any
-                raise RuntimeError("the sandbox platform stopped during start-up")
+                raise RuntimeError(f"the server at {base_url} stopped during start-up")
             await asyncio.sleep(0.01)
         yield base_url
     finally:

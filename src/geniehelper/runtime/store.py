@@ -139,7 +139,9 @@ with expired as (
 update media_jobs j
    set status = 'queued', dispatch_no = j.dispatch_no + 1, enqueued_at = null, lease_expires_at = null,
        error = format('lease expired: %s stopped heartbeating during attempt %s', j.worker_id, j.attempts),
-       error_kind = 'lease_expired', run_at = now(), updated_at = now()
+       error_kind = 'lease_expired', run_at = now(), updated_at = now(),
+       history = j.history || job_history_entry('lease_expired', j.attempts, j.worker_id, 'lease_expired',
+                                                'stopped heartbeating', 'job_monitor')
   from expired
  where j.id = expired.id
 returning j.id, j.user_id, j.job_name, j.attempts, j.dispatch_no
@@ -158,7 +160,9 @@ select id, dispatch_no from media_jobs
 REDRIVE_LOST = """
 update media_jobs j
    set dispatch_no = j.dispatch_no + 1, enqueued_at = null, run_at = greatest(j.run_at, now()),
-       error = 'dispatch lost from Redis: re-driven', error_kind = 'dispatch_lost', updated_at = now()
+       error = 'dispatch lost from Redis: re-driven', error_kind = 'dispatch_lost', updated_at = now(),
+       history = j.history || job_history_entry('dispatch_lost', j.attempts, null, 'dispatch_lost',
+                                                format('dispatch %s not in Redis', j.dispatch_no), 'job_monitor')
   from unnest($1::uuid[], $2::int[]) as t(id, dispatch_no)
  where j.id = any($1::uuid[]) and j.id = t.id and j.dispatch_no = t.dispatch_no and j.status = 'queued'
    and j.enqueued_at is not null
