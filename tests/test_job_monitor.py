@@ -204,12 +204,31 @@ async def test_a_thousand_stalled_jobs_are_re_driven_and_one_summarised_alert(
     assert [p["body"]["alert"]["event"] for p in receiver.posts] == ["opened", "resolved"]
 
 
+async def test_a_process_back_within_the_grace_is_recorded_and_never_paged(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str,
+    receiver: Receiver,
+) -> None:
+    missing = settings_for(database_url, redis_url, receiver, alert_expected_roles=["media_worker"])
+    await monitor_ticks(missing, db, arq_redis, database_url)
+    (alert,) = await alerts(owner, "role_missing:media_worker")
+    assert alert["summary"] == "no live media_worker process" and alert["severity"] == "critical"
+    assert alert["notify"] == "opened" and alert["notify_after"] > alert["opened_at"]  # held for the grace
+    back = settings_for(database_url, redis_url, receiver)  # the role is no longer missing
+    await monitor_ticks(back, db, arq_redis, database_url)
+    (alert,) = await alerts(owner, "role_missing:media_worker")
+    assert alert["status"] == "resolved" and alert["notify"] is None
+    assert receiver.posts == []
+
+
 async def test_without_a_webhook_incidents_are_recorded_and_logged_only(
     db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
 ) -> None:
-    settings = settings_for(database_url, redis_url, None, alert_expected_roles=["media_worker"])
-    await monitor_ticks(settings, db, arq_redis, database_url)
-    (alert,) = await alerts(owner, "role_missing:media_worker")
-    assert alert["dedup_key"] == "role_missing:media_worker" and alert["summary"] == "no live media_worker process"
-    assert alert["notify"] is None and alert["delivery_error"] == "not sent: no ALERT_WEBHOOK_URL set"
-
+    creator = await make_creator(owner)
+    await owner.execute(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload, status, error, finished_at)"
+        " values ($1, 't_echo', 'default', 'k1', '{\"text\": \"x\"}', 'failed', 'no', now())", creator,
+    )  # fmt: skip
+    await monitor_ticks(settings_for(database_url, redis_url, None), db, arq_redis, database_url)
+    (alert,) = await alerts(owner, "jobs_dead:t_echo")
+    assert alert["status"] == "open" and alert["notify"] is None
+    assert alert["delivery_error"] == "not sent: no ALERT_WEBHOOK_URL set"

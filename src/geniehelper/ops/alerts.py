@@ -31,6 +31,9 @@ class Finding:
     severity: Severity
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    # Wait this long before notifying: an incident that clears sooner (a process restarted by its
+    # supervisor, a leader handing over) is recorded but never paged.
+    notify_delay_s: float = 0.0
 
     @property
     def dedup_key(self) -> str:
@@ -40,9 +43,9 @@ class Finding:
 # New incidents are opened (to be notified); open ones are refreshed.
 OPEN_OR_REFRESH = """
 insert into ops_alerts as a (rule, dedup_key, severity, summary, details, notify, notify_after)
-select t.rule, t.dedup_key, t.severity, t.summary, t.details, 'opened', now()
-  from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[])
-       as t(rule, dedup_key, severity, summary, details)
+select t.rule, t.dedup_key, t.severity, t.summary, t.details, 'opened', now() + make_interval(secs => t.delay_s)
+  from unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::float8[])
+       as t(rule, dedup_key, severity, summary, details, delay_s)
 on conflict (dedup_key) where status <> 'resolved' do update
    set summary = excluded.summary, details = excluded.details, severity = excluded.severity,
        seen_count = a.seen_count + 1, last_seen_at = now()
@@ -68,6 +71,7 @@ async def reconcile(conn: asyncpg.Connection, rules: Collection[str], findings: 
         rows = await conn.fetch(
             OPEN_OR_REFRESH, [f.rule for f in findings], [f.dedup_key for f in findings],
             [f.severity for f in findings], [f.summary for f in findings], [f.details for f in findings],
+            [f.notify_delay_s for f in findings],
         )  # fmt: skip
         for row in rows:
             if row["opened"]:

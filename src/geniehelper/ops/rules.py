@@ -16,6 +16,8 @@ from geniehelper.ops.alerts import Finding
 from geniehelper.settings import JobMonitorSettings
 
 SAMPLE = 5  # record ids shown per incident
+# A process restarted by its supervisor, or a leader handing over, takes seconds: not worth a page.
+PROCESS_NOTIFY_DELAY_S = 30.0
 
 # Re-driven after their lease expired and not finished since (a completion clears error_kind).
 STALLED = """
@@ -99,7 +101,8 @@ def process_findings(processes: list[ProcessHealth], settings: JobMonitorSetting
     found: list[Finding] = []
     for role in settings.expected_roles:
         if not any(p.role == role for p in live):
-            found.append(Finding("role_missing", role, "critical", f"no live {role} process", {"role": role}))
+            found.append(Finding("role_missing", role, "critical", f"no live {role} process", {"role": role},
+                                 PROCESS_NOTIFY_DELAY_S))  # fmt: skip
     for name in schedulers:
         copies = [p for p in live if p.role == name]
         if not copies:
@@ -107,12 +110,12 @@ def process_findings(processes: list[ProcessHealth], settings: JobMonitorSetting
         leaders = [p for p in copies if p.details.get("leader")]
         if not leaders:
             found.append(Finding("scheduler_lag", name, "critical", f"{name}: running but no copy leads",
-                                 {"copies": len(copies)}))  # fmt: skip
+                                 {"copies": len(copies)}, PROCESS_NOTIFY_DELAY_S))  # fmt: skip
             continue
         lag = _tick_lag(leaders[0].details, health_interval_s)
         if lag is not None:
             found.append(Finding("scheduler_lag", name, "warning", f"{name}: last tick {lag:.0f}s ago",
-                                 {"last_tick_age_s": round(lag, 1)}))  # fmt: skip
+                                 {"last_tick_age_s": round(lag, 1)}, PROCESS_NOTIFY_DELAY_S))  # fmt: skip
     return found
 
 
