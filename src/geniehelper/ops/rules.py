@@ -33,9 +33,12 @@ select f.job_name, count(*)::int as n, (array_agg(f.id order by f.finished_at de
        (array_agg(f.error order by f.finished_at desc))[1] as last_error
   from media_jobs f
  where f.status = 'failed' and f.finished_at > now() - make_interval(secs => $1)
-   and not exists (select 1 from media_jobs r
-                    where r.user_id is not distinct from f.user_id and r.job_key = f.job_key
-                      and r.status = 'completed' and r.created_at > f.created_at)
+   -- A subplan per failure (LIMIT keeps the planner from turning it into a scan of every completion),
+   -- each one (user_id, job_key) index probe; spelled out per case, as IS NOT DISTINCT FROM is no index condition.
+   and (select 1 from media_jobs r
+         where (r.user_id = f.user_id or (f.user_id is null and r.user_id is null)) and r.job_key = f.job_key
+           and r.status = 'completed' and r.created_at > f.created_at
+         limit 1) is null
  group by f.job_name
 """
 
@@ -54,7 +57,7 @@ select job_name, count(*) filter (where status = 'failed')::int as failed, count
  where status in ('completed', 'failed') and finished_at > now() - make_interval(secs => $1)
  group by job_name
 having count(*) filter (where status = 'failed') >= $2
-   and count(*) filter (where status = 'failed') >= $3 * count(*)
+   and count(*) filter (where status = 'failed') >= $3::float8 * count(*)
 """
 
 JOB_RULES = ("jobs_stalled", "jobs_dead", "queue_age", "failure_spike")
