@@ -8,13 +8,15 @@ Each tick (JOB_MONITOR_INTERVAL_S, default 5 s), leader-elected, each step bound
    eviction) get a new dispatch: compared with Redis in batches of 1,000, wrapping around;
    outbox_relay pushes what both re-drive;
 3. the alert rules (geniehelper.ops.rules) are evaluated and `ops_alerts` made to match: one incident
-   per rule and key, resolved when its condition clears;
+   per rule and key, resolved when its condition clears (the process rules from one health
+   staleness window after this copy began leading);
 4. due notifications are POSTed to ALERT_WEBHOOK_URL (geniehelper.ops.webhook).
 Every re-drive is appended to the job's `history` and logged (`job.lease_expired`, `job.dispatch_lost`).
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, ClassVar
 
 import httpx
@@ -29,15 +31,20 @@ from schedulers.base import Scheduler, SchedulerContext, TickResult
 class JobMonitor(Scheduler):
     name: ClassVar[str] = "job_monitor"
 
-    def __init__(self) -> None:
+    def __init__(self, *, process_rules_after_s: float | None = None) -> None:
+        """`process_rules_after_s`: how long after it starts leading before the process rules apply
+        (default: the health keys' staleness window)."""
+        self._process_rules_after_s = process_rules_after_s
         self._lost = LostDispatchFinder()
         self._http: httpx.AsyncClient | None = None
+        self._leading_since = 0.0
 
     def interval_s(self, settings: Settings) -> float:
         return settings.job_monitor.interval_s
 
     async def setup(self, ctx: SchedulerContext) -> None:
         self._http = httpx.AsyncClient()
+        self._leading_since = time.monotonic()
 
     async def teardown(self, ctx: SchedulerContext) -> None:
         if self._http is not None:
@@ -51,15 +58,22 @@ class JobMonitor(Scheduler):
         self._lost.grace_s = settings.outbox_relay.grace_s
         lost = await self._lost.redrive_lost(ctx.db, ctx.redis)
 
-        processes = await health.read_health(ctx.redis)
-        schedulers = sorted({p.role for p in processes if "leader" in p.details})
-        found = rules.process_findings(
-            processes, monitor, stale_after_s=settings.health_stale_after_s,
-            health_interval_s=settings.health_interval_s, schedulers=schedulers,
-        )  # fmt: skip
+        # The process rules wait one staleness window after this copy starts leading: processes
+        # started with it (`./dev up`, a deploy) have not published their health keys yet.
+        found: list[alerts.Finding] = []
+        checked = list(rules.JOB_RULES)
+        grace = self._process_rules_after_s
+        if time.monotonic() - self._leading_since >= (settings.health_stale_after_s if grace is None else grace):
+            processes = await health.read_health(ctx.redis)
+            schedulers = sorted({p.role for p in processes if "leader" in p.details})
+            found += rules.process_findings(
+                processes, monitor, stale_after_s=settings.health_stale_after_s,
+                health_interval_s=settings.health_interval_s, schedulers=schedulers,
+            )  # fmt: skip
+            checked += rules.PROCESS_RULES
         async with ctx.db.system_tx() as conn:
             found += await rules.job_findings(conn, monitor)
-            opened, resolved = await alerts.reconcile(conn, rules.JOB_RULES + rules.PROCESS_RULES, found)
+            opened, resolved = await alerts.reconcile(conn, checked, found)
 
         hook = None
         if monitor.webhook_url:
