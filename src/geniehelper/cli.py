@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from geniehelper import __version__
+from geniehelper.ops import cli as ops_cli  # argparse only: the commands import what they use
 from geniehelper.settings import Settings, load_settings, mask_url
 
 
@@ -355,6 +356,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "enqueue": cmd_enqueue,
     "sandbox-platform": cmd_sandbox_platform,
     "keys": cmd_keys,
+    "jobs": ops_cli.cmd_jobs,
+    "queues": ops_cli.cmd_queues,
+    "alerts": ops_cli.cmd_alerts,
 }
 
 
@@ -392,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(CREDENTIALS_ENC_KEY_ID); safe to rerun: it resumes")  # fmt: skip
     status = keys_sub.add_parser("status", help="connections with stored tokens, per key id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    ops_cli.add_parsers(sub)
     return parser
 
 
