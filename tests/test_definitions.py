@@ -4,6 +4,8 @@ requeue, per-key concurrency, system-scope jobs. Real PostgreSQL, real valkey, r
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -28,7 +30,7 @@ from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from tests import jobs_for_tests
 from tests.conftest import make_creator
-from tests.helpers import drain_queue, stop_worker
+from tests.helpers import BIN, drain_queue, spawn, stop_worker
 
 
 def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
@@ -305,3 +307,19 @@ async def test_a_worker_opens_the_resources_its_queues_jobs_declare_and_a_job_ge
     assert rows[broken.id]["status"] == "failed" and "MEDIA_BROKEN_URL is not set" in rows[broken.id]["error"]
     assert rows[undeclared.id]["status"] == "failed"
     assert "did not declare resource 'media_tool'" in rows[undeclared.id]["error"]
+
+
+def test_geniehelper_worker_runs_any_configured_queue_and_names_the_queues_for_an_unknown_one(
+    project_env: dict[str, str], database_url: str, redis_url: str
+) -> None:
+    env = dict(project_env, DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_FORMAT="json")
+    bulk = spawn([str(BIN / "geniehelper"), "worker", "bulk"], env)  # a queue with no branch of its own
+    try:
+        bulk.wait_for(r'"event": "process.ready".*"queue": "bulk"|"queue": "bulk".*"event": "process.ready"', 60)
+    finally:
+        bulk.proc.send_signal(signal.SIGTERM)
+        assert bulk.proc.wait(30) == 0, bulk.text()
+    unknown = subprocess.run([str(BIN / "geniehelper"), "worker", "nope"], env=env, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip().endswith("unknown queue 'nope'; configured queues (QUEUES): bulk, default, media")

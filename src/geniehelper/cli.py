@@ -282,6 +282,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.runtime.worker import run_worker
     from workers import settings_for_queue
 
+    if args.queue not in settings.queues:
+        _say(f"worker: unknown queue {args.queue!r}; configured queues (QUEUES): {', '.join(sorted(settings.queues))}")
+        return 2
+
     asyncio.run(run_worker(settings_for_queue(args.queue, settings)))
     return 0
 
@@ -378,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--role", action="append", default=[], help="a role that must be alive (repeatable)")
     health.add_argument("--json", action="store_true")
     worker = sub.add_parser("worker", help="run an arq worker for one queue")
-    worker.add_argument("queue", choices=["default", "media"])
+    worker.add_argument("queue", help="a configured queue (QUEUES): default, bulk, media, ...")
     scheduler = sub.add_parser(
         "scheduler", help="run schedulers in one process, each leader-elected (copies are safe); `all`: every one"
     )

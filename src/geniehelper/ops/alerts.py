@@ -8,7 +8,6 @@ adding rows, and a flood (1,000 stalled jobs) is one incident whose summary coun
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -126,6 +125,3 @@ async def resolve(conn: asyncpg.Connection, alert_id: UUID, actor: str) -> bool:
     await conn.execute(RECORD_ACTION, actor, "alert.resolve", {"alert_id": str(alert_id)}, int(done))
     return done
 
-
-def describe(alert: dict[str, Any]) -> str:
-    return json.dumps({k: str(v) for k, v in alert.items()})
