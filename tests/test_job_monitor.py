@@ -18,7 +18,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from geniehelper.db import Database
-from geniehelper.platforms.sandbox import serve_app
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, Policy
 from geniehelper.runtime.delivery import relay_unpushed
@@ -26,6 +25,7 @@ from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import PermanentJobError
 from geniehelper.settings import Settings
+from geniehelper.web.serve import serve_app
 from schedulers.base import SchedulerContext
 from schedulers.job_monitor import JobMonitor
 from tests import jobs_for_tests

@@ -284,6 +284,10 @@ class Settings(BaseSettings):
         description='QUEUES: JSON merged over the defaults, e.g. {"bulk": {"concurrency": 20}}.',
     )
     job_packages: list[str] = Field(default=["jobs"], description="Packages whose modules declare the jobs.")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=0, le=65_535,
+        description="Serve Prometheus /metrics on 127.0.0.1 at this port (0: a free one, logged); unset: off.",
+    )
 
     @field_validator("queues", mode="before")
     @classmethod

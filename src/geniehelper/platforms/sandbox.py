@@ -30,23 +30,20 @@ import base64
 import binascii
 import contextlib
 import email.utils
-import ipaddress
 import itertools
 import json
 import math
 import random
 import secrets
 import signal
-import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 import structlog
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -66,6 +63,7 @@ from geniehelper.platforms.models import (
     Subscription,
     Transaction,
 )
+from geniehelper.web.serve import is_loopback, serve_app
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -528,7 +526,7 @@ def _admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
     """Wrap an admin handler: loopback clients only (a second fence behind the loopback bind)."""
 
     async def endpoint(request: Request) -> Response:
-        if request.client is None or not _is_loopback(request.client.host):
+        if request.client is None or not is_loopback(request.client.host):
             return _error(403, "forbidden", "admin endpoints answer loopback clients only")
         try:
             return await handler(request)
@@ -536,15 +534,6 @@ def _admin(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Reque
             return _error(exc.status, exc.code, exc.message)
 
     return endpoint
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _retry_after_header(spec: FaultSpec) -> dict[str, str]:
@@ -628,55 +617,6 @@ def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
 # --- serving -----------------------------------------------------------------------------------------
 
 
-class _EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the host process (tests, benchmarks)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-def _loopback_ip(host: str) -> str:
-    if not _is_loopback(host):
-        raise ValueError(f"the sandbox platform binds loopback addresses only, not {host!r}")
-    return "127.0.0.1" if host == "localhost" else host
-
-
-def _bind(host: str, port: int) -> tuple[socket.socket, str]:
-    """Bind a listening socket; returns it and the base URL (with the real port when `port` is 0)."""
-    address = _loopback_ip(host)
-    family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
-    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the listening
-    # socket says TCP; without it every response waits ~40 ms on Nagle + delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((address, port))
-        sock.listen(128)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    bound_port = sock.getsockname()[1]
-    url_host = f"[{address}]" if family == socket.AF_INET6 else address
-    return sock, f"http://{url_host}:{bound_port}"
-
-
-def _config(app: Starlette) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        # None: leave logging as the host process configured it (uvicorn's default would replace it).
-        log_config=None,
-        lifespan="off",
-        ws="none",
-        server_header=False,
-        # Held (fault-injected) responses must not keep a stopping sandbox alive for long.
-        timeout_graceful_shutdown=1,
-    )
-
-
 @contextlib.asynccontextmanager
 async def run_sandbox(
     host: str = "127.0.0.1", port: int = 0, *, platform: SandboxPlatform | None = None
@@ -687,30 +627,6 @@ async def run_sandbox(
     """
     async with serve_app((platform or SandboxPlatform()).create_app(), host, port) as base_url:
         yield base_url
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve an app on loopback in the current event loop (port 0: a free one); yields its base URL."""
-    sock, base_url = _bind(host, port)
-    server = _EmbeddedServer(_config(app))
-    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{base_url}")
-    try:
-        while not server.started:
-            if task.done():
-                await task  # raises the start-up error, if any
-                raise RuntimeError(f"the server at {base_url} stopped during start-up")
-            await asyncio.sleep(0.01)
-        yield base_url
-    finally:
-        server.should_exit = True
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=10)
-        except TimeoutError:
-            server.force_exit = True
-            await task
-        finally:
-            sock.close()
 
 
 def serve_sandbox(host: str = "127.0.0.1", port: int = 8765, *, platform: SandboxPlatform | None = None) -> None:

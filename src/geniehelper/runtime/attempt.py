@@ -217,6 +217,8 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
         run_task.cancel()
 
     timed_out = False
+    running = ctx._runtime.metrics.running.labels(job.name)
+    running.inc()
     try:
         try:
             with ctx._runtime.records.holding(ctx.record_id, ctx.user_id, ctx.attempt, on_lease_lost):
@@ -253,7 +255,8 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
             log.warning("job.retrying", error=error, error_kind=kind, retry_in_s=round(delay, 2),
                         took_ms=_ms(loop, started_at))  # fmt: skip
             return await settle(
-                ctx, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay}
+                ctx, payload, {"kind": "retry", "error": error, "error_kind": kind, "delay_s": delay},
+                took_ms=_ms(loop, started_at),
             )
         if error_class == "transient":
             attempts = f"{ctx.attempt} attempt{'s' if ctx.attempt != 1 else ''}"
@@ -261,6 +264,7 @@ async def _attempt(ctx: JobContext, payload: JobPayload) -> Outcome:
         return await settle(ctx, payload, {"kind": "fail", "error": error, "error_kind": kind},
                              took_ms=_ms(loop, started_at))  # fmt: skip
     finally:
+        running.dec()
         if not run_task.done():
             run_task.cancel()
 

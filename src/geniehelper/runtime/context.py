@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from geniehelper.db import Database
 from geniehelper.runtime import store
 from geniehelper.runtime.definition import AnyJob
+from geniehelper.runtime.metrics import WorkerMetrics
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
@@ -31,6 +32,7 @@ class Resources:
     queue: JobQueue
     records: RecordWriter
     opened: OpenResources  # what the queue's jobs declared (runtime.resources)
+    metrics: WorkerMetrics
 
 
 T = TypeVar("T")

@@ -33,6 +33,7 @@ OUTCOME_WRITE_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 
 
 OUTCOME_STATUS: dict[str, OutcomeStatus] = {"complete": "completed", "fail": "failed", "retry": "queued"}
+METRIC_OUTCOME = {"complete": "completed", "fail": "failed", "retry": "retried"}
 
 
 def finish_of(ctx: JobContext, outcome: Outcome) -> Finish:
@@ -59,6 +60,7 @@ async def after_write(
     ctx: JobContext, payload: JobPayload, outcome: Outcome, landed: bool, took_ms: int | None = None
 ) -> Outcome:
     kind = outcome["kind"]
+    ctx._runtime.metrics.finished(ctx.job.name, METRIC_OUTCOME[kind] if landed else "stale", took_ms)
     if not landed:
         log.warning("job.stale_outcome_ignored", outcome=kind, took_ms=took_ms)
         return {"status": "stale", "outcome": kind}

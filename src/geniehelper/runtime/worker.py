@@ -35,6 +35,7 @@ from geniehelper.runtime.attempt import (
 )
 from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
+from geniehelper.runtime.metrics import WorkerMetrics
 from geniehelper.runtime.outcome import OUTCOME_WRITE_DELAYS_S
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.record_writer import RecordWriter
@@ -99,17 +100,23 @@ def build_worker_settings(
             db.records_pool, f"{socket.gethostname()}:{os.getpid()}", lease_s=settings.job_lease_s,
             heartbeat_interval_s=settings.job_heartbeat_interval_s, batch_wait_s=settings.job_record_batch_wait_s,
         )  # fmt: skip
+        metrics = WorkerMetrics()
         resources = Resources(
             settings=settings, db=db, redis=redis, registry=registry,
             queue=JobQueue(db, redis, registry, dispatch_ttl_s=settings.job_dispatch_ttl_s,
                            fair_queues=settings.fair_queues),
-            records=records, opened=opened,
+            records=records, opened=opened, metrics=metrics,
         )  # fmt: skip
         ctx["resources"] = resources
+        details: dict[str, Any] = {"queue": queue, "jobs": len(jobs)}
+        if settings.worker_metrics_port is not None:
+            serving = contextlib.AsyncExitStack()
+            details["metrics_url"] = await serving.enter_async_context(metrics.serving(settings.worker_metrics_port))
+            ctx["metrics_serving"] = serving
+            log.info("metrics.serving", url=details["metrics_url"])
         ctx["health_task"] = asyncio.create_task(
             health.beat_forever(
-                redis, role, settings.health_interval_s, settings.health_stale_after_s,
-                lambda: {"queue": queue, "jobs": len(jobs)},
+                redis, role, settings.health_interval_s, settings.health_stale_after_s, lambda: details,
             )
         )  # fmt: skip
         log.info("process.ready", queue=queue, jobs=[j.name for j in jobs], max_jobs=max_jobs)
@@ -175,6 +182,9 @@ async def close_resources(ctx: dict[str, Any], role: str) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    serving: contextlib.AsyncExitStack | None = ctx.pop("metrics_serving", None)
+    if serving is not None:
+        await serving.aclose()
     resources: Resources | None = ctx.pop("resources", None)
     if resources is not None:
         await resources.records.close()

@@ -1,0 +1,1 @@
+"""HTTP serving: loopback servers for the sandbox platform, metrics and (next) the dashboard."""
