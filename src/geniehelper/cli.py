@@ -96,7 +96,7 @@ def cmd_services(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from geniehelper.embedded import free_port
+    from geniehelper.embedded import free_port, port_is_free
     from geniehelper.stack import start_stack
     from geniehelper.supervisor import ProcfileEntry, Supervisor, child_env, parse_procfile
 
@@ -119,6 +119,11 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             _run_migrations(urls.owner_url)
             _print_urls(urls)
             env = child_env(urls.as_env())
+            if any(entry.name == "web" for entry in entries):
+                if "WEB_PORT" not in os.environ:  # the default port, unless something else holds it
+                    env["WEB_PORT"] = str(settings.web_port if port_is_free(settings.web_port) else free_port())
+                auth = "tokens from WEB_TOKENS" if settings.web_tokens else "no WEB_TOKENS: every call answers 401"
+                _say(f"web: the HTTP API at http://{settings.web_host}:{env['WEB_PORT']}/api ({auth})")
             demo = stack is not None and not args.no_demo
             if not demo:
                 given = "the servers were given (DATABASE_URL, REDIS_URL): it writes a demo creator, so it runs on the "
@@ -278,6 +283,12 @@ def cmd_health(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(check())
 
 
+def cmd_web(args: argparse.Namespace, settings: Settings) -> int:
+    from geniehelper.web.server import run_web
+
+    return run_web(settings)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.runtime.worker import run_worker
     from workers import settings_for_queue
@@ -360,6 +371,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "enqueue": cmd_enqueue,
     "sandbox-platform": cmd_sandbox_platform,
     "keys": cmd_keys,
+    "web": cmd_web,
     "jobs": ops_cli.cmd_jobs,
     "queues": ops_cli.cmd_queues,
     "alerts": ops_cli.cmd_alerts,
@@ -392,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
     enqueue.add_argument("--user", required=True, type=_creator_id, help="the creator's uuid")
     enqueue.add_argument("--key", help="a logical key: enqueueing the same key again creates nothing")
+    sub.add_parser("web", help="serve the HTTP API (WEB_HOST:WEB_PORT, tokens from WEB_TOKENS)")
     sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
     sandbox.add_argument("--port", type=int, default=8765)
     keys = sub.add_parser("keys", help="credential keys")
@@ -421,6 +434,7 @@ ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
     "worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker",
     "scheduler": _scheduler_role,
     "sandbox-platform": lambda a: "sandbox_platform",
+    "web": lambda a: "web",
 }
 
 
@@ -431,13 +445,14 @@ def main(argv: list[str] | None = None) -> int:
     from geniehelper.logs import configure_logging
     from geniehelper.migrations import MigrationError
     from geniehelper.stack import NoServers
+    from geniehelper.web import WebConfigError
 
     role_of = ROLE_OF_COMMAND.get(args.command)
     configure_logging(settings, role_of(args) if role_of else args.command)
     try:
         return COMMANDS[args.command](args, settings)
     # One line that says what to do, no traceback.
-    except (NoServers, MigrationError, PrivilegedLogin, LoginLacksRole) as exc:
+    except (NoServers, MigrationError, PrivilegedLogin, LoginLacksRole, WebConfigError) as exc:
         _say(str(exc))
         return 2
     except KeyboardInterrupt:

@@ -89,7 +89,7 @@ def free_port() -> int:
         return port
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
             sock.bind(("127.0.0.1", port))
@@ -226,7 +226,7 @@ class EmbeddedPostgres:
     def _remembered_port(self) -> int:
         with contextlib.suppress(OSError, ValueError):
             port = int((self.pgdata.parent / "postgres.port").read_text())
-            if _port_is_free(port):
+            if port_is_free(port):
                 return port
         return free_port()
 
@@ -288,7 +288,7 @@ class EmbeddedValkey:
         port = free_port()
         with contextlib.suppress(OSError, ValueError):
             remembered = int((self.dir / "port").read_text())
-            if _port_is_free(remembered):
+            if port_is_free(remembered):
                 port = remembered
         # The job queue must not lose or evict jobs: AOF every second and no eviction (see docs).
         lines = [

@@ -7,6 +7,7 @@ scheduler reads its own group (`settings.post_scheduler.interval_s`, ...), built
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from dataclasses import dataclass
@@ -91,6 +92,15 @@ DEFAULT_QUEUES: dict[str, dict[str, object]] = {
     "bulk": {"concurrency": 10, "fair": True},
     "media": {"concurrency": 1},
 }
+
+
+class WebToken(BaseModel):
+    """One API token (WEB_TOKENS): `service` may enqueue, `read` may read, `admin` may do everything."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    token: str = Field(min_length=24, repr=False)
+    role: Literal["service", "read", "admin"]
 
 
 class Settings(BaseSettings):
@@ -268,6 +278,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{platform}: expected an http:// or https:// URL with a host, got {url!r}")
         return {platform: url.rstrip("/") for platform, url in value.items()}
 
+    @field_validator("web_tokens")
+    @classmethod
+    def _check_web_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _parse_web_tokens(value.get_secret_value())  # raises, naming the entry and the reason
+        return value
+
+    def api_tokens(self) -> list[WebToken]:
+        return _parse_web_tokens(self.web_tokens.get_secret_value()) if self.web_tokens else []
+
     def platform_api_url(self, platform: str) -> str:
         """The registered API address of a platform; LookupError (saying what to set) if it has none."""
         url = self.platform_api_urls.get(platform)
@@ -284,6 +304,13 @@ class Settings(BaseSettings):
         description='QUEUES: JSON merged over the defaults, e.g. {"bulk": {"concurrency": 20}}.',
     )
     job_packages: list[str] = Field(default=["jobs"], description="Packages whose modules declare the jobs.")
+    # The web process (`geniehelper web`: the HTTP API).
+    web_host: str = Field(default="127.0.0.1", description="Where `geniehelper web` listens.")
+    web_port: int = Field(default=8080, ge=0, le=65_535)
+    web_tokens: SecretStr | None = Field(
+        default=None,
+        description='API tokens, JSON: {"name": {"token": "<24+ random chars>", "role": "service|read|admin"}}.',
+    )
     worker_metrics_port: int | None = Field(
         default=None, ge=0, le=65_535,
         description="Serve Prometheus /metrics on 127.0.0.1 at this port (0: a free one, logged); unset: off.",
@@ -359,6 +386,25 @@ def mask_url(url: str) -> str:
         masked = masked.replace(parts.netloc, f"{userinfo.split(':', 1)[0]}:***@{hosts}", 1)
     head, question, query = masked.partition("?")
     return head + question + re.sub(r"(?i)((?:^|&)password=)[^&#]*", r"\1***", query)
+
+
+def _parse_web_tokens(text: str) -> list[WebToken]:
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError('expected a JSON object {"name": {"token": ..., "role": ...}}')
+    tokens = []
+    for name, entry in raw.items():
+        try:
+            tokens.append(WebToken.model_validate({**(entry if isinstance(entry, dict) else {}), "name": name}))
+        except ValidationError as exc:
+            reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"token {name!r}: {reasons}") from None
+    if len({t.token for t in tokens}) != len(tokens):
+        raise ValueError("two entries share a token")
+    return tokens
 
 
 _URL_FIELDS = {"database_url", "migrate_database_url", "worker_database_url", "redis_url"}

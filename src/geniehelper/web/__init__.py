@@ -1,1 +1,5 @@
-"""HTTP serving: loopback servers for the sandbox platform, metrics and (next) the dashboard."""
+"""HTTP: loopback serving (serve.py), the API (api.py, openapi.py) and its process (server.py)."""
+
+
+class WebConfigError(RuntimeError):
+    """The web process cannot start as configured (said in one line)."""

@@ -33,15 +33,15 @@ class EmbeddedServer(uvicorn.Server):
         yield
 
 
-def _loopback_ip(host: str) -> str:
-    if not is_loopback(host):
+def _address(host: str, loopback_only: bool) -> str:
+    if loopback_only and not is_loopback(host):
         raise ValueError(f"binds loopback addresses only, not {host!r}")
     return "127.0.0.1" if host == "localhost" else host
 
 
-def bind(host: str, port: int) -> tuple[socket.socket, str]:
+def bind(host: str, port: int, *, loopback_only: bool = True) -> tuple[socket.socket, str]:
     """Bind a listening socket; returns it and the base URL (with the real port when `port` is 0)."""
-    address = _loopback_ip(host)
+    address = _address(host, loopback_only)
     family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only when the listening
     # socket says TCP; without it every response waits ~40 ms on Nagle + delayed ACK.
@@ -75,9 +75,12 @@ def config(app: Starlette) -> uvicorn.Config:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Starlette, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-    """Serve an app on loopback in the current event loop (port 0: a free one); yields its base URL."""
-    sock, base_url = bind(host, port)
+async def serve_app(
+    app: Starlette, host: str = "127.0.0.1", port: int = 0, *, loopback_only: bool = True
+) -> AsyncIterator[str]:
+    """Serve an app in the current event loop (port 0: a free one; loopback only unless told);
+    yields its base URL."""
+    sock, base_url = bind(host, port, loopback_only=loopback_only)
     server = EmbeddedServer(config(app))
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"http:{base_url}")
     try:
