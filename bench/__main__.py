@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import fairness, monitor, publishing, runtime_throughput
+from bench import fairness, monitor, publishing, redrive, runtime_throughput
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "runtime_throughput": runtime_throughput.main,
     "publishing": publishing.main,
     "fairness": fairness.main,
     "monitor": monitor.main,
+    "redrive": redrive.main,
 }
 
 
