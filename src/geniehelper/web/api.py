@@ -122,22 +122,20 @@ async def enqueue(request: Request, state: ApiState, token: WebToken) -> Respons
                   "duplicate": job.duplicate}, 200 if job.duplicate else 201)  # fmt: skip
 
 
-def _job_id(request: Request) -> UUID | None:
+async def _job(request: Request, state: ApiState) -> dict[str, Any] | Response:
+    """The record the path names, or the answer saying why there is none (422, 404)."""
     try:
-        return UUID(request.path_params["job_id"])
+        job_id = UUID(request.path_params["job_id"])
     except ValueError:
-        return None
-
-
-async def show(request: Request, state: ApiState, token: WebToken) -> Response:
-    job_id = _job_id(request)
-    if job_id is None:
         return _unprocessable([{"field": "job_id", "reason": "not a uuid"}])
     async with state.db.system_tx() as conn:
         job = await ops_jobs.get_job(conn, job_id)
-    if job is None:
-        return _json({"error": "not_found", "message": f"no job {job_id}"}, 404)
-    return _json(job)
+    return job if job is not None else _json({"error": "not_found", "message": f"no job {job_id}"}, 404)
+
+
+async def show(request: Request, state: ApiState, token: WebToken) -> Response:
+    job = await _job(request, state)
+    return job if isinstance(job, Response) else _json(job)
 
 
 async def queues(request: Request, state: ApiState, token: WebToken) -> Response:
@@ -148,13 +146,10 @@ async def queues(request: Request, state: ApiState, token: WebToken) -> Response
 
 
 async def retry(request: Request, state: ApiState, token: WebToken) -> Response:
-    job_id = _job_id(request)
-    if job_id is None:
-        return _unprocessable([{"field": "job_id", "reason": "not a uuid"}])
-    async with state.db.system_tx() as conn:
-        job = await ops_jobs.get_job(conn, job_id)
-    if job is None:
-        return _json({"error": "not_found", "message": f"no job {job_id}"}, 404)
+    job = await _job(request, state)
+    if isinstance(job, Response):
+        return job
+    job_id = job["id"]
     if job["status"] not in ops_jobs.RETRYABLE:
         return _json({"error": "not_finished", "message": f"job {job_id} is {job['status']}: only failed or "
                       "cancelled jobs are retried"}, 409)  # fmt: skip
