@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from geniehelper.embedded import free_port
 from tests.conftest import make_creator
@@ -153,6 +154,31 @@ async def test_tokens_and_roles_read_and_retry(api: Api, owner: asyncpg.Connecti
     default = next(q for q in queues.json()["queues"] if q["queue"] == "default")
     assert default["queued"] >= 1 and default["redis_depth"] >= 1
     assert (await api.call("GET", "/api/queues", "/api/queues", headers=auth("svc"))).status_code == 403
+
+
+async def test_metrics_show_the_queues_stalled_jobs_alerts_and_live_processes(
+    api: Api, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    await owner.execute(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload, status, error_kind)"
+        " values ($1, 't_echo', 'default', 'm-stalled', '{\"text\": \"s\"}', 'queued', 'lease_expired')", creator,
+    )  # fmt: skip
+    await owner.execute("insert into ops_alerts (rule, dedup_key, severity, summary)"
+                        " values ('queue_age', 'queue_age:m', 'warning', 'x')")  # fmt: skip
+    assert (await api.call("GET", "/metrics", "/metrics", headers=auth("svc"))).status_code == 403
+    response = await api.call("GET", "/metrics", "/metrics", headers=auth("reader"))
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text) for s in family.samples
+    }  # fmt: skip
+    queued = await owner.fetchval("select count(*) from media_jobs where queue = 'default' and status = 'queued'")
+    assert found[("geniehelper_queue_jobs", (("queue", "default"), ("state", "queued")))] == queued
+    assert found[("geniehelper_jobs_stalled", (("job", "t_echo"),))] >= 1
+    assert found[("geniehelper_alerts_open", (("rule", "queue_age"), ("severity", "warning")))] >= 1
+    assert found[("geniehelper_processes_live", (("role", "web"),))] >= 1
+    assert ("geniehelper_queue_redis_depth", (("queue", "default"),)) in found
 
 
 async def test_the_openapi_description_matches_the_endpoints(api: Api) -> None:

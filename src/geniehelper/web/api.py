@@ -18,6 +18,7 @@ from uuid import UUID
 
 import asyncpg
 from arq.connections import ArqRedis
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,6 +30,7 @@ from geniehelper.runtime.definition import InvalidPayload, UnknownJob
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.settings import Settings, WebToken
+from geniehelper.web.metrics import render as render_metrics
 from geniehelper.web.openapi import OPENAPI
 
 ROLES_MAY: dict[str, frozenset[str]] = {
@@ -160,6 +162,10 @@ async def retry(request: Request, state: ApiState, token: WebToken) -> Response:
     return _json({"id": job_id, "new_id": done["new_id"], "duplicate": done["duplicate"]}, 201)
 
 
+async def metrics(request: Request, state: ApiState, token: WebToken) -> Response:
+    return Response(await render_metrics(state), media_type=CONTENT_TYPE_LATEST)
+
+
 async def openapi(_request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
@@ -171,4 +177,5 @@ def create_app(state: ApiState) -> Starlette:
         Route("/api/jobs/{job_id}", _guarded(state, "read", show), methods=["GET"]),
         Route("/api/jobs/{job_id}/retry", _guarded(state, "retry", retry), methods=["POST"]),
         Route("/api/queues", _guarded(state, "read", queues), methods=["GET"]),
+        Route("/metrics", _guarded(state, "read", metrics), methods=["GET"]),
     ])  # fmt: skip

@@ -84,6 +84,12 @@ OPENAPI: dict[str, Any] = {
             "responses": {"200": _response("The queues", {"type": "object", "properties": {
                 "queues": {"type": "array", "items": {"type": "object"}}}}), **_AUTH_RESPONSES},
         }},
+        "/metrics": {"get": {
+            "summary": "Prometheus metrics: queues, stalled jobs, open alerts, scheduler ticks, live processes "
+                       "(read and admin tokens)",
+            "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}},
+                          **_AUTH_RESPONSES},
+        }},
         "/api/openapi.json": {"get": {
             "summary": "This description", "security": [],
             "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}},
