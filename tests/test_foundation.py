@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import psutil
 
 from geniehelper.embedded import EmbeddedStack
@@ -119,6 +120,12 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert health.returncode == 0, health.stdout + health.stderr
+        # The HTTP API answers with the development admin token `up` made and named.
+        (api,) = up.wait_for(r"web: the HTTP API at (http://\S+/api) \(admin token in (\S+)\)")
+        token = Path(api.group(2)).read_text().strip()
+        queues = httpx.get(f"{api.group(1)}/queues", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert queues.status_code == 200 and "default" in {q["queue"] for q in queues.json()["queues"]}
+        assert httpx.get(f"{api.group(1)}/queues", timeout=10).status_code == 401
     finally:
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(60) == 0, up.text()

@@ -123,6 +123,12 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 if "WEB_PORT" not in os.environ:  # the default port, unless something else holds it
                     env["WEB_PORT"] = str(settings.web_port if port_is_free(settings.web_port) else free_port())
                 auth = "tokens from WEB_TOKENS" if settings.web_tokens else "no WEB_TOKENS: every call answers 401"
+                if settings.web_tokens is None and stack is not None:  # the embedded stack: a dev admin token
+                    from geniehelper.demo import development_web_token
+
+                    token = development_web_token(settings.data_dir)
+                    env["WEB_TOKENS"] = json.dumps({"dev-admin": {"token": token, "role": "admin"}})
+                    auth = f"admin token in {settings.data_dir / 'web-admin.token'}"
                 _say(f"web: the HTTP API at http://{settings.web_host}:{env['WEB_PORT']}/api ({auth})")
             demo = stack is not None and not args.no_demo
             if not demo:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import secrets
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
@@ -23,15 +25,24 @@ from geniehelper.domain import platform as connections
 DEMO_EMAIL = "demo@geniehelper.local"
 
 
-def development_key(data_dir: Path) -> str:
-    """A per-checkout credentials key for the embedded stack, kept beside its data (mode 0600)."""
-    path = data_dir / "credentials.key"
+def _development_secret(path: Path, make: Callable[[], str]) -> str:
+    """A per-checkout secret for the embedded stack, kept beside its data (mode 0600)."""
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(base64.b64encode(os.urandom(32)).decode())
+            fh.write(make())
     return path.read_text().strip()
+
+
+def development_key(data_dir: Path) -> str:
+    """The credentials key of the embedded stack (`credentials.key`)."""
+    return _development_secret(data_dir / "credentials.key", lambda: base64.b64encode(os.urandom(32)).decode())
+
+
+def development_web_token(data_dir: Path) -> str:
+    """An admin token for the HTTP API on the embedded stack (`web-admin.token`)."""
+    return _development_secret(data_dir / "web-admin.token", lambda: secrets.token_urlsafe(32))
 
 
 async def wait_for_http(url: str, timeout_s: float = 30.0) -> None:
