@@ -79,8 +79,7 @@ class JobMonitor(Scheduler):
         if monitor.webhook_url:
             hook = webhook.Webhook(monitor.webhook_url, monitor.webhook_secret, retry_max_s=monitor.webhook_retry_max_s)
         assert self._http is not None  # opened by setup
-        async with ctx.db.system_tx() as conn:
-            delivered, undelivered = await webhook.deliver_due(conn, self._http, hook)
+        delivered, undelivered = await webhook.deliver_due(ctx.db, self._http, hook)
         details: dict[str, Any] = {
             "lease_expired": expired, "dispatch_lost": lost, "incidents": len(found), "opened": opened,
             "resolved": resolved, "notified": delivered, "notify_failed": undelivered,

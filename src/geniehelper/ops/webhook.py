@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import httpx
 import structlog
+
+from geniehelper.db import Database
 
 log = structlog.get_logger("geniehelper.alerts")
 
@@ -86,16 +87,17 @@ def message(alert: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def deliver_due(
-    conn: asyncpg.Connection, http: httpx.AsyncClient, webhook: Webhook | None, *, batch: int = 20
-) -> tuple[int, int]:
+async def deliver_due(db: Database, http: httpx.AsyncClient, webhook: Webhook | None, *, batch: int = 20
+                      ) -> tuple[int, int]:  # fmt: skip
     """POST the notifications that are due: (delivered, failed). Without a webhook nothing is sent
-    (the log lines `alert.opened`/`alert.resolved` are then the only notice) and nothing is queued."""
-    rows = await conn.fetch(DUE, batch)
-    if webhook is None:
-        if rows:
-            await conn.execute(NO_WEBHOOK, [row["id"] for row in rows])
-        return 0, 0
+    (the log lines `alert.opened`/`alert.resolved` are then the only notice) and nothing is queued.
+    No transaction is held while a POST is in flight: each outcome is written on its own."""
+    async with db.system_tx() as conn:
+        rows = await conn.fetch(DUE, batch)
+        if webhook is None:
+            if rows:
+                await conn.execute(NO_WEBHOOK, [row["id"] for row in rows])
+            return 0, 0
     delivered = failed = 0
     for row in rows:
         alert = dict(row)
@@ -115,15 +117,18 @@ async def deliver_due(
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
         took_ms = round((time.monotonic() - started) * 1000)
-        await conn.execute(LOG_DELIVERY, alert["id"], alert["notify"], status, error, took_ms)
+        retry_in = min(webhook.retry_max_s, 2.0 ** (alert["delivery_attempts"] + 1))
+        async with db.system_tx() as conn:
+            await conn.execute(LOG_DELIVERY, alert["id"], alert["notify"], status, error, took_ms)
+            if error is None:
+                await conn.execute(DELIVERED, alert["id"], alert["notify"])
+            else:
+                await conn.execute(NOT_DELIVERED, alert["id"], alert["notify"], retry_in, error)
         if error is None:
             delivered += 1
-            await conn.execute(DELIVERED, alert["id"], alert["notify"])
             log.info("alert.delivered", alert_id=str(alert["id"]), notification=alert["notify"], took_ms=took_ms)
         else:
             failed += 1
-            retry_in = min(webhook.retry_max_s, 2.0 ** (alert["delivery_attempts"] + 1))
-            await conn.execute(NOT_DELIVERED, alert["id"], alert["notify"], retry_in, error)
             log.warning("alert.delivery_failed", alert_id=str(alert["id"]), notification=alert["notify"], error=error,
                         retry_in_s=retry_in)  # fmt: skip
     return delivered, failed
