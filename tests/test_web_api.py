@@ -202,3 +202,11 @@ def test_bad_tokens_stop_the_web_process_with_one_line_that_never_shows_a_secret
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("geniehelper: invalid setting WEB_TOKENS='***'") and "token 'ci'" in line
     assert "at least 24 characters" in line and "role" in line
+
+
+def test_the_web_process_refuses_to_listen_beyond_loopback_without_tokens(project_env: dict[str, str]) -> None:
+    env = {k: v for k, v in project_env.items() if k != "WEB_TOKENS"} | {"WEB_HOST": "0.0.0.0"}
+    done = subprocess.run([str(BIN / "geniehelper"), "web"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == "geniehelper: WEB_HOST=0.0.0.0 is beyond loopback: set WEB_TOKENS first"
