@@ -237,3 +237,31 @@ async def test_without_a_webhook_incidents_are_recorded_and_logged_only(
     (alert,) = await alerts(owner, "jobs_dead:t_echo")
     assert alert["status"] == "open" and alert["notify"] is None
     assert alert["delivery_error"] == "not sent: no ALERT_WEBHOOK_URL set"
+
+
+async def test_queue_age_pages_for_a_waiting_queue_and_not_while_it_is_paused(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    from geniehelper.ops import queues
+
+    creator = await make_creator(owner)
+    name = "agedq"
+    await owner.execute(
+        "insert into media_jobs (user_id, job_name, queue, job_key, payload, status, run_at, created_at) "
+        "values ($1, 't_count', $2, 'aged:1', '{}', 'queued', now() - interval '10 minutes', "
+        "now() - interval '10 minutes')",
+        creator, name,
+    )  # fmt: skip
+    settings = settings_for(database_url, redis_url, None, queues={name: {"concurrency": 1}}, alert_queue_age_s=60)
+    await monitor_ticks(settings, db, arq_redis, database_url)
+    (opened,) = await alerts(owner, f"queue_age:{name}")
+    assert opened["status"] == "open" and "oldest 6" in opened["summary"]
+
+    async with db.system_tx() as conn:  # paused on purpose: the incident clears, no new one opens
+        assert await queues.pause(conn, settings, name, "alice", "maintenance")
+    await monitor_ticks(settings, db, arq_redis, database_url)
+    assert [a["status"] for a in await alerts(owner, f"queue_age:{name}")] == ["resolved"]
+    async with db.system_tx() as conn:
+        assert await queues.resume(conn, settings, name, "alice")
+    await monitor_ticks(settings, db, arq_redis, database_url)
+    assert [a["status"] for a in await alerts(owner, f"queue_age:{name}")] == ["resolved", "open"]

@@ -343,7 +343,7 @@ async def test_queues_counts_match_the_records_and_redis(
     table = await cli(env, "queues")
     assert table.returncode == 0
     (line,) = [row for row in table.stdout.splitlines() if row.startswith(name)]
-    assert line.split() == [name, "no", "3", "3", "2", "0", "1", "2", "10m"]
+    assert line.split() == [name, "running", "no", "3", "3", "2", "0", "1", "2", "10m"]
 
 
 async def test_alerts_list_ack_and_resolve(db: Database, owner: asyncpg.Connection, env: dict[str, str]) -> None:
@@ -385,3 +385,65 @@ async def test_alerts_list_ack_and_resolve(db: Database, owner: asyncpg.Connecti
     assert [a["id"] for a in gone] == [str(first)]
     assert (await cli(env, "alerts", "resolve", str(uuid.uuid4()))).returncode == 1
     one_line_usage_error(await cli(env, "alerts", "ack", "nope"), "ID")
+
+
+async def _health_of(arq_redis: ArqRedis, pid: int) -> dict[str, Any]:
+    from geniehelper import health
+
+    found = [p for p in await health.read_health(arq_redis) if p.pid == pid]
+    return {"age_s": found[0].age_s, **found[0].details} if found else {}
+
+
+async def test_a_paused_queue_starts_nothing_until_resumed_and_both_actions_are_recorded(
+    owner: asyncpg.Connection, db: Database, arq_redis: ArqRedis, env: dict[str, str]
+) -> None:
+    from tests.helpers import spawn
+
+    creator = await make_creator(owner)
+    queue = JobQueue(db, arq_redis, REGISTRY)
+    worker_env = dict(env, HEALTH_INTERVAL_S="0.2", QUEUE_PAUSE_POLL_S="0.2")
+    out = spawn([str(BIN / "geniehelper"), "worker", "default"], worker_env)
+    try:
+        out.wait_for(r'"event": "process.ready"')
+        paused = await cli(env, "queues", "pause", "default", "--reason", "platform outage, INC-42", "--actor", "alice")
+        assert paused.returncode == 0 and "paused queue default" in paused.stdout, paused.stderr
+        await asyncio.to_thread(out.wait_for, r'"event": "worker.paused"')
+        assert (await _health_of(arq_redis, out.proc.pid))["paused"] is True
+
+        counter = f"pause-{uuid.uuid4().hex[:8]}"
+        job = await queue.enqueue("t_count", {"counter": counter}, user_id=creator)
+        assert (await record(owner, job.id))["enqueued_at"] is not None  # in Redis, due now
+        # The worker polls Redis every 50 ms: three fresh health beats (0.2 s apart) after the push
+        # are many chances to start the job.
+        beats, last_age = 0, (await _health_of(arq_redis, out.proc.pid))["age_s"]
+        while beats < 3:
+            age = (await _health_of(arq_redis, out.proc.pid))["age_s"]
+            beats, last_age = beats + (age < last_age), age
+            await asyncio.sleep(0.05)
+        row = await record(owner, job.id)
+        assert (row["status"], row["attempts"], row["started_at"]) == ("queued", 0, None)
+
+        shown = json.loads((await cli(env, "queues", "--json")).stdout)
+        default = next(q for q in shown if q["queue"] == "default")
+        assert (default["paused"], default["paused_by"], default["redis_depth"]) == (True, "alice", 1)
+        again = await cli(env, "queues", "pause", "default", "--actor", "bob")
+        assert again.returncode == 0 and "already paused by alice" in again.stdout
+
+        resumed = await cli(env, "queues", "resume", "default", "--actor", "alice")
+        assert resumed.returncode == 0 and "resumed queue default" in resumed.stdout
+        await asyncio.to_thread(out.wait_for, r'"event": "worker.resumed"')
+        while (row := await record(owner, job.id))["status"] != "completed":
+            await asyncio.sleep(0.05)
+    finally:
+        out.proc.terminate()
+        out.proc.wait(20)
+    (resume_action,) = await actions(owner, "queues.resume", "alice")
+    assert row["started_at"] > resume_action["at"]  # it started only once resumed
+    pauses = await owner.fetch("select actor, affected, target from ops_actions where action = 'queues.pause' "
+                               "and target->>'queue' = 'default' order by at")  # fmt: skip
+    assert [(p["actor"], p["affected"]) for p in pauses] == [("alice", 1), ("bob", 0)]
+    assert pauses[0]["target"]["reason"] == "platform outage, INC-42"
+    not_paused = await cli(env, "queues", "resume", "default")
+    assert not_paused.returncode == 0 and "was not paused" in not_paused.stdout
+    unknown = await cli(env, "queues", "pause", "nosuchqueue")
+    assert unknown.returncode == 2 and "no queue 'nosuchqueue' is configured" in unknown.stderr

@@ -17,6 +17,7 @@ from typing import Any
 
 from geniehelper import __version__
 from geniehelper.ops import cli as ops_cli  # argparse only: the commands import what they use
+from geniehelper.ops import cli_queues as ops_cli_queues
 from geniehelper.settings import Settings, load_settings, mask_url
 
 
@@ -379,8 +380,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "keys": cmd_keys,
     "web": cmd_web,
     "jobs": ops_cli.cmd_jobs,
-    "queues": ops_cli.cmd_queues,
-    "alerts": ops_cli.cmd_alerts,
+    "queues": ops_cli_queues.cmd_queues,
+    "alerts": ops_cli_queues.cmd_alerts,
 }
 
 
@@ -420,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = keys_sub.add_parser("status", help="connections with stored tokens, per key id")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     ops_cli.add_parsers(sub)
+    ops_cli_queues.add_parsers(sub)
     return parser
 
 

@@ -342,6 +342,10 @@ class Settings(BaseSettings):
         default=0.05, gt=0, le=60,
         description="How often an idle worker asks Redis for jobs; arq starts at most max_jobs per poll.",
     )
+    queue_pause_poll_s: float = Field(
+        default=1.0, gt=0, le=60,
+        description="How often a worker asks whether its queue is paused (`geniehelper queues pause`).",
+    )
     job_heartbeat_interval_s: float = Field(
         default=5.0, gt=0, le=3_600, description="How often a running job extends its lease."
     )

@@ -1,4 +1,5 @@
-"""The on-call commands: `geniehelper jobs list|show|retry|cancel`, `queues`, `alerts list|ack|resolve`.
+"""The on-call commands `geniehelper jobs list|show|retry|cancel`, and what every on-call command shares
+(ops/cli_queues.py has `queues` and `alerts`).
 
 Tables by default, `--json` for scripts. Exit codes: 0 done; 1 nothing matched, not found, or refused
 (declined, or nothing could be done); 2 a usage or configuration error (one line, no traceback). A
@@ -93,21 +94,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action.add_argument("--yes", "-y", action="store_true", help="no confirmation (needed without a terminal)")
         action.add_argument("--actor", help="who is acting, recorded in ops_actions (default: $USER, else cli)")
         action.add_argument("--json", action="store_true")
-    queues = sub.add_parser("queues", help="per queue: Redis depth, queued/processing/failed (24 h), oldest due age")
-    queues.add_argument("--json", action="store_true")
-    alerts = sub.add_parser("alerts", help="on-call: incidents job_monitor opened; acknowledge or resolve them")
-    alerts_sub = alerts.add_subparsers(dest="alerts_command", required=True, metavar="ACTION", parser_class=_Parser)
-    alert_list = alerts_sub.add_parser("list", help="incidents, newest first (default: not resolved; exit 1: none)")
-    alert_list.add_argument("--status", action="append", choices=["open", "acknowledged", "resolved"],
-                            help="repeatable (default: open and acknowledged)")  # fmt: skip
-    alert_list.add_argument("--limit", type=_positive, default=100)
-    alert_list.add_argument("--json", action="store_true")
-    for name, help_text in (("ack", "acknowledge an open incident (exit 1: no such open alert)"),
-                            ("resolve", "resolve an incident by hand (exit 1: no such unresolved alert)")):  # fmt: skip
-        alert = alerts_sub.add_parser(name, help=help_text)
-        alert.add_argument("id", metavar="ID", type=_uuid_of("an alert id"))
-        alert.add_argument("--actor", help="recorded on the alert and in ops_actions (default: $USER, else cli)")
-        alert.add_argument("--json", action="store_true")
 
 
 def _add_filters(parser: argparse.ArgumentParser, status_default: str) -> None:
@@ -352,70 +338,3 @@ def _cancelled(args: argparse.Namespace, report: CancelReport, skipped: list[Row
     for s in report.skipped:
         _say(f"skipped {s['id']}: it is {s['status']} now (finished meanwhile)")
     return 0 if report.cancelled else 1
-
-
-def cmd_queues(args: argparse.Namespace, settings: Settings) -> int:
-    async def show() -> int:
-        from redis.exceptions import RedisError
-
-        from geniehelper.ops.jobs import add_redis_depths, queue_stats
-        from geniehelper.runtime.transport import create_arq_redis
-        from geniehelper.stack import resolve_urls
-
-        async with _database(settings) as db, db.system_tx() as conn:
-            stats = await queue_stats(conn, settings)
-        try:
-            redis = await create_arq_redis(resolve_urls(settings).redis_url)
-            try:
-                await add_redis_depths(redis, stats)
-            finally:
-                await redis.aclose()
-        except (OSError, RedisError) as exc:  # the records still say a lot: show them
-            _say(f"queues: cannot read Redis ({type(exc).__name__}: {exc}): depth shown as ?")
-        if args.json:
-            _json(stats)
-            return 0
-        headers = ["QUEUE", "FAIR", "REDIS", "QUEUED", "DUE", "UNPUSHED", "PROCESSING", "FAILED 24H", "OLDEST DUE"]
-        print(_table(headers, [
-            [s["queue"] + ("" if s["configured"] else " (not configured)"), "yes" if s["fair"] else "no",
-             "?" if s["redis_depth"] is None else str(s["redis_depth"]), str(s["queued"]), str(s["due"]),
-             str(s["unpushed"]), str(s["processing"]), str(s["failed_24h"]), _age(s["oldest_due_age_s"])]
-            for s in stats
-        ]))  # fmt: skip
-        return 0
-
-    return _run(show())
-
-
-def cmd_alerts(args: argparse.Namespace, settings: Settings) -> int:
-    async def act() -> int:
-        from geniehelper.ops import alerts
-
-        command = args.alerts_command
-        async with _database(settings) as db, db.system_tx() as conn:
-            if command == "list":
-                found = await alerts.list_alerts(conn, args.status or ["open", "acknowledged"], args.limit)
-            else:
-                done = await (alerts.acknowledge if command == "ack" else alerts.resolve)(conn, args.id, _actor(args))
-        if command == "list":
-            if args.json:
-                _json(found)
-            elif found:
-                now = datetime.now(UTC)
-                print(_table(["ID", "SEVERITY", "STATUS", "INCIDENT", "SEEN", "OPENED", "SUMMARY"], [
-                    [str(a["id"]), a["severity"], a["status"], a["dedup_key"], str(a["seen_count"]),
-                     _age((now - a["opened_at"]).total_seconds()) + " ago", _cut(a["summary"], 80)] for a in found
-                ]))  # fmt: skip
-            if not found:
-                _say("no alerts match")
-            return 0 if found else 1
-        verb = "acknowledged" if command == "ack" else "resolved"
-        if args.json:
-            _json({"id": str(args.id), verb: done})
-        elif done:
-            print(f"{verb} alert {args.id}")
-        if not done:
-            _say(f"no {'open' if command == 'ack' else 'unresolved'} alert {args.id}")
-        return 0 if done else 1
-
-    return _run(act())

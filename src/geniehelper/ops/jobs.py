@@ -1,4 +1,4 @@
-"""The queries and actions behind `geniehelper jobs ...` and `geniehelper queues` (the on-call CLI).
+"""The queries and actions behind `geniehelper jobs ...` (the on-call CLI, the dashboard, the API).
 
 Everything runs as the system role (`db.system_tx()`: it reads every creator's records and may write
 only the bookkeeping columns), except a retry, which goes through `JobQueue.requeue` and so records
@@ -16,17 +16,14 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from arq.connections import ArqRedis
 
 from geniehelper.ops.alerts import RECORD_ACTION
-from geniehelper.runtime.definition import InvalidPayload, queue_key
+from geniehelper.runtime.definition import InvalidPayload
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
-from geniehelper.settings import Settings
 
 RETRYABLE = ("failed", "cancelled")
 CANCELLABLE = ("queued", "processing")
-FAILED_WINDOW_S = 86_400.0  # `queues`: failures counted over the last day
 KEY_RUNS_SHOWN = 20  # `jobs show`: other records of the same key
 Row = dict[str, Any]
 
@@ -83,28 +80,6 @@ returning j.id, target.status as was
 """
 
 STATUS_OF = "select id, status from media_jobs where id = any($1::uuid[])"
-
-# Live records per queue (the partial index media_jobs_live_queue_idx covers them).
-QUEUE_LIVE = """
-select queue,
-       count(*) filter (where status = 'queued')::int as queued,
-       count(*) filter (where status = 'queued' and run_at <= now())::int as due,
-       count(*) filter (where status = 'queued' and enqueued_at is null)::int as unpushed,
-       count(*) filter (where status = 'processing')::int as processing,
-       extract(epoch from now() - min(run_at) filter (where status = 'queued' and run_at <= now()))::float8
-           as oldest_due_s
-  from media_jobs
- where status in ('queued', 'processing')
- group by queue
-"""
-
-QUEUE_FAILED = """
-select queue, count(*)::int as failed
-  from media_jobs
- where status = 'failed' and finished_at > now() - make_interval(secs => $1)
- group by queue
-"""
-
 
 @dataclass(frozen=True)
 class JobFilter:
@@ -208,38 +183,6 @@ async def retry_jobs(queue: JobQueue, jobs: Iterable[Row], actor: str, target: R
             "failed": len(report.failed),
         }, len(made))  # fmt: skip
     return report
-
-
-async def queue_stats(
-    conn: asyncpg.Connection, settings: Settings, *, failed_window_s: float = FAILED_WINDOW_S
-) -> list[dict[str, Any]]:
-    """One row per configured queue, then one per queue the records name that is not configured (no
-    worker serves it). `redis_depth` is None here: `add_redis_depths` fills it in."""
-    live = {row["queue"]: row for row in await conn.fetch(QUEUE_LIVE)}
-    failed = {row["queue"]: row["failed"] for row in await conn.fetch(QUEUE_FAILED, failed_window_s)}
-    names = sorted(settings.queues) + sorted((set(live) | set(failed)) - set(settings.queues))
-    stats = []
-    for name in names:
-        row = live.get(name)
-        stats.append({
-            "queue": name, "configured": name in settings.queues, "fair": name in settings.fair_queues,
-            "redis_depth": None,
-            "queued": row["queued"] if row else 0, "due": row["due"] if row else 0,
-            "unpushed": row["unpushed"] if row else 0, "processing": row["processing"] if row else 0,
-            "failed_24h": failed.get(name, 0),
-            "oldest_due_age_s": row["oldest_due_s"] if row else None,
-        })  # fmt: skip
-    return stats
-
-
-async def add_redis_depths(redis: ArqRedis, stats: list[dict[str, Any]]) -> None:
-    """Each queue's dispatches in Redis (ZCARD of its sorted set: due, deferred and retrying ones)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for row in stats:
-            pipe.zcard(queue_key(row["queue"]))
-        depths = await pipe.execute()
-    for row, depth in zip(stats, depths, strict=True):
-        row["redis_depth"] = int(depth)
 
 
 def partition(jobs: Iterable[dict[str, Any]], statuses: Collection[str]) -> tuple[list[Row], list[Row]]:

@@ -47,6 +47,7 @@ QUEUE_AGE = """
 select queue, count(*)::int as n, extract(epoch from now() - min(run_at))::float8 as oldest_s
   from media_jobs
  where status = 'queued' and run_at < now() - make_interval(secs => $1)
+   and queue not in (select queue from queue_pauses)  -- paused on purpose (ops/queues.py): no page
  group by queue
 """
 

@@ -37,6 +37,7 @@ from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.metrics import WorkerMetrics
 from geniehelper.runtime.outcome import OUTCOME_WRITE_DELAYS_S
+from geniehelper.runtime.pause import QueuePause
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.record_writer import RecordWriter
 from geniehelper.runtime.registry import JobRegistry
@@ -116,7 +117,8 @@ def build_worker_settings(
             log.info("metrics.serving", url=details["metrics_url"])
         ctx["health_task"] = asyncio.create_task(
             health.beat_forever(
-                redis, role, settings.health_interval_s, settings.health_stale_after_s, lambda: details,
+                redis, role, settings.health_interval_s, settings.health_stale_after_s,
+                lambda: {**details, "paused": bool(ctx.get("queue_pause") and ctx["queue_pause"].paused)},
             )
         )  # fmt: skip
         log.info("process.ready", queue=queue, jobs=[j.name for j in jobs], max_jobs=max_jobs)
@@ -156,6 +158,9 @@ def build_worker_settings(
         "keep_result": 0,
         "handle_signals": True,
         "role": role,
+        # Not arq's: run_worker follows the queue's pause with them (runtime/pause.py).
+        "queue": queue,
+        "queue_pause_poll_s": settings.queue_pause_poll_s,
     }
     return type(f"{role.title().replace('_', '')}WorkerSettings", (), attributes)
 
@@ -227,6 +232,9 @@ async def run_worker(settings_cls: type) -> None:
         return
     # arq keeps its own context dict; ours outlives each rebuilt worker (resources, health beat).
     ctx: dict[str, Any] = {"redis": redis, "keep_resources": True}
+    pause = QueuePause(settings_cls.queue, settings_cls.queue_pause_poll_s)  # type: ignore[attr-defined]
+    ctx["queue_pause"] = pause
+    following = asyncio.create_task(pause.follow(ctx, lambda: worker, stop))
     running: set[asyncio.Task[Any]] = set()
     cleanup: list[asyncio.Task[None]] = []
     delay = 0.5
@@ -261,6 +269,7 @@ async def run_worker(settings_cls: type) -> None:
         for task in cleanup:
             task.cancel()
     finally:
+        following.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         ctx["keep_resources"] = False

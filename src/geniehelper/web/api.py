@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from geniehelper.db import Database
 from geniehelper.ops import jobs as ops_jobs
+from geniehelper.ops import queues as ops_queues
 from geniehelper.runtime.definition import InvalidPayload, UnknownJob
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
@@ -142,8 +143,8 @@ async def show(request: Request, state: ApiState, token: WebToken) -> Response:
 
 async def queues(request: Request, state: ApiState, token: WebToken) -> Response:
     async with state.db.system_tx() as conn:
-        stats = await ops_jobs.queue_stats(conn, state.settings)
-    await ops_jobs.add_redis_depths(state.redis, stats)
+        stats = await ops_queues.queue_stats(conn, state.settings)
+    await ops_queues.add_redis_depths(state.redis, stats)
     return _json({"queues": stats})
 
 

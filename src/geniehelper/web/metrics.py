@@ -23,7 +23,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from geniehelper import health
-from geniehelper.ops import jobs as ops_jobs
+from geniehelper.ops import queues as ops_queues
 from geniehelper.ops.rules import SAMPLE, STALLED
 
 if TYPE_CHECKING:
@@ -46,10 +46,10 @@ async def render(state: ApiState) -> bytes:
     """The exposition text for one scrape."""
     settings, db, redis = state.settings, state.db, state.redis
     async with db.system_tx() as conn:
-        queues = await ops_jobs.queue_stats(conn, settings)
+        queues = await ops_queues.queue_stats(conn, settings)
         stalled = await conn.fetch(STALLED, SAMPLE)
         open_alerts = await conn.fetch(OPEN_ALERTS)
-    await ops_jobs.add_redis_depths(redis, queues)
+    await ops_queues.add_redis_depths(redis, queues)
     processes = await health.read_health(redis)
 
     jobs = GaugeMetricFamily("geniehelper_queue_jobs", "Job records per queue and state.", labels=["queue", "state"])
