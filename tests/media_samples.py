@@ -180,15 +180,19 @@ title=GH-CHAPTER-TWO
 
 
 def video_with_metadata(
-    path: Path, *, seconds: float = 2.0, width: int = 320, height: int = 240, fps: int = 25
+    path: Path, *, seconds: float = 2.0, width: int = 320, height: int = 240, fps: int = 25, pattern: str = "testsrc"
 ) -> Path:
-    """An H.264/AAC MP4 from lavfi test sources, with global tags (title, comment, GPS location,
-    creation time), two chapters and a stream tag."""
+    """An H.264/AAC MP4 from lavfi test sources (`pattern`: testsrc, or a flat colour such as
+    "color=c=gray"), with global tags (title, comment, GPS location, creation time), two chapters
+    and a stream tag."""
+    source = f"{pattern}:size={width}x{height}:rate={fps}:duration={seconds}"
+    if pattern == "testsrc":
+        source = source.replace("testsrc:", "testsrc=", 1)
     meta = path.with_suffix(".ffmeta")
     meta.write_text(FFMETADATA)
     subprocess.run(
         [find_ffmpeg(None), "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-         "-f", "lavfi", "-i", f"testsrc=size={width}x{height}:rate={fps}:duration={seconds}",
+         "-f", "lavfi", "-i", source,
          "-f", "lavfi", "-i", f"sine=frequency=440:duration={seconds}", "-i", str(meta),
          "-map", "0:v", "-map", "1:a", "-map_metadata", "2", "-map_chapters", "2",
          "-metadata", "location=+48.8582+002.2945/", "-metadata", "creation_time=2024-05-01T12:00:00Z",

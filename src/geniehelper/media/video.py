@@ -2,7 +2,7 @@
 
 Every output is written clean: no global, stream or chapter tags (`-map_metadata -1`,
 `-map_chapters -1`, so no creation dates: the MP4 header times stay zero), no encoder tags
-(`bitexact`), only the video and audio streams (no data streams such as GoPro GPS telemetry or a
+(`bitexact`, and an empty `encoder`), only the video and audio streams (no data streams such as GoPro GPS telemetry or a
 chapter track, no subtitles, no cover art), and for H.264/HEVC no SEI units (where encoders put
 their settings and some cameras their GPS track). Streams are copied when nothing else changes
 (strip); trims are re-encoded, so they start and end on the exact frame.
@@ -22,6 +22,8 @@ ProgressFn = Callable[[float], Awaitable[None]]
 CLEAN_OUTPUT = [
     "-map_metadata", "-1", "-map_chapters", "-1",
     "-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact",
+    # An empty value keeps ffmpeg from naming its encoder in the streams (it would otherwise).
+    "-metadata:s:v", "encoder=", "-metadata:s:a", "encoder=",
 ]  # fmt: skip
 _SEI_FILTER = {"h264": "filter_units=remove_types=6", "hevc": "filter_units=remove_types=39|40"}
 _MP4_VIDEO = {"h264", "hevc", "av1", "mpeg4", "vp9"}
