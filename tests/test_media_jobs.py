@@ -17,6 +17,7 @@ from geniehelper.domain import media
 from geniehelper.media.probe import parse_description
 from geniehelper.runtime.definition import InvalidPayload
 from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import QuotaExceeded
 from tests.conftest import make_creator
 from tests.media_harness import (
     JOBS,
@@ -301,6 +302,8 @@ async def test_payloads_are_checked_at_enqueue_and_wrong_inputs_fail_with_a_reas
                             "width": 0, "height": 5}}, user_id=creator)  # fmt: skip
     with pytest.raises(InvalidPayload, match="duration_ms"):
         await queue.enqueue("media_video_trim", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+    with pytest.raises(QuotaExceeded, match="thumbnail_operations"):  # not in the starter tier
+        await queue.enqueue("media_video_thumbnail", {"asset_id": str(uuid.uuid4())}, user_id=creator)
     image = await upload(db, m, creator, jpeg_with_metadata(m.samples / "p.jpg"), "image", "image/jpeg")
     junk = m.samples / "junk.mp4"
     junk.write_bytes(b"this is not a video")
