@@ -16,6 +16,7 @@ from geniehelper.db import Database
 from geniehelper.domain import media
 from geniehelper.media.probe import parse_description
 from geniehelper.runtime.definition import InvalidPayload
+from geniehelper.runtime.delivery import redrive_expired_leases, relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
 from tests.conftest import make_creator
@@ -324,3 +325,30 @@ async def test_payloads_are_checked_at_enqueue_and_wrong_inputs_fail_with_a_reas
         assert record["status"] == "failed" and record["attempts"] == 1, record
         assert reason in record["error"]
     assert no_work_dirs_left(m)
+
+
+async def test_a_job_run_again_after_it_recorded_its_output_makes_nothing_twice(
+    db: Database, owner: asyncpg.Connection, queue: JobQueue, arq_redis: ArqRedis, database_url: str, redis_url: str,
+    media_dirs: Media,
+) -> None:  # fmt: skip
+    m = media_dirs
+    creator = await make_creator(owner)
+    asset = await upload(db, m, creator, png_with_metadata(m.samples / "p.png"), "image", "image/png")
+    job = await queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+    first, data = await output_of(owner, m, job.id)
+    # As if its worker died after recording the output and before the outcome: processing, lease gone.
+    await owner.execute(
+        "update media_jobs set status = 'processing', finished_at = null, result = null,"
+        " lease_expires_at = now() - interval '1 second' where id = $1",
+        job.id,
+    )
+    assert await redrive_expired_leases(db) == 1
+    assert (await relay_unpushed(db, arq_redis, grace_s=0, ttl_s=60))[0] == 1
+    await run_media_jobs(database_url, redis_url, m)
+
+    record = await job_record(owner, job.id)
+    assert record["status"] == "completed" and record["attempts"] == 2
+    assert record["result"]["outcome"] == "already_done" and record["result"]["asset_id"] == str(first["id"])
+    assert await owner.fetchval("select count(*) from media_assets where produced_by_job_id = $1", job.id) == 1
+    assert m.store.path_for(first["storage_key"]).read_bytes() == data

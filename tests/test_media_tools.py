@@ -63,6 +63,7 @@ async def test_objects_are_written_once_with_their_hash(tmp_path: Path) -> None:
     assert (tmp_path / "root/c/uploads/a.bin").read_bytes() == b"original bytes"
     assert sorted(p.name for p in (tmp_path / "root/c/uploads").iterdir()) == ["a.bin"]  # no partial left
     assert await store.stat("c/uploads/a.bin") == stored
+    assert (tmp_path / "root/c/uploads/a.bin").stat().st_mode & 0o222 == 0  # read-only
     assert await store.stat("c/uploads/none.bin") is None
 
 

@@ -135,6 +135,7 @@ class LocalMediaStore:
                     out.write(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+            partial.chmod(0o444)  # read-only: nothing of ours writes an object twice
             try:
                 os.link(partial, dest)
             except FileExistsError:
