@@ -12,22 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images
+from geniehelper.media.images import CropBox
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
-
-
-class CropBox(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    left: int = Field(ge=0)
-    top: int = Field(ge=0)
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
 
 
 class MediaImageConvertPayload(JobPayload):

@@ -13,17 +13,21 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
-
-from geniehelper.domain import media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
+from geniehelper.media.operation import (
+    Made,
+    Progress,
+    classify_media_error,
+    payload_key,
+    probe_video,
+    run_operation,
+    watermark_style,
+)
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
 from geniehelper.media.watermark import WatermarkStyle, render_layer
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
-from geniehelper.runtime.retry import PermanentJobError
 
 
 class MediaWatermarkPayload(JobPayload):
@@ -32,28 +36,8 @@ class MediaWatermarkPayload(JobPayload):
     preset_id: UUID | None = None  # when no style: this preset's watermark (None: the default preset's)
 
 
-async def style_for(ctx: JobContext, style: WatermarkStyle | None, preset_id: UUID | None) -> WatermarkStyle:
-    """The payload's style, or the watermark of the named (else the default) preset."""
-    if style is not None:
-        return style
-    assert ctx.user_id is not None
-    async with ctx.creator_tx() as conn:
-        preset = await media.get_preset(conn, ctx.user_id, preset_id)
-    if preset is None:
-        raise PermanentJobError(
-            f"media preset {preset_id} does not exist" if preset_id else "no style given and no default media preset"
-        )
-    if not preset.watermark:
-        raise PermanentJobError(f"media preset {preset.name!r} has no watermark")
-    try:
-        return WatermarkStyle.model_validate(preset.watermark)
-    except ValidationError as exc:
-        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
-        raise PermanentJobError(f"media preset {preset.name!r} has an invalid watermark: {reasons}") from None
-
-
 async def media_watermark(ctx: JobContext, payload: MediaWatermarkPayload) -> dict[str, Any]:
-    style = await style_for(ctx, payload.style, payload.preset_id)
+    style = await watermark_style(ctx, payload.style, payload.preset_id)
 
     async def make(tools: MediaTools, asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
         if asset.kind == "image":

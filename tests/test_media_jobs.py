@@ -352,3 +352,47 @@ async def test_a_job_run_again_after_it_recorded_its_output_makes_nothing_twice(
     assert record["result"]["outcome"] == "already_done" and record["result"]["asset_id"] == str(first["id"])
     assert await owner.fetchval("select count(*) from media_assets where produced_by_job_id = $1", job.id) == 1
     assert m.store.path_for(first["storage_key"]).read_bytes() == data
+
+
+async def test_transcode_crops_fits_and_compresses_and_a_presets_teaser_is_short_small_and_marked(
+    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+) -> None:
+    m = media_dirs
+    creator = await make_creator(owner)
+    busy = await upload(db, m, creator, video_with_metadata(m.samples / "busy.mp4", seconds=2), "video", "video/mp4")
+    gray = video_with_metadata(m.samples / "gray.mp4", seconds=3, width=640, height=480, pattern="color=c=gray")
+    flat = await upload(db, m, creator, gray, "video", "video/mp4")
+    async with db.creator_tx(creator) as conn:
+        preset_id = await conn.fetchval(
+            "insert into media_presets (user_id, name, watermark, output_width, output_height, clip_duration_ms)"
+            " values ($1, 'teaser', $2, 320, 320, 1000) returning id",
+            creator, {"text": "@gh_creator", "opacity": 1.0, "size_pct": 12},
+        )  # fmt: skip
+    crop = {"left": 0, "top": 0, "width": 160, "height": 120}
+    small = await queue.enqueue("media_video_transcode", {"asset_id": str(busy.id), "crop": crop, "crf": 40},
+                                user_id=creator)  # fmt: skip
+    teaser = await queue.enqueue("media_video_teaser", {"asset_id": str(flat.id), "preset_id": str(preset_id),
+                                 "start_ms": 500}, user_id=creator)  # fmt: skip
+    await run_media_jobs(database_url, redis_url, m)
+
+    small_row, small_bytes = await output_of(owner, m, small.id)
+    (m.samples / "small.mp4").write_bytes(small_bytes)
+    probe = parse_description(await m.tools.ffmpeg_describe(m.samples / "small.mp4"))
+    assert probe.video is not None and (probe.video.width, probe.video.height) == (160, 120)
+    assert await m.tools.count_frames(m.samples / "small.mp4") == 50
+    assert small_row["byte_size"] < busy.byte_size and (small_row["width"], small_row["height"]) == (160, 120)
+    assert secrets_in(small_bytes) == [] and probe.descriptive_tags() == {}
+
+    teaser_row, teaser_bytes = await output_of(owner, m, teaser.id)
+    clip = m.samples / "teaser.mp4"
+    clip.write_bytes(teaser_bytes)
+    assert await m.tools.count_frames(clip) == 25  # the preset's 1 s
+    assert (teaser_row["width"], teaser_row["height"], teaser_row["duration_ms"]) == (320, 240, 1000)
+    assert teaser_row["metadata"]["params"]["preset"] == "teaser"
+    frame, plain = m.samples / "teaser-frame.png", m.samples / "plain-frame.png"
+    await m.tools.ffmpeg_run(["-i", str(clip), "-frames:v", "1", str(frame)])
+    await m.tools.ffmpeg_run(["-i", str(gray), "-frames:v", "1", "-vf", "scale=320:240", str(plain)])
+    with Image.open(frame) as marked, Image.open(plain) as unmarked:
+        changed = ImageChops.difference(marked.convert("RGB"), unmarked.convert("RGB"))
+        box = changed.point(lambda v: 255 if v > 60 else 0).getbbox()
+    assert in_bottom_right(box, 320, 240)

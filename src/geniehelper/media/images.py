@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
 
 from geniehelper.media.watermark import WatermarkStyle, apply_to_image
 
@@ -26,6 +27,16 @@ _FROM_PIL = {v: k for k, v in _PIL_FORMAT.items()}
 
 class ImageRejected(ValueError):
     """Not an image we can read, or one over the pixel limit: permanent."""
+
+
+class CropBox(BaseModel):
+    """A crop in a payload: left, top, width, height in pixels."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    left: int = Field(ge=0)
+    top: int = Field(ge=0)
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
 
 
 @dataclass(frozen=True)

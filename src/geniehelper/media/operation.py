@@ -12,6 +12,7 @@ refers to it: the key belongs to this job alone).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import structlog
+from pydantic import ValidationError
 
 from geniehelper.domain import media
 from geniehelper.media.images import ImageRejected
@@ -27,6 +29,7 @@ from geniehelper.media.probe import MediaProbe, NotMedia, parse_description
 from geniehelper.media.store import ObjectMissing, StorageConflict, UnsafeStorageKey
 from geniehelper.media.tools import MEDIA, MediaTools, ToolFailed
 from geniehelper.media.video import VideoRejected
+from geniehelper.media.watermark import WatermarkStyle
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import ErrorClass, JobPayload
 from geniehelper.runtime.retry import PermanentJobError
@@ -44,8 +47,6 @@ def classify_media_error(exc: BaseException) -> ErrorClass | None:
 
 def payload_key(job_name: str, payload: JobPayload, asset_id: UUID) -> str:
     """The same request for the same asset while one is active is the same job."""
-    import hashlib
-
     digest = hashlib.sha256(payload.model_dump_json().encode()).hexdigest()[:16]
     return f"{job_name}:{asset_id}:{digest}"
 
@@ -144,3 +145,23 @@ async def run_operation(
     log.info("media.output_recorded", operation=operation, source_asset_id=str(source.id), asset_id=str(asset.id),
              byte_size=stored.byte_size)  # fmt: skip
     return _result(asset, "created")
+
+
+async def watermark_style(ctx: JobContext, style: WatermarkStyle | None, preset_id: UUID | None) -> WatermarkStyle:
+    """The payload's style, or the watermark of the named (else the default) preset."""
+    if style is not None:
+        return style
+    assert ctx.user_id is not None
+    async with ctx.creator_tx() as conn:
+        preset = await media.get_preset(conn, ctx.user_id, preset_id)
+    if preset is None:
+        raise PermanentJobError(
+            f"media preset {preset_id} does not exist" if preset_id else "no style given and no default media preset"
+        )
+    if not preset.watermark:
+        raise PermanentJobError(f"media preset {preset.name!r} has no watermark")
+    try:
+        return WatermarkStyle.model_validate(preset.watermark)
+    except ValidationError as exc:
+        reasons = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise PermanentJobError(f"media preset {preset.name!r} has an invalid watermark: {reasons}") from None

@@ -5,7 +5,8 @@ Every output is written clean: no global, stream or chapter tags (`-map_metadata
 (`bitexact`, and an empty `encoder`), only the video and audio streams (no data streams such as GoPro GPS telemetry or a
 chapter track, no subtitles, no cover art), and for H.264/HEVC no SEI units (where encoders put
 their settings and some cameras their GPS track). Streams are copied when nothing else changes
-(strip); trims are re-encoded, so they start and end on the exact frame.
+(strip); trims are re-encoded, so they start and end on the exact frame (the one nearest the
+asked start; as many frames as the asked duration holds at the video's frame rate).
 """
 
 from __future__ import annotations
@@ -118,23 +119,39 @@ async def encode(
     max_height: int | None = None,
     audio: bool = True,
     watermark_layer: Path | None = None,
+    crop: tuple[int, int, int, int] | None = None,
     crf: int = 23,
     name: str = "output",
     on_progress: ProgressFn | None = None,
 ) -> VideoOutput:
-    """Re-encode to H.264/AAC MP4: from `start_s` for `duration_s` (frame-accurate), fitted within
-    max_width x max_height, with a watermark layer (a PNG of the output's size) over every frame."""
+    """Re-encode to H.264/AAC MP4: from `start_s` for `duration_s` (frame-accurate: from the frame
+    nearest `start_s`, round(duration_s x fps) frames; less if the video ends first), cropped to
+    `crop` (left, top, width, height), fitted within max_width x max_height, with a watermark layer
+    (a PNG of the output's size: `output_size`) over every frame; `crf` sets the quality (lower:
+    better, larger)."""
     _, audio_codec = _main_streams(probe)
     video = probe.video
     assert video is not None and video.width and video.height
     total = probe.duration_s
     if total is not None and start_s >= total:
         raise VideoRejected(f"start {start_s:g}s is past the end of the {total:g}s video")
+    frames: int | None = None
+    if video.fps:  # on the frame grid: start at the nearest frame, and so many frames, no more, no fewer
+        start_s = round(start_s * video.fps) / video.fps
     length = min(duration_s, total - start_s) if duration_s is not None and total is not None else duration_s
+    if video.fps and length is not None:
+        frames = max(1, round(length * video.fps))
+        length = frames / video.fps
     out = out_dir / f"{name}.mp4"
-    args = ["-ss", f"{start_s:.3f}", "-i", str(source)]
+    args = ["-ss", f"{start_s:.6f}", "-i", str(source)]
     with_audio = audio and audio_codec is not None
     scale = _scale_filter(max_width, max_height) or "scale=w=trunc(iw/2)*2:h=trunc(ih/2)*2"
+    if crop is not None:
+        left, top, crop_w, crop_h = crop
+        if left + crop_w > video.width or top + crop_h > video.height:
+            frame = f"{video.width}x{video.height}"
+            raise VideoRejected(f"crop {crop_w}x{crop_h}+{left}+{top} is outside the {frame} video")
+        scale = f"crop={crop_w}:{crop_h}:{left}:{top},{scale}"
     if watermark_layer is not None:
         args += ["-i", str(watermark_layer)]
         graph = f"[0:V:0]{scale},format=yuv420p[base];[base][1:v]overlay=0:0:format=auto,format=yuv420p[v]"
@@ -142,13 +159,25 @@ async def encode(
     else:
         args += [*_map_main(with_audio), "-vf", f"{scale},format=yuv420p"]
     if length is not None:
-        args += ["-t", f"{length:.3f}"]
+        args += ["-t", f"{length:.6f}"]
+    if frames is not None:
+        args += ["-frames:v", str(frames)]
     args += ["-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-bsf:v", _SEI_FILTER["h264"]]
     args += ["-c:a", "aac", "-b:a", "128k"] if with_audio else ["-an"]
     args += [*CLEAN_OUTPUT, "-movflags", "+faststart", "-f", "mp4", str(out)]
     await tools.ffmpeg_run(args, duration_s=length or total, on_progress=on_progress)
-    width, height = fitted_size(video.width, video.height, max_width, max_height)
+    width, height = output_size(video.width, video.height, max_width, max_height, crop)
     return VideoOutput(out, "video/mp4", width, height, length if length is not None else total)
+
+
+def output_size(
+    width: int, height: int, max_width: int | None, max_height: int | None,
+    crop: tuple[int, int, int, int] | None = None,
+) -> tuple[int, int]:  # fmt: skip
+    """The frame size `encode` gives for these options (the watermark layer must have it)."""
+    if crop is not None:
+        width, height = crop[2], crop[3]
+    return fitted_size(width, height, max_width, max_height)
 
 
 async def frame_png(tools: MediaTools, source: Path, out_dir: Path, *, at_s: float, name: str = "frame") -> Path:
