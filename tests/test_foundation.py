@@ -121,11 +121,17 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         )  # fmt: skip
         assert health.returncode == 0, health.stdout + health.stderr
         # The HTTP API answers with the development admin token `up` made and named.
-        (api,) = up.wait_for(r"web: the HTTP API at (http://\S+/api) \(admin token in (\S+)\)")
-        token = Path(api.group(2)).read_text().strip()
-        queues = httpx.get(f"{api.group(1)}/queues", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        (web,) = up.wait_for(r"web: the dashboard at (http://\S+)/ and the HTTP API at (http://\S+/api) "
+                             r"\(admin token in (\S+)\)")  # fmt: skip
+        token = Path(web.group(3)).read_text().strip()
+        queues = httpx.get(f"{web.group(2)}/queues", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert queues.status_code == 200 and "default" in {q["queue"] for q in queues.json()["queues"]}
-        assert httpx.get(f"{api.group(1)}/queues", timeout=10).status_code == 401
+        assert httpx.get(f"{web.group(2)}/queues", timeout=10).status_code == 401
+        # The dashboard: signed out it sends you to sign in; with the token, the overview shows the queues.
+        with httpx.Client(base_url=web.group(1), timeout=10) as browser:
+            assert browser.get("/").headers["location"].startswith("/login")
+            overview = browser.post("/login", data={"token": token, "next": "/"}, follow_redirects=True)
+            assert overview.status_code == 200 and 'data-queue="default"' in overview.text
     finally:
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(60) == 0, up.text()
