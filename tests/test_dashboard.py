@@ -164,3 +164,36 @@ async def test_a_bad_filter_names_its_field_and_reason_and_missing_jobs_answer_4
         missing = await http.get(f"/jobs/{uuid.uuid4()}")
         assert missing.status_code == 404 and "There is no job" in missing.text
         assert (await http.get("/jobs/not-a-uuid")).status_code == 404
+
+
+async def test_alerts_are_acknowledged_and_resolved_from_the_overview(base_url: str, owner: asyncpg.Connection) -> None:
+    alert_id = await owner.fetchval("insert into ops_alerts (rule, dedup_key, severity, summary)"
+                                    " values ('queue_age', 'queue_age:dash', 'warning', 'dash backlog') returning id")
+    async with signed_in(base_url, "ops.alice") as http:
+        overview = await http.get("/")
+        assert "dash backlog" in overview.text and f'action="/alerts/{alert_id}/ack"' in overview.text
+        acked = await http.post(f"/alerts/{alert_id}/ack", data={"csrf": csrf_of(overview)})
+        assert acked.status_code == 303 and "acknowledged" in acked.headers["location"]
+        again = await http.get("/")
+        assert "open by" not in again.text and "acknowledged by web:ops.alice" in again.text
+        resolved = await http.post(f"/alerts/{alert_id}/resolve", data={"csrf": csrf_of(again)})
+        assert resolved.status_code == 303
+        assert "dash backlog" not in (await http.get("/")).text
+    row = await owner.fetchrow("select status, acknowledged_by from ops_alerts where id = $1", alert_id)
+    assert row is not None and (row["status"], row["acknowledged_by"]) == ("resolved", "web:ops.alice")
+    actions = await owner.fetch("select action from ops_actions where action like 'alert.%'")
+    assert sorted(a["action"] for a in actions) == ["alert.acknowledge", "alert.resolve"]
+
+
+def test_a_session_ends_when_its_token_is_removed_expires_or_is_tampered_with() -> None:
+    tokens = auth_tokens()
+    reader = tokens[0]
+    value = auth.session_value(reader, now=1_000.0)
+    assert auth.session_token(tokens, value, now=1_001.0) == reader
+    assert auth.session_token(tokens, value, now=1_000.0 + auth.SESSION_S + 1) is None  # expired
+    assert auth.session_token(tokens[1:], value, now=1_001.0) is None  # the token was taken out of WEB_TOKENS
+    name, expires, signature = value.split(".")
+    assert auth.session_token(tokens, f"{name}.{int(expires) + 3600}.{signature}", now=1_001.0) is None  # extended
+    assert auth.session_token(tokens, f"ops.alice.{expires}.{signature}", now=1_001.0) is None  # another name
+    dotted = auth.session_value(tokens[1], now=1_000.0)  # "ops.alice": a name with a dot
+    assert auth.session_token(tokens, dotted, now=1_001.0) == tokens[1]
