@@ -49,6 +49,10 @@ def _run_migrations(database_url: str) -> None:
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.stack import start_stack
 
+    given = settings.migrate_database_url or settings.database_url
+    if given:  # migrations need PostgreSQL only: a server named is the one migrated, nothing embedded starts
+        _run_migrations(given)
+        return 0
     urls, stack = start_stack(settings)
     try:
         _run_migrations(urls.owner_url)
