@@ -80,6 +80,14 @@ class JobMonitorSettings:
 
 
 @dataclass(frozen=True)
+class SegmentEvaluatorSettings:
+    interval_s: float  # SEGMENT_EVALUATOR_INTERVAL_S: the poll (a rules change wakes it at once)
+    batch: int  # SEGMENT_EVALUATION_BATCH: segments claimed per query
+    stale_after_s: float  # SEGMENT_STALE_AFTER_S
+    requeue_after_s: float  # SEGMENT_REQUEUE_AFTER_S
+
+
+@dataclass(frozen=True)
 class JobRetentionSettings:
     interval_s: float  # JOB_RETENTION_INTERVAL_S
     older_than_s: float  # JOB_RETENTION_S
@@ -221,6 +229,27 @@ class Settings(BaseSettings):
     job_retention_s: float = Field(
         default=30 * 86_400.0, ge=3_600, description="Finished job records older than this are pruned."
     )
+
+    # segment_evaluator (docs/segments.md).
+    segment_evaluator_interval_s: float = Field(
+        default=30.0, gt=0, le=86_400, description="segment_evaluator's poll; a rules change wakes it at once."
+    )
+    segment_evaluation_batch: int = Field(default=500, ge=1, le=50_000)
+    segment_stale_after_s: float = Field(
+        default=3_600.0, gt=0, description="An active segment evaluated longer ago than this is evaluated again."
+    )
+    segment_requeue_after_s: float = Field(
+        default=600.0, gt=0,
+        description="A segment claimed this long ago and still not evaluated (its job lost, or its rules refused) is"
+        " claimed again.",
+    )
+
+    @property
+    def segment_evaluator(self) -> SegmentEvaluatorSettings:
+        return SegmentEvaluatorSettings(
+            interval_s=self.segment_evaluator_interval_s, batch=self.segment_evaluation_batch,
+            stale_after_s=self.segment_stale_after_s, requeue_after_s=self.segment_requeue_after_s,
+        )  # fmt: skip
 
     @property
     def post_scheduler(self) -> PostSchedulerSettings:

@@ -47,6 +47,31 @@ update fan_segments set evaluation_error = $3, evaluated_rules_version = $4
  where user_id = $1 and id = $2
 """
 
+# --- segment_evaluator (system role) --------------------------------------------------------------
+
+# Due: an active segment whose rules changed since its last evaluation, never evaluated, or
+# evaluated more than $2 s ago. Claimable: not claimed, claimed more than $3 s ago (its job lost, or
+# its rules refused), or claimed before its rules last changed. The claim stamps
+# evaluation_claimed_at (the one column the system role may write); the evaluation clears it.
+CLAIM_DUE = """
+with due as (
+    select id from fan_segments
+     where status = 'active'
+       and (evaluated_rules_version is distinct from rules_version
+            or last_evaluated_at is null
+            or last_evaluated_at < now() - make_interval(secs => $2))
+       and (evaluation_claimed_at is null
+            or evaluation_claimed_at < now() - make_interval(secs => $3)
+            or evaluation_claimed_at < rules_changed_at)
+     order by (evaluated_rules_version is distinct from rules_version) desc, last_evaluated_at nulls first, id
+     limit $1
+     for update skip locked
+)
+update fan_segments s set evaluation_claimed_at = now()
+ where s.id = any (array(select id from due))
+returning s.id, s.user_id
+"""
+
 
 @dataclass(frozen=True)
 class Segment:

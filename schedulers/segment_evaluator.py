@@ -1,0 +1,89 @@
+"""segment_evaluator: enqueues an evaluate_segment job for every segment that is due.
+
+Every SEGMENT_EVALUATOR_INTERVAL_S (30 s) it claims the active segments that are due
+(`geniehelper.segments.evaluation.CLAIM_DUE`: rules changed since their last evaluation, never
+evaluated, or evaluated more than SEGMENT_STALE_AFTER_S ago) and enqueues one evaluate_segment job
+per segment on the bulk queue, keyed on the segment, so a segment claimed again while its job waits
+adds nothing (the due-work base: `schedulers.due_work`). A segment whose rules change is evaluated at
+once: the change makes it due and claimable, and the trigger that records it notifies this
+scheduler, which wakes instead of waiting for the poll. A claim not followed by an evaluation (a
+lost job, refused rules) is claimed again after SEGMENT_REQUEUE_AFTER_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+from uuid import UUID
+
+import asyncpg
+import structlog
+
+from geniehelper.db import SYSTEM_ROLE
+from geniehelper.runtime.queue import JobRequest
+from geniehelper.segments.evaluation import CLAIM_DUE
+from geniehelper.settings import Settings
+from schedulers.base import SchedulerContext, TickResult
+from schedulers.due_work import DueWorkScheduler
+
+log = structlog.get_logger("schedulers.segment_evaluator")
+CHANNEL = "geniehelper_fan_segments"  # notified by the fan_segments trigger (migration 0021)
+
+
+class SegmentEvaluator(DueWorkScheduler[asyncpg.Record]):
+    name: ClassVar[str] = "segment_evaluator"
+    job_name: ClassVar[str] = "evaluate_segment"
+
+    def __init__(self) -> None:
+        self._listener: asyncpg.Connection | None = None
+        self._wake = asyncio.Event()
+
+    def interval_s(self, settings: Settings) -> float:
+        return settings.segment_evaluator.interval_s
+
+    def batch_size(self, settings: Settings) -> int:
+        return settings.segment_evaluator.batch
+
+    async def claim(self, conn: asyncpg.Connection, settings: Settings, limit: int) -> list[asyncpg.Record]:
+        group = settings.segment_evaluator
+        return await conn.fetch(CLAIM_DUE, limit, group.stale_after_s, group.requeue_after_s)
+
+    def request(self, row: asyncpg.Record, settings: Settings, result: TickResult) -> tuple[UUID, JobRequest] | None:
+        # evaluate_segment's definition (jobs/evaluate_segment.py) derives the key and subject from the payload.
+        return row["user_id"], JobRequest({"segment_id": str(row["id"])})
+
+    async def setup(self, ctx: SchedulerContext) -> None:
+        await self._listen(ctx)
+
+    async def teardown(self, ctx: SchedulerContext) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                await listener.close(timeout=5)
+            except Exception:  # server gone: drop the socket
+                listener.terminate()
+
+    async def _listen(self, ctx: SchedulerContext) -> None:
+        await self.teardown(ctx)
+        try:
+            listener = await asyncpg.connect(ctx.database_url, timeout=10, server_settings={"role": SYSTEM_ROLE})
+            await listener.add_listener(CHANNEL, self._on_notify)
+        except Exception as exc:  # polling still works without it; the next wait tries again
+            log.warning("segment_evaluator.listen_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._listener = listener
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: object) -> None:
+        self._wake.set()
+
+    async def wait(self, ctx: SchedulerContext, seconds: float, stop: asyncio.Event) -> None:
+        if self._listener is None or self._listener.is_closed():
+            await self._listen(ctx)
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            # Consumed by the tick that follows; a change notified during that tick wakes the next wait.
+            self._wake.clear()
