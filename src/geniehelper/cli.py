@@ -18,6 +18,7 @@ from typing import Any
 from geniehelper import __version__
 from geniehelper.ops import cli as ops_cli  # argparse only: the commands import what they use
 from geniehelper.ops import cli_queues as ops_cli_queues
+from geniehelper.segments import cli as segments_cli
 from geniehelper.settings import Settings, load_settings, mask_url
 
 
@@ -387,6 +388,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "jobs": ops_cli.cmd_jobs,
     "queues": ops_cli_queues.cmd_queues,
     "alerts": ops_cli_queues.cmd_alerts,
+    "segments": segments_cli.cmd_segments,
 }
 
 
@@ -427,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     ops_cli.add_parsers(sub)
     ops_cli_queues.add_parsers(sub)
+    segments_cli.add_parsers(sub)
     return parser
 
 
