@@ -1,0 +1,184 @@
+"""Fan scores (docs/scoring.md) on constructed fans: the stored numbers are the documented formulas,
+they move in the documented direction, each carries its model version and explanation, and
+score_fans scores one creator's fans only, through a real bulk worker."""
+
+from __future__ import annotations
+
+import math
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from arq.connections import ArqRedis
+
+from geniehelper.db import Database
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.registry import JobRegistry
+from geniehelper.segments import scoring
+from geniehelper.settings import Settings
+from jobs.score_fans import SCORE_FANS
+from tests.conftest import make_creator
+from tests.helpers import drain_queue
+from tests.segment_fans import Fans, add_fan, ago, build_cast, buy, message, sub_event, subscribe
+
+JOBS = JobRegistry([SCORE_FANS])
+
+
+async def score(db: Database, fans: Fans) -> scoring.ScoreRun:
+    async with db.creator_tx(fans.user_id) as conn:
+        return await scoring.score_fans(conn, fans.user_id)
+
+
+async def scores_of(owner: asyncpg.Connection, fans: Fans) -> dict[str, dict[str, Any]]:
+    rows = await owner.fetch("select * from fan_scores where user_id = $1", fans.user_id)
+    return {fans.names([r["fan_profile_id"]]).pop(): dict(r) for r in rows}
+
+
+def logistic(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+async def test_stored_scores_are_the_documented_formulas(db: Database, owner: asyncpg.Connection) -> None:
+    fans = Fans(await make_creator(owner))
+    async with db.creator_tx(fans.user_id) as conn:
+        await add_fan(conn, fans, "steady", first_seen_at=ago(200), last_seen_at=ago(10))
+        for days in (5, 20, 40):
+            await buy(conn, fans, "steady", "tip", "20", days)
+        await buy(conn, fans, "steady", "ppv", "999", 1, status="refunded")  # never counts
+        await message(conn, fans, "steady", "inbound", "received", 2)
+        await subscribe(conn, fans, "steady", "active", "gold")
+        await sub_event(conn, fans, "steady", "subscribe", 100)
+    run = await score(db, fans)
+    assert (run.scored, run.model_version) == (1, scoring.MODEL_VERSION)
+    row = (await scores_of(owner, fans))["steady"]
+    features = row["explanation"]["features"]
+    assert features["recency_days"] == 2.0  # the inbound message is the latest activity
+    assert (features["purchases_90d"], features["spend_90d"], features["purchases_30d"]) == (3, 60, 2)
+    assert (features["inbound_messages_30d"], features["active_subscription"], features["cancel_signal"]) == (1, 1, 0)
+    assert features["tenure_days"] == 200.0 and features["purchase_months_12"] in (2, 3)
+
+    c, u = scoring.CHURN, scoring.UPSELL
+    churn_terms = {"recency": c["recency"] * 2 / 30, "frequency": c["frequency"] * math.log(4),
+                   "messages": c["messages"] * math.log(2), "active_subscription": c["active_subscription"],
+                   "cancel_signal": 0.0}  # fmt: skip
+    churn = logistic(c["intercept"] + sum(churn_terms.values()))
+    upsell = logistic(u["intercept"] + u["recent_purchases"] * math.log(3) + u["messages"] * math.log(2)
+                      + u["active_subscription"] + u["recency"] * 2 / 30)  # fmt: skip
+    months = min(24.0, (1 - max(churn, 0.02)) / max(churn, 0.02))
+    loyalty = 0.5 * 200 / 730 + 0.5 * features["purchase_months_12"] / 12
+    assert row["churn_risk"] == Decimal(str(round(churn, 3)))
+    assert row["upsell_readiness"] == Decimal(str(round(upsell, 3)))
+    assert row["loyalty"] == Decimal(str(round(loyalty, 3)))
+    assert abs(float(row["predicted_ltv"]) - 20 * months) < 0.01  # 60 in 90 days: 20 a month
+    explanation = row["explanation"]
+    assert explanation["churn_risk"]["contributions"] == {k: round(v, 3) for k, v in churn_terms.items()}
+    assert explanation["churn_risk"]["intercept"] == c["intercept"]
+    top = explanation["churn_risk"]["top"]
+    assert [t["feature"] for t in top] == ["active_subscription", "frequency", "messages"]  # largest first
+    assert top[0]["contribution"] == -1.2 and len(explanation["upsell_readiness"]["top"]) == 3
+    assert explanation["predicted_ltv"] == {"monthly_spend": 20.0, "expected_months": round(months, 2)}
+    assert row["model_version"] == "rfm-logistic-v1" and row["computed_at"] is not None
+
+
+async def test_scores_move_in_the_documented_direction(db: Database, owner: asyncpg.Connection) -> None:
+    fans = Fans(await make_creator(owner))
+    async with db.creator_tx(fans.user_id) as conn:
+        for days in (1, 30, 60, 120, 300):  # the same fan, last seen longer and longer ago
+            await add_fan(conn, fans, f"seen{days}", first_seen_at=ago(400), last_seen_at=ago(days))
+        for name, cancelled in (("renewing", False), ("cancelling", True)):
+            await add_fan(conn, fans, name, first_seen_at=ago(100), last_seen_at=ago(3))
+            await subscribe(conn, fans, name, "active", "gold", auto_renew=not cancelled)
+        for name, amount in (("small", "10"), ("big", "400")):
+            await add_fan(conn, fans, name, first_seen_at=ago(100), last_seen_at=ago(3))
+            await buy(conn, fans, name, "tip", amount, 4)
+        for name, count in (("quiet", 0), ("chatty", 6)):
+            await add_fan(conn, fans, name, first_seen_at=ago(100), last_seen_at=ago(3))
+            for i in range(count):
+                await message(conn, fans, name, "inbound", "received", 3 + i)
+        for name, first_seen in (("newcomer", 10), ("veteran", 700)):
+            await add_fan(conn, fans, name, first_seen_at=ago(first_seen), last_seen_at=ago(3))
+    await score(db, fans)
+    s = await scores_of(owner, fans)
+
+    # A lapsed fan's churn risk rises with the time since they were last active.
+    lapsing = [s[f"seen{d}"]["churn_risk"] for d in (1, 30, 60, 120, 300)]
+    assert lapsing == sorted(lapsing) and len(set(lapsing)) == 5, lapsing
+    assert lapsing[-1] > Decimal("0.9") and lapsing[0] < Decimal("0.5")
+    # A cancelled renewal raises churn risk and lowers upsell readiness.
+    assert s["cancelling"]["churn_risk"] > s["renewing"]["churn_risk"]
+    assert s["cancelling"]["upsell_readiness"] < s["renewing"]["upsell_readiness"]
+    # A big recent spender is worth more than a small one (same habits otherwise).
+    assert s["big"]["predicted_ltv"] > 10 * s["small"]["predicted_ltv"] > 0
+    # Talking lowers churn risk and raises upsell readiness.
+    assert s["chatty"]["churn_risk"] < s["quiet"]["churn_risk"]
+    assert s["chatty"]["upsell_readiness"] > s["quiet"]["upsell_readiness"]
+    # Loyalty grows with tenure.
+    assert s["veteran"]["loyalty"] > s["newcomer"]["loyalty"]
+
+    # Re-scored after the small spender spends big: their LTV rises, their churn does not; rows are
+    # updated in place (one per fan).
+    async with db.creator_tx(fans.user_id) as conn:
+        await buy(conn, fans, "small", "tip", "500", 1)
+    await score(db, fans)
+    again = await scores_of(owner, fans)
+    assert again["small"]["predicted_ltv"] > s["small"]["predicted_ltv"] * 10
+    assert again["small"]["churn_risk"] <= s["small"]["churn_risk"]
+    assert again["small"]["id"] == s["small"]["id"] and again["small"]["computed_at"] > s["small"]["computed_at"]
+    assert await owner.fetchval("select count(*) from fan_scores where user_id = $1", fans.user_id) == len(fans.ids)
+
+
+async def test_score_fans_runs_on_the_bulk_worker_for_its_creator_only_and_keeps_profile_figures_current(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    ours = await build_cast(db, await make_creator(owner))
+    theirs = await build_cast(db, await make_creator(owner))
+    await owner.execute("delete from fan_scores where user_id = any($1)", [ours.user_id, theirs.user_id])
+    job = await JobQueue(db, arq_redis, JOBS).enqueue("score_fans", {}, user_id=ours.user_id)
+    await drain_queue(Settings(database_url=database_url, redis_url=redis_url), JOBS, "bulk")
+
+    record = await owner.fetchrow("select status, result from media_jobs where id = $1", job.id)
+    assert record is not None and record["status"] == "completed", record
+    assert record["result"]["scored"] == 4 and record["result"]["model_version"] == scoring.MODEL_VERSION  # not eve
+    scored = await scores_of(owner, ours)
+    assert set(scored) == {"alice", "bob", "cara", "dan"}
+    assert await owner.fetchval("select count(*) from fan_scores where user_id = $1", theirs.user_id) == 0
+    # The cast's profiles claimed figures their ledgers do not hold: now they hold the ledgers' (alice:
+    # 3 tips of 50 and a ppv of 20; bob's refunded ppv does not count).
+    profiles = await owner.fetch(
+        "select id, lifetime_spend, message_count, last_purchase_at from fan_profiles where user_id = $1", ours.user_id
+    )
+    by_name = {ours.names([p["id"]]).pop(): p for p in profiles}
+    assert (by_name["alice"]["lifetime_spend"], by_name["bob"]["lifetime_spend"]) == (Decimal(170), Decimal(10))
+    assert (by_name["alice"]["message_count"], by_name["bob"]["message_count"], by_name["dan"]["message_count"]) == (
+        1, 1, 0,
+    )  # fmt: skip
+    assert by_name["cara"]["last_purchase_at"] is None and record["result"]["profiles_updated"] >= 2
+    theirs_alice = await owner.fetchval("select lifetime_spend from fan_profiles where id = $1", theirs.ids["alice"])
+    assert theirs_alice == Decimal(500)  # the other creator's profiles untouched
+
+    # A second run changes no profile (their figures are current) and still one score row per fan.
+    async with db.creator_tx(ours.user_id) as conn:
+        rerun = await scoring.score_fans(conn, ours.user_id)
+    assert (rerun.scored, rerun.profiles_updated) == (4, 0)
+
+
+async def test_thousands_of_fans_are_scored_in_one_call(db: Database, owner: asyncpg.Connection) -> None:
+    fans = Fans(await make_creator(owner))
+    ids = await owner.fetch(
+        "insert into fan_profiles (user_id, display_name, first_seen_at, last_seen_at)"
+        " select $1, 'fan ' || g, now() - make_interval(days => g % 500), now() - make_interval(days => g % 200)"
+        "   from generate_series(1, 3000) g returning id",
+        fans.user_id,
+    )  # fmt: skip
+    await owner.execute(
+        "insert into fan_transactions (user_id, fan_profile_id, platform, kind, amount, occurred_at)"
+        " select $1, f, 'onlyfans', 'tip', (g % 50) + 1, now() - make_interval(days => (g % 120)::int)"
+        "   from unnest($2::uuid[]) with ordinality as u(f, g)",
+        fans.user_id, [r["id"] for r in ids],
+    )  # fmt: skip
+    run = await score(db, fans)
+    assert (run.scored, run.profiles_updated) == (3000, 3000)  # every profile's lifetime spend was 0
+    rows = await owner.fetch("select churn_risk, predicted_ltv, model_version from fan_scores where user_id = $1",
+                             fans.user_id)  # fmt: skip
+    assert len(rows) == 3000 and {r["model_version"] for r in rows} == {scoring.MODEL_VERSION}
+    assert all(Decimal(0) <= r["churn_risk"] <= Decimal(1) and r["predicted_ltv"] >= 0 for r in rows)
