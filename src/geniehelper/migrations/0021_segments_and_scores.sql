@@ -1,4 +1,5 @@
--- 0021 segments: what the segment evaluator keeps on fan_segments (docs/segments.md)
+-- 0021 segments: what the segment evaluator keeps on fan_segments, and segment snapshots
+-- (docs/segments.md)
 --
 -- rules_version counts the rule sets a segment has had: this trigger bumps it (and stamps
 -- rules_changed_at) whenever `rules` is written with a different value, and nothing else may move
@@ -56,3 +57,72 @@ create trigger fan_segments_track_rules
 
 -- The evaluator's claim (system role): that column only, never user_id or the rules.
 grant update (evaluation_claimed_at) on fan_segments to geniehelper_system;
+
+-- ---------------------------------------------------------------------------------------------
+-- Segment snapshots: a segment's membership frozen at a moment (what a broadcast is sent to).
+-- Taken in one statement under the segment's row lock (FOR SHARE), so a snapshot holds the
+-- membership of one evaluation, never half of one. Frozen: rows are never updated (a snapshot may
+-- be deleted whole; its members go with it, and a deleted fan leaves every snapshot).
+-- ---------------------------------------------------------------------------------------------
+create table fan_segment_snapshots (
+    id                  uuid primary key default gen_random_uuid(),
+    user_id             uuid not null references creators (id) on delete cascade,
+    fan_segment_id      uuid not null,
+    purpose             text check (length(purpose) between 1 and 200),
+    member_count        integer not null check (member_count >= 0),
+    rules_version       integer,         -- the rules version its membership was evaluated with (NULL: never)
+    evaluated_at        timestamptz,     -- the segment's last_evaluated_at: how current the membership was
+    taken_at            timestamptz not null default now(),
+    foreign key (user_id, fan_segment_id) references fan_segments (user_id, id) on delete cascade,
+    unique (user_id, id)
+);
+
+comment on table fan_segment_snapshots is
+    'A segment''s membership frozen at a moment (broadcast targeting); members: fan_segment_snapshot_members.';
+
+create index fan_segment_snapshots_segment_idx on fan_segment_snapshots (user_id, fan_segment_id, taken_at desc);
+
+create table fan_segment_snapshot_members (
+    user_id             uuid not null references creators (id) on delete cascade,
+    snapshot_id         uuid not null,
+    fan_profile_id      uuid not null,
+    primary key (user_id, snapshot_id, fan_profile_id),
+    foreign key (user_id, snapshot_id) references fan_segment_snapshots (user_id, id) on delete cascade,
+    foreign key (user_id, fan_profile_id) references fan_profiles (user_id, id) on delete cascade
+);
+
+comment on table fan_segment_snapshot_members is 'The fans of one fan_segment_snapshots row (frozen).';
+
+create index fan_segment_snapshot_members_fan_idx on fan_segment_snapshot_members (user_id, fan_profile_id);
+
+create function refuse_snapshot_update() returns trigger
+    language plpgsql
+as $$
+begin
+    raise exception '% is frozen: UPDATE is not allowed (take a new snapshot instead)', tg_table_name
+        using errcode = '55000';
+end
+$$;
+
+create trigger fan_segment_snapshots_frozen
+    before update on fan_segment_snapshots
+    for each row execute function refuse_snapshot_update();
+create trigger fan_segment_snapshot_members_frozen
+    before update on fan_segment_snapshot_members
+    for each row execute function refuse_snapshot_update();
+
+alter table fan_segment_snapshots enable row level security;
+alter table fan_segment_snapshots force row level security;
+create policy tenant_isolation on fan_segment_snapshots
+    to geniehelper_app
+    using (user_id = (select app_current_user_id()))
+    with check (user_id = (select app_current_user_id()));
+grant select, insert, delete on fan_segment_snapshots to geniehelper_app;
+
+alter table fan_segment_snapshot_members enable row level security;
+alter table fan_segment_snapshot_members force row level security;
+create policy tenant_isolation on fan_segment_snapshot_members
+    to geniehelper_app
+    using (user_id = (select app_current_user_id()))
+    with check (user_id = (select app_current_user_id()));
+grant select, insert, delete on fan_segment_snapshot_members to geniehelper_app;
