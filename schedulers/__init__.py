@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from schedulers.base import Scheduler
 from schedulers.dispatcher import Dispatcher
+from schedulers.fan_scorer import FanScorer
 from schedulers.job_monitor import JobMonitor
 from schedulers.job_retention import JobRetention
 from schedulers.outbox_relay import OutboxRelay
@@ -16,5 +17,6 @@ from schedulers.post_scheduler import PostScheduler
 from schedulers.segment_evaluator import SegmentEvaluator
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (Dispatcher, JobMonitor, JobRetention, OutboxRelay, PostScheduler, SegmentEvaluator)
+    cls.name: cls
+    for cls in (Dispatcher, FanScorer, JobMonitor, JobRetention, OutboxRelay, PostScheduler, SegmentEvaluator)
 }

@@ -88,6 +88,14 @@ class SegmentEvaluatorSettings:
 
 
 @dataclass(frozen=True)
+class FanScorerSettings:
+    interval_s: float  # FAN_SCORER_INTERVAL_S
+    batch: int  # FAN_SCORER_BATCH: creators claimed per query
+    stale_after_s: float  # FAN_SCORES_STALE_AFTER_S
+    requeue_after_s: float  # FAN_SCORER_REQUEUE_AFTER_S
+
+
+@dataclass(frozen=True)
 class JobRetentionSettings:
     interval_s: float  # JOB_RETENTION_INTERVAL_S
     older_than_s: float  # JOB_RETENTION_S
@@ -243,6 +251,23 @@ class Settings(BaseSettings):
         description="A segment claimed this long ago and still not evaluated (its job lost, or its rules refused) is"
         " claimed again.",
     )
+
+    # fan_scorer (docs/scoring.md).
+    fan_scorer_interval_s: float = Field(default=300.0, gt=0, le=86_400, description="fan_scorer's interval.")
+    fan_scorer_batch: int = Field(default=500, ge=1, le=50_000)
+    fan_scores_stale_after_s: float = Field(
+        default=86_400.0, gt=0, description="A creator whose fans were scored longer ago than this is scored again."
+    )
+    fan_scorer_requeue_after_s: float = Field(
+        default=3_600.0, gt=0, description="A creator claimed this long ago and still not scored is claimed again."
+    )
+
+    @property
+    def fan_scorer(self) -> FanScorerSettings:
+        return FanScorerSettings(
+            interval_s=self.fan_scorer_interval_s, batch=self.fan_scorer_batch,
+            stale_after_s=self.fan_scores_stale_after_s, requeue_after_s=self.fan_scorer_requeue_after_s,
+        )  # fmt: skip
 
     @property
     def segment_evaluator(self) -> SegmentEvaluatorSettings:

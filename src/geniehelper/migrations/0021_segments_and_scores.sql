@@ -126,3 +126,41 @@ create policy tenant_isolation on fan_segment_snapshot_members
     using (user_id = (select app_current_user_id()))
     with check (user_id = (select app_current_user_id()));
 grant select, insert, delete on fan_segment_snapshot_members to geniehelper_app;
+
+-- ---------------------------------------------------------------------------------------------
+-- fan_scoring: when each creator's fans were last scored (score_fans writes it, as the creator)
+-- and fan_scorer's claim (the system role: it inserts a creator's row with its claim, and updates
+-- the claim only).
+-- ---------------------------------------------------------------------------------------------
+create table fan_scoring (
+    user_id             uuid primary key references creators (id) on delete cascade,
+    last_scored_at      timestamptz,
+    fans_scored         integer check (fans_scored >= 0),
+    model_version       text,
+    claimed_at          timestamptz,
+    created_at          timestamptz not null default now(),
+    updated_at          timestamptz not null default now()
+);
+
+comment on table fan_scoring is
+    'Per creator: when score_fans last scored their fans (and with which model), and fan_scorer''s claim.';
+
+create index fan_scoring_due_idx on fan_scoring (last_scored_at nulls first);
+
+create trigger fan_scoring_touch_updated_at
+    before update on fan_scoring
+    for each row execute function touch_updated_at();
+
+alter table fan_scoring enable row level security;
+alter table fan_scoring force row level security;
+create policy tenant_isolation on fan_scoring
+    to geniehelper_app
+    using (user_id = (select app_current_user_id()))
+    with check (user_id = (select app_current_user_id()));
+create policy system_scan on fan_scoring
+    to geniehelper_system
+    using (true)
+    with check (true);
+grant select, insert, update on fan_scoring to geniehelper_app;
+grant select on fan_scoring to geniehelper_system;
+grant insert (user_id, claimed_at), update (claimed_at) on fan_scoring to geniehelper_system;

@@ -218,6 +218,33 @@ update fan_profiles f
        is distinct from (x.lifetime_spend, x.last_purchase_at, x.message_count, x.last_message_at)
 """
 
+# score_fans, as the creator: the run recorded, the claim cleared.
+RECORD_RUN = """
+insert into fan_scoring (user_id, last_scored_at, fans_scored, model_version, claimed_at)
+values ($1, now(), $2, $3, null)
+on conflict (user_id) do update
+   set last_scored_at = excluded.last_scored_at, fans_scored = excluded.fans_scored,
+       model_version = excluded.model_version, claimed_at = null
+"""
+
+# fan_scorer (system role): creators whose fans were never scored or scored more than $2 s ago, not
+# claimed in the last $3 s; each claimed (a row made for a creator without one).
+CLAIM_DUE = """
+with due as (
+    select c.id as user_id
+      from creators c
+      left join fan_scoring s on s.user_id = c.id
+     where (s.last_scored_at is null or s.last_scored_at < now() - make_interval(secs => $2))
+       and (s.claimed_at is null or s.claimed_at < now() - make_interval(secs => $3))
+     order by s.last_scored_at nulls first, c.id
+     limit $1
+)
+insert into fan_scoring (user_id, claimed_at)
+select user_id, now() from due
+on conflict (user_id) do update set claimed_at = excluded.claimed_at
+returning user_id
+"""
+
 
 @dataclass(frozen=True)
 class ScoreRun:
@@ -237,8 +264,9 @@ def score_parameters(user_id: UUID) -> list[Any]:
 
 async def score_fans(conn: Any, user_id: UUID) -> ScoreRun:
     """Score every fan of the creator and refresh their profiles' figures, in the caller's creator
-    transaction: two set-based statements, whatever the number of fans."""
+    transaction: two set-based statements, whatever the number of fans (and the run noted in fan_scoring)."""
     started = time.monotonic()
     scored: int = await conn.fetchval(SCORE_FANS, *score_parameters(user_id))
     status: str = await conn.execute(REFRESH_PROFILE_FIGURES, user_id)
+    await conn.execute(RECORD_RUN, user_id, scored, MODEL_VERSION)
     return ScoreRun(scored, int(status.split()[-1]), MODEL_VERSION, round((time.monotonic() - started) * 1000))
