@@ -381,6 +381,25 @@ class Settings(BaseSettings):
         default=100_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
     )
 
+    # AI for media jobs (docs in README, AI descriptions and transcription).
+    ollama_url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="Base URL of an Ollama-compatible server for media_describe (`./dev up`: the local one).",
+    )
+    ollama_model: str = Field(
+        default="llava", min_length=1, max_length=200, description="The vision model media_describe asks for."
+    )
+    stt_url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="Full URL of an OpenAI-style speech-to-text endpoint (multipart `file`, answers "
+        "{\"text\": ...}) for media_transcribe, e.g. http://host:8000/v1/audio/transcriptions.",
+    )
+    stt_model: str = Field(default="whisper-1", min_length=1, max_length=200, description="Model sent to STT_URL.")
+    ai_timeout_s: float = Field(
+        default=120.0, gt=0, le=3_600,
+        description="An AI server that sends nothing for this long (before or within an answer) fails the attempt.",
+    )
+
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
 
