@@ -67,6 +67,7 @@ DEFAULT_MODELS = ("llava",)
 MAX_IMAGES = 16
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_IMAGE_PIXELS = 50_000_000
+SILENCE_RMS = 0.001  # of full scale
 # Named colours an answer may use: the nearest (RGB distance) names each pixel.
 PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128), "red": (220, 20, 20),
@@ -164,11 +165,12 @@ def image_facts(data: bytes) -> ImageFacts:
     rgb.thumbnail((64, 64))
     counts: Counter[str] = Counter()
     total_light = 0
-    pixels = list(rgb.getdata())
-    for r, g, b in pixels:
+    raw = rgb.tobytes()
+    for i in range(0, len(raw), 3):
+        r, g, b = raw[i], raw[i + 1], raw[i + 2]
         counts[min(PALETTE, key=lambda n: _distance(PALETTE[n], (r, g, b)))] += 1
         total_light += r * 299 + g * 587 + b * 114
-    n = len(pixels)
+    n = len(raw) // 3
     colours = sorted(((name, count / n) for name, count in counts.items()), key=lambda c: (-c[1], c[0]))
     return ImageFacts(width, height, colours, total_light / (n * 255_000))
 
@@ -197,8 +199,10 @@ class AudioFacts:
     frequency_hz: float | None  # of a steady tone; None for silence
 
     def sentence(self) -> str:
-        if self.frequency_hz is None:
+        if self.rms < SILENCE_RMS:
             return f"{self.duration_s:.1f} seconds of silence."
+        if self.frequency_hz is None:
+            return f"{self.duration_s:.1f} seconds of sound without a steady tone."
         return f"{self.duration_s:.1f} seconds of audio: a steady tone at about {round(self.frequency_hz)} Hz."
 
 
@@ -222,17 +226,20 @@ def audio_facts(data: bytes) -> AudioFacts:
         return AudioFacts(0.0, rate, channels, 0.0, None)
     rms = (sum(s * s for s in first) / len(first)) ** 0.5 / 32768
     peak = max(abs(min(first)), abs(max(first)))
-    if rms < 0.001:
+    if rms < SILENCE_RMS:
         return AudioFacts(duration, rate, channels, rms, None)
     # Rising crossings with hysteresis (a tenth of the peak): noise near zero is not counted.
-    threshold, low, rises = peak / 10, False, 0
-    for s in first:
+    # The frequency is the number of whole periods between the first and the last rise over their distance.
+    threshold, low, rises, first_at, last_at = peak / 10, False, 0, 0, 0
+    for i, s in enumerate(first):
         if s < -threshold:
             low = True
         elif s > threshold and low:
             low = False
             rises += 1
-    return AudioFacts(duration, rate, channels, rms, rises / duration if duration else None)
+            first_at, last_at = (i, i) if rises == 1 else (first_at, i)
+    frequency = (rises - 1) * rate / (last_at - first_at) if rises >= 2 and last_at > first_at else None
+    return AudioFacts(duration, rate, channels, rms, frequency)
 
 
 # --- the server ------------------------------------------------------------------------------------------
@@ -330,7 +337,7 @@ class LocalAiServer:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise _BadRequest(400, "model is required")
-        if model not in self.models and model.split(":", 1)[0] not in self.models:
+        if _tagged(model) not in {_tagged(m) for m in self.models}:
             raise _BadRequest(404, f'model "{model}" not found, try pulling it first')
         return model
 
@@ -447,6 +454,11 @@ class LocalAiServer:
 
     async def _admin_requests(self, _request: Request) -> Response:
         return JSONResponse({"counts": self.request_counts(), "last": list(self.last)})
+
+
+def _tagged(model: str) -> str:
+    """Ollama's full model name: `llava` is `llava:latest`."""
+    return model if ":" in model.rsplit("/", 1)[-1] else f"{model}:latest"
 
 
 def _line(obj: dict[str, Any]) -> bytes:
