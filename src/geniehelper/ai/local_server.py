@@ -288,8 +288,10 @@ class LocalAiServer:
 
     def _take_fault(self, path: str, streaming: bool) -> FaultSpec | None:
         for fault in self._faults:
-            if fault.remaining > 0 and path.startswith(fault.spec.path_prefix) and (
-                streaming or fault.spec.kind not in _STREAM_ONLY
+            if (
+                fault.remaining > 0
+                and path.startswith(fault.spec.path_prefix)
+                and (streaming or fault.spec.kind not in _STREAM_ONLY)
             ):
                 fault.remaining -= 1
                 if fault.remaining == 0:
