@@ -75,6 +75,16 @@ def tone_m4a(path: Path, frequency: int, seconds: float) -> Path:
     return path
 
 
+def silent_video(path: Path) -> Path:
+    subprocess.run(
+        [find_ffmpeg(None), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi",
+         "-i", "testsrc=size=64x48:rate=10:duration=1", "-c:v", "libx264", "-preset", "ultrafast",
+         "-pix_fmt", "yuv420p", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
 async def test_an_images_description_is_stored_and_derived_from_its_pixels_streamed_or_not(
     db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
     ai: tuple[LocalAiServer, str],
@@ -195,11 +205,7 @@ async def test_wrong_inputs_an_unknown_model_and_no_server_fail_at_once_with_the
     m, (server, url) = media_dirs, ai
     creator = await make_creator(owner, tier="creator")
     image = await upload(db, m, creator, flat_image(m.samples / "i.jpg", (32, 32), (0, 0, 0)), "image", "image/jpeg")
-    silent = m.samples / "silent.mp4"
-    subprocess.run([find_ffmpeg(None), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-f", "lavfi", "-i",
-                    "testsrc=size=64x48:rate=10:duration=1", "-c:v", "libx264", "-preset", "ultrafast",
-                    "-pix_fmt", "yuv420p", str(silent)], check=True)  # fmt: skip
-    no_audio = await upload(db, m, creator, silent, "video", "video/mp4")
+    no_audio = await upload(db, m, creator, silent_video(m.samples / "silent.mp4"), "video", "video/mp4")
     junk_path = m.samples / "junk.jpg"
     junk_path.write_bytes(b"no image here")
     junk = await upload(db, m, creator, junk_path, "image", "image/jpeg")
