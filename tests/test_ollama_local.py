@@ -169,6 +169,9 @@ async def test_transcription_decodes_the_wav_and_describes_its_tone(
     server, url = local_ai
     speech = SpeechToTextClient(http, f"{url}/v1/audio/transcriptions", "whisper-1", 5.0)
     assert (await speech.transcribe(tone_wav(440, 2.0))).text == "2.0 seconds of audio: a steady tone at about 440 Hz."
+    keyed = SpeechToTextClient(http, f"{url}/v1/audio/transcriptions", "whisper-1", 5.0, api_key="sk-test")
+    assert (await keyed.transcribe(tone_wav(300, 0.3))).text.endswith("about 300 Hz.")
+    assert [r["bearer"] for r in server.last] == [False, True]
     stereo = await speech.transcribe(tone_wav(1000, 0.5, rate=44_100, channels=2), language="en")
     assert stereo.text == "0.5 seconds of audio: a steady tone at about 1000 Hz." and stereo.model == "whisper-1"
     silence = await speech.transcribe(tone_wav(440, 1.0)[:44] + b"\x00" * 32_000)

@@ -395,6 +395,9 @@ class Settings(BaseSettings):
         "{\"text\": ...}) for media_transcribe, e.g. http://host:8000/v1/audio/transcriptions.",
     )
     stt_model: str = Field(default="whisper-1", min_length=1, max_length=200, description="Model sent to STT_URL.")
+    stt_api_key: SecretStr | None = Field(
+        default=None, description="Sent as `Authorization: Bearer` to STT_URL (e.g. OpenAI's); never logged."
+    )
     ai_timeout_s: float = Field(
         default=120.0, gt=0, le=3_600,
         description="An AI server that sends nothing for this long (before or within an answer) fails the attempt.",

@@ -203,8 +203,11 @@ def _content(url: str, piece: dict[str, Any], api: VisionApi) -> str:
 class SpeechToTextClient:
     """An OpenAI-style transcription endpoint: a WAV file in, text out."""
 
-    def __init__(self, http: httpx.AsyncClient, url: str, model: str, timeout_s: float) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, url: str, model: str, timeout_s: float, api_key: str | None = None
+    ) -> None:
         self.http, self.url, self.model, self.timeout_s = http, url, model, timeout_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
     async def transcribe(self, wav: bytes, *, filename: str = "audio.wav", language: str | None = None) -> Transcript:
         data = {"model": self.model, "response_format": "json"}
@@ -213,7 +216,7 @@ class SpeechToTextClient:
         started = time.monotonic()
         try:
             response = await self.http.post(
-                self.url, data=data, files={"file": (filename, wav, "audio/wav")},
+                self.url, data=data, files={"file": (filename, wav, "audio/wav")}, headers=self._headers,
                 timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
             )  # fmt: skip
         except httpx.TransportError as exc:
@@ -258,7 +261,8 @@ async def open_ai_clients(settings: Settings) -> AiClients:
     http = httpx.AsyncClient(timeout=httpx.Timeout(settings.ai_timeout_s, connect=10.0), follow_redirects=False)
     vision = (VisionClient(http, settings.ollama_url, settings.ollama_model, settings.ai_timeout_s)
               if settings.ollama_url else None)  # fmt: skip
-    speech = (SpeechToTextClient(http, settings.stt_url, settings.stt_model, settings.ai_timeout_s)
+    key = settings.stt_api_key.get_secret_value() if settings.stt_api_key else None
+    speech = (SpeechToTextClient(http, settings.stt_url, settings.stt_model, settings.ai_timeout_s, key)
               if settings.stt_url else None)  # fmt: skip
     log.info("ai.clients_ready", ollama_url=settings.ollama_url and mask_url(settings.ollama_url),
              ollama_model=settings.ollama_model, stt_url=settings.stt_url and mask_url(settings.stt_url),

@@ -422,7 +422,8 @@ class LocalAiServer:
         if response_format not in ("json", "text", "verbose_json"):
             raise _BadRequest(400, f"response_format {response_format!r} is not supported")
         facts = audio_facts(upload)
-        self.last.append({"path": request.url.path, "model": model, "bytes": len(upload)})
+        self.last.append({"path": request.url.path, "model": model, "bytes": len(upload),
+                          "bearer": request.headers.get("authorization", "").startswith("Bearer ")})  # fmt: skip
         await self._before_answer(request, False)
         text = facts.sentence()
         if response_format == "text":
