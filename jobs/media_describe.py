@@ -3,7 +3,7 @@ and store its answer in `media_assets.ai_description` (and the model in `ai_desc
 
 An image is sent as it is shown (EXIF orientation applied), fitted within 1024x1024 and re-encoded
 as a JPEG from its pixels alone, so no EXIF, GPS or other metadata leaves the worker. A video is
-sent as `frames` keyframes taken by ffmpeg at evenly spaced times (the middle of each of `frames`
+sent as `frames` frames decoded by ffmpeg at evenly spaced times (the middle of each of `frames`
 equal parts), in order, in one request. `stream` picks NDJSON streaming or one JSON answer; `api`
 picks `/api/chat` or `/api/generate`.
 
@@ -57,7 +57,7 @@ async def _for_model(tools: MediaTools, path: Path, work: Path, name: str) -> by
     return await run_blocking(out.path.read_bytes)
 
 
-async def keyframes(tools: MediaTools, source: Path, work: Path, count: int) -> tuple[list[bytes], list[float]]:
+async def video_frames(tools: MediaTools, source: Path, work: Path, count: int) -> tuple[list[bytes], list[float]]:
     """`count` frames at the middle of `count` equal parts of the video, as JPEGs for the model."""
     probe = await probe_video(tools, source)
     if probe.video is None:
@@ -84,7 +84,7 @@ async def media_describe(ctx: JobContext, payload: MediaDescribePayload) -> dict
             sent = [await _for_model(tools, path, work, "image-model")]
             prompt = payload.prompt or IMAGE_PROMPT
         else:
-            sent, times = await keyframes(tools, path, work, payload.frames)
+            sent, times = await video_frames(tools, path, work, payload.frames)
             prompt = payload.prompt or VIDEO_PROMPT.format(n=len(sent))
     await ctx.progress(40)
     answer = await vision.describe(sent, prompt, stream=payload.stream, api=payload.api)

@@ -114,6 +114,9 @@ async def test_an_images_description_is_stored_and_derived_from_its_pixels_strea
     sent = {r["path"]: r for r in server.last}
     assert sent["/api/chat"]["stream"] is True and sent["/api/generate"]["stream"] is False
     assert sent["/api/generate"]["prompt"] == "What colour is it?" and "media library" in sent["/api/chat"]["prompt"]
+    # What reached the server: a JPEG of the pixels as shown, with none of the photo's EXIF (GPS), XMP or comment.
+    assert sent["/api/chat"]["received"] == [{"format": "JPEG", "width": 60, "height": 80, "metadata": [],
+                                              "bytes": sent["/api/chat"]["received"][0]["bytes"]}]  # fmt: skip
     assert no_work_dirs_left(m)
 
 

@@ -175,6 +175,17 @@ def image_facts(data: bytes) -> ImageFacts:
     return ImageFacts(width, height, colours, total_light / (n * 255_000))
 
 
+def _received(data: bytes) -> dict[str, Any]:
+    """What an image that arrived was (for tests to check what a client sends): format, size, metadata."""
+    with Image.open(io.BytesIO(data)) as im:
+        found = {
+            "exif": len(im.getexif()) > 0,
+            **{key: bool(im.info.get(key)) for key in ("xmp", "comment", "icc_profile")},
+        }
+        metadata = [name for name, present in found.items() if present]
+        return {"format": im.format, "width": im.width, "height": im.height, "bytes": len(data), "metadata": metadata}
+
+
 def _distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> int:
     return (a[0] - b[0]) ** 2 + (a[1] - b[1]) ** 2 + (a[2] - b[2]) ** 2
 
@@ -369,9 +380,10 @@ class LocalAiServer:
                       api: Literal["chat", "generate"]) -> Response:  # fmt: skip
         streaming = body.get("stream", True) is not False
         started = time.monotonic_ns()
-        text = describe_images(images)  # 400 for an undecodable image, before any fault
+        # Decoding happens off the event loop; an undecodable image is a 400, before any fault.
+        text, received = await asyncio.to_thread(lambda: (describe_images(images), [_received(d) for d in images]))
         self.last.append({"path": request.url.path, "model": model, "images": len(images), "stream": streaming,
-                          "prompt": prompt[:200]})  # fmt: skip
+                          "prompt": prompt[:200], "received": received})  # fmt: skip
         fault = await self._before_answer(request, streaming)
 
         def piece(content: str, done: bool) -> dict[str, Any]:
