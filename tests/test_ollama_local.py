@@ -129,6 +129,7 @@ async def test_the_wire_format_is_ollamas_ndjson_and_bad_input_is_refused_with_o
         (FaultSpec(kind="stall", after_chunks=1, delay_s=3), r"sent nothing for 0\.5s \(AI_TIMEOUT_S\): ReadTimeout"),
         (FaultSpec(kind="slow", delay_s=3), "sent nothing for 0.5s"),
         (FaultSpec(kind="server_error", status=503), "answered 503: injected server error"),
+        (FaultSpec(kind="rate_limit", delay_s=1.5), "answered 429: injected: too many requests"),
     ],
 )
 async def test_each_fault_is_a_transient_error_with_its_reason_and_the_next_call_succeeds(
@@ -141,7 +142,8 @@ async def test_each_fault_is_a_transient_error_with_its_reason_and_the_next_call
     assert fault_id.startswith("fault_")
     with pytest.raises(AiTransientError, match=reason) as caught:
         await vision.describe([image], "x", stream=True)
-    assert caught.value.retryable and classify(caught.value) == ("transient", None)
+    retry_after = 2.0 if fault.kind == "rate_limit" else None  # the server's Retry-After, for the backoff
+    assert caught.value.retryable and classify(caught.value) == ("transient", retry_after)
     answer = await vision.describe([image], "x", stream=True)  # the fault was used up
     assert answer.text == "The picture is 40x40 pixels, square, mostly gray (100%); medium-bright."
     assert server.request_counts()["POST /api/chat"] == 2

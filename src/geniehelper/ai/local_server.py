@@ -23,6 +23,7 @@ Admin (no auth; the server binds loopback only and answers loopback clients only
 
 Fault kinds, each applied to the next `count` matching requests:
     server_error   `status` (5xx) with an Ollama error body, before any answer
+    rate_limit     429 with `Retry-After: delay_s` (whole seconds, rounded up), before any answer
     slow           wait `delay_s` before answering
     stream_error   streaming requests: `after_chunks` chunks, then an `{"error": ...}` line, then the end
     stream_cut     streaming requests: `after_chunks` chunks, then the connection is dropped mid-response
@@ -40,6 +41,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -76,7 +78,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "magenta": (220, 20, 220),
 }  # fmt: skip
 
-FaultKind = Literal["server_error", "slow", "stream_error", "stream_cut", "stall"]
+FaultKind = Literal["server_error", "rate_limit", "slow", "stream_error", "stream_cut", "stall"]
 _STREAM_ONLY = {"stream_error", "stream_cut", "stall"}
 
 
@@ -101,10 +103,11 @@ class _PendingFault:
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class _StreamCut(Exception):
@@ -330,7 +333,9 @@ class LocalAiServer:
                     parsed = loaded
                 return await handle(request, parsed)
             except _BadRequest as exc:
-                return _ollama_error(exc.status, exc.message, openai=request.url.path.startswith("/v1/"))
+                response = _ollama_error(exc.status, exc.message, openai=request.url.path.startswith("/v1/"))
+                response.headers.update(exc.headers or {})
+                return response
 
         return endpoint
 
@@ -341,6 +346,9 @@ class LocalAiServer:
             return None
         if fault.kind == "server_error":
             raise _BadRequest(fault.status, f"injected server error ({fault.status})")
+        if fault.kind == "rate_limit":
+            wait = str(math.ceil(fault.delay_s))
+            raise _BadRequest(429, "injected: too many requests, retry later", {"Retry-After": wait})
         if fault.kind == "slow":
             await _hold_unless_disconnected(request, fault.delay_s)
             return None
