@@ -199,6 +199,14 @@ async def test_the_quota_refuses_a_tier_without_ai_clip_operations_at_enqueue(
         with pytest.raises(QuotaExceeded, match="ai_clip_operations"):
             await queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=starter)
     assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", starter) == 0
+    creator = await make_creator(owner, tier="creator")  # 30 a month: each enqueue is charged one
+    jobs = [await queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=creator)
+            for job in ("media_describe", "media_transcribe")]  # fmt: skip
+    used = await owner.fetchval(
+        "select used from user_usage_counts where user_id = $1 and operation = 'ai_clip_operations'", creator
+    )
+    charged = await owner.fetch("select quota_charged from media_jobs where id = any($1)", [j.id for j in jobs])
+    assert used == 2 and [r["quota_charged"] for r in charged] == ["ai_clip_operations"] * 2
 
 
 async def test_wrong_inputs_an_unknown_model_and_no_server_fail_at_once_with_the_reason(

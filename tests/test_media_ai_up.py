@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -83,4 +84,22 @@ async def test_up_serves_the_local_ai_server_to_the_media_worker_when_ollama_url
         up.proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(up.proc.wait, 60) == 0, up.text()
     assert "local_ai" in up.text() and "stopped" in up.text()
+    assert await asyncio.to_thread(wait_until, lambda: not processes_using(data), 15)
+
+
+async def test_up_with_ollama_url_set_starts_no_local_server_and_passes_the_url_on(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    procfile = tmp_path / "Procfile"
+    show = "import os, time; print('AI', os.environ['OLLAMA_URL'], os.environ.get('STT_URL'), flush=True); "
+    show += "time.sleep(600)"
+    procfile.write_text(f'media_worker: {sys.executable} -c "{show}"\n')
+    env = {k: v for k, v in base_env(DATA_DIR=str(data), OLLAMA_URL="http://127.0.0.1:9/").items() if k != "STT_URL"}
+    up = spawn([str(BIN / "geniehelper"), "up", "--no-demo", "--procfile", str(procfile)], env, cwd=ROOT)
+    try:
+        await asyncio.to_thread(up.wait_for, r"starting 1 processes: media_worker ", 180)
+        await asyncio.to_thread(up.wait_for, r"AI http://127\.0\.0\.1:9/ None", 60)
+        assert "local_ai" not in up.text() and "the local Ollama-compatible server" not in up.text()
+    finally:
+        up.proc.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(up.proc.wait, 60) == 0, up.text()
     assert await asyncio.to_thread(wait_until, lambda: not processes_using(data), 15)
