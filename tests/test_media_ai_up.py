@@ -8,10 +8,12 @@ import asyncio
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 from PIL import Image
 
 from geniehelper.db import Database
@@ -91,7 +93,8 @@ async def test_up_with_ollama_url_set_starts_no_local_server_and_passes_the_url_
     data = tmp_path / "data"
     procfile = tmp_path / "Procfile"
     show = "import os, time; print('AI', os.environ['OLLAMA_URL'], os.environ.get('STT_URL'), flush=True); "
-    show += "time.sleep(600)"
+    marker = f"sleep-{uuid.uuid4().hex}"
+    show += f"time.sleep(600)  # {marker}"
     procfile.write_text(f'media_worker: {sys.executable} -c "{show}"\n')
     env = {k: v for k, v in base_env(DATA_DIR=str(data), OLLAMA_URL="http://127.0.0.1:9/").items() if k != "STT_URL"}
     up = spawn([str(BIN / "geniehelper"), "up", "--no-demo", "--procfile", str(procfile)], env, cwd=ROOT)
@@ -103,3 +106,4 @@ async def test_up_with_ollama_url_set_starts_no_local_server_and_passes_the_url_
         up.proc.send_signal(signal.SIGINT)
         assert await asyncio.to_thread(up.proc.wait, 60) == 0, up.text()
     assert await asyncio.to_thread(wait_until, lambda: not processes_using(data), 15)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])]
