@@ -99,7 +99,7 @@ def status_error(service: str, url: str, response: httpx.Response) -> AiError:
     return AiPermanentError(message)
 
 
-def transport_error(service: str, url: str, exc: httpx.TransportError, timeout_s: float) -> AiTransientError:
+def transport_error(service: str, url: str, exc: httpx.RequestError, timeout_s: float) -> AiTransientError:
     if isinstance(exc, httpx.TimeoutException):
         kind = {httpx.ConnectTimeout: "could not connect", httpx.PoolTimeout: "no free connection"}.get(
             type(exc), f"sent nothing for {timeout_s:g}s (AI_TIMEOUT_S)"
@@ -136,7 +136,7 @@ class VisionClient:
                     raise status_error("the vision server", url, response)
                 text, reason = self._whole(url, response, api)
                 chunks = 1
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             raise transport_error("the vision server", url, exc, self.timeout_s) from None
         text = text.strip()
         if not text:
@@ -219,7 +219,7 @@ class SpeechToTextClient:
                 self.url, data=data, files={"file": (filename, wav, "audio/wav")}, headers=self._headers,
                 timeout=httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s)),
             )  # fmt: skip
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             raise transport_error("the speech-to-text server", self.url, exc, self.timeout_s) from None
         if response.status_code != 200:
             raise status_error("the speech-to-text server", self.url, response)
