@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     local_ai = sub.add_parser(
         "local-ai", help="serve the local Ollama-compatible vision and speech-to-text server (development and tests)"
     )
-    local_ai.add_argument("--port", type=int, default=11434)
+    local_ai.add_argument("--port", type=int, default=11434, help="default: 11434, Ollama's own")
     local_ai.add_argument("--model", action="append", help="a model name it serves (repeatable; default OLLAMA_MODEL)")
     keys = sub.add_parser("keys", help="credential keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
