@@ -163,16 +163,17 @@ select count(*) from inserted
 
 # --- subscriptions --------------------------------------------------------------------------------
 
-# Subscription merges of one creator's platform run one at a time (read state, derive events, write).
+# Subscription merges of one connection run one at a time (read state, derive events, write).
 SUBSCRIPTION_LOCK_NAMESPACE = 0x535542  # "SUB"
-LOCK_SUBSCRIPTIONS = "select pg_advisory_xact_lock($1::int, hashtext($2::uuid::text || '/' || $3::text))"
+LOCK_SUBSCRIPTIONS = "select pg_advisory_xact_lock($1::int, hashtext($2::uuid::text))"
 
-# The current state of the page's fans' subscriptions (accounts without one: NULL state).
+# The current state of the page's fans' subscriptions to connection $4 (accounts without one: NULL state).
 CURRENT_SUBSCRIPTIONS = """
 select a.platform_fan_id, a.id as account_id, a.fan_profile_id, s.status, s.price, s.currency, s.started_at,
        s.expires_at, s.cancelled_at
   from fan_platform_accounts a
-  left join fan_subscriptions s on s.user_id = a.user_id and s.fan_platform_account_id = a.id
+  left join fan_subscriptions s
+         on s.user_id = a.user_id and s.fan_platform_account_id = a.id and s.platform_connection_id = $4
  where a.user_id = $1 and a.platform = $2 and a.platform_fan_id = any($3::text[])
 """
 
@@ -180,14 +181,15 @@ select a.platform_fan_id, a.id as account_id, a.fan_profile_id, s.status, s.pric
 # (and ON CONFLICT DO NOTHING on the ledger's key). Returns (states written, events appended).
 WRITE_SUBSCRIPTIONS = """
 with states as (
-    insert into fan_subscriptions as s (user_id, fan_profile_id, fan_platform_account_id, platform, status, price,
-                                        currency, auto_renew, started_at, renews_at, cancelled_at, expires_at)
-    select $1, p.fan_profile_id, p.account_id, $2, p.status, p.price, p.currency, p.status in ('active', 'trial'),
+    insert into fan_subscriptions as s (user_id, fan_profile_id, fan_platform_account_id, platform_connection_id,
+                                        platform, status, price, currency, auto_renew, started_at, renews_at,
+                                        cancelled_at, expires_at)
+    select $1, p.fan_profile_id, p.account_id, $17, $2, p.status, p.price, p.currency, p.status in ('active', 'trial'),
            p.started_at, case when p.status in ('active', 'trial') then p.expires_at end, p.cancelled_at, p.expires_at
       from unnest($3::uuid[], $4::uuid[], $5::text[], $6::numeric[], $7::text[], $8::timestamptz[],
                   $9::timestamptz[], $10::timestamptz[])
            as p(account_id, fan_profile_id, status, price, currency, started_at, expires_at, cancelled_at)
-    on conflict (user_id, fan_platform_account_id) do update
+    on conflict (user_id, fan_platform_account_id, platform_connection_id) do update
        set status = excluded.status, price = excluded.price, currency = excluded.currency,
            auto_renew = excluded.auto_renew, started_at = excluded.started_at, renews_at = excluded.renews_at,
            cancelled_at = excluded.cancelled_at, expires_at = excluded.expires_at
@@ -333,11 +335,12 @@ async def merge_messages(conn: Any, user_id: UUID, platform: str, rows: list[Mes
 
 
 async def current_subscriptions(
-    conn: Any, user_id: UUID, platform: str, fan_ids: list[str]
+    conn: Any, user_id: UUID, platform: str, connection_id: UUID, fan_ids: list[str]
 ) -> dict[str, CurrentSubscription]:
-    """The recorded state per fan id, the platform's subscription merges held off meanwhile (until commit)."""
-    await conn.execute(LOCK_SUBSCRIPTIONS, SUBSCRIPTION_LOCK_NAMESPACE, user_id, platform)
-    rows = await conn.fetch(CURRENT_SUBSCRIPTIONS, user_id, platform, fan_ids)
+    """The recorded state per fan id on this connection, its subscription merges held off meanwhile
+    (until commit)."""
+    await conn.execute(LOCK_SUBSCRIPTIONS, SUBSCRIPTION_LOCK_NAMESPACE, connection_id)
+    rows = await conn.fetch(CURRENT_SUBSCRIPTIONS, user_id, platform, fan_ids, connection_id)
     found = {}
     for r in rows:
         state = None
@@ -350,8 +353,8 @@ async def current_subscriptions(
 
 
 async def write_subscriptions(
-    conn: Any, user_id: UUID, platform: str, states: list[tuple[CurrentSubscription, SubscriptionState]],
-    events: list[SubscriptionEvent],
+    conn: Any, user_id: UUID, platform: str, connection_id: UUID,
+    states: list[tuple[CurrentSubscription, SubscriptionState]], events: list[SubscriptionEvent],
 ) -> tuple[int, int]:  # fmt: skip
     """Upsert changed states and append their events in one statement; (states, events) written."""
     if not states and not events:
@@ -363,5 +366,6 @@ async def write_subscriptions(
         [s.expires_at for _, s in states], [s.cancelled_at for _, s in states],
         [e.account_id for e in events], [e.event_type for e in events], [e.occurred_at for e in events],
         [e.amount for e in events], [e.currency for e in events], [json.dumps(e.payload) for e in events],
+        connection_id,
     )  # fmt: skip
     return int(row["states"]), int(row["events"])

@@ -52,3 +52,21 @@ create policy tenant_isolation on platform_sync_cursors
     using (user_id = (select app_current_user_id()))
     with check (user_id = (select app_current_user_id()));
 grant select, insert, update, delete on platform_sync_cursors to geniehelper_app;
+
+-- ---------------------------------------------------------------------------------------------
+-- fan_subscriptions: one per fan account AND creator connection. A fan subscribed to two of a
+-- creator's accounts on one platform has two subscriptions; keyed on the account alone, each
+-- connection's sync would overwrite the other's state (and append its changes as events).
+-- Rows from before this migration have no connection (NULL, a key of its own).
+-- ---------------------------------------------------------------------------------------------
+alter table fan_subscriptions add column platform_connection_id uuid;
+alter table fan_subscriptions
+    add constraint fan_subscriptions_connection_fkey foreign key (user_id, platform_connection_id)
+        references platform_connections (user_id, id) on delete cascade;
+alter table fan_subscriptions drop constraint fan_subscriptions_user_id_fan_platform_account_id_key;
+create unique index fan_subscriptions_account_connection_key
+    on fan_subscriptions (user_id, fan_platform_account_id, platform_connection_id) nulls not distinct;
+create index fan_subscriptions_connection_idx on fan_subscriptions (user_id, platform_connection_id)
+    where platform_connection_id is not null;
+comment on column fan_subscriptions.platform_connection_id is
+    'The creator account (connection) the fan subscribes to; part of the key with the fan account.';

@@ -606,7 +606,7 @@ def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
             status, expires_at = "expired", now - timedelta(seconds=rng.randint(0, 30 * 86_400))
         account.subscriptions.append(
             Subscription(
-                subscription_id=f"sub_{i:06d}",
+                subscription_id=f"sub_{account.account_id}_{i:06d}",
                 fan_id=fan_id,
                 status=status,
                 price_cents=price,
@@ -622,7 +622,7 @@ def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
             spent += amount
             account.transactions.append(
                 Transaction(
-                    transaction_id=f"txn_{next(transaction_number):08d}",
+                    transaction_id=f"txn_{account.account_id}_{next(transaction_number):08d}",
                     fan_id=fan_id,
                     kind=kind,
                     amount_cents=amount,

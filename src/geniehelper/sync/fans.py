@@ -171,7 +171,7 @@ async def _merge_subscriptions(
                         status=s.status[:40])  # fmt: skip
     result.accounts_created += (await _ensure(conn, connection, [AccountRow(s.fan_id) for s in known]))[0]
     current = await fan_sync.current_subscriptions(
-        conn, connection.user_id, connection.platform, [s.fan_id for s in known]
+        conn, connection.user_id, connection.platform, connection.id, [s.fan_id for s in known]
     )
     states: list[tuple[CurrentSubscription, SubscriptionState]] = []
     events: list[SubscriptionEvent] = []
@@ -184,10 +184,12 @@ async def _merge_subscriptions(
         for event_type, occurred_at, amount in lifecycle_events(recorded.state, new, observed_at):
             events.append(SubscriptionEvent(
                 recorded.account_id, event_type, occurred_at, amount, new.currency,
-                {"source": "sync", "platform_status": s.status, "subscription_id": s.subscription_id},
+                {"source": "sync", "platform_connection_id": str(connection.id), "platform_status": s.status,
+                 "subscription_id": s.subscription_id},
             ))  # fmt: skip
-    written, appended = await fan_sync.write_subscriptions(conn, connection.user_id, connection.platform, states,
-                                                           events)  # fmt: skip
+    written, appended = await fan_sync.write_subscriptions(
+        conn, connection.user_id, connection.platform, connection.id, states, events
+    )
     result.new_rows += written
     result.events += appended
 
