@@ -1,6 +1,7 @@
 """Fan sync: pages of fans, subscriptions, transactions and messages merged set-based, and the cursors.
 
-Each page is merged by a few statements whatever its size (arrays through `unnest`, never a round
+JSON values are passed as Python objects (the pools' codec encodes them). Each page is merged by a
+few statements whatever its size (arrays through `unnest`, never a round
 trip per fan), in the caller's transaction, which also advances the resource's cursor
 (`platform_sync_cursors`): a page is merged and its cursor moved together, or neither.
 
@@ -12,7 +13,6 @@ one statement, in sorted order), so a concurrent upsert of the same fan never ma
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -309,7 +309,7 @@ async def ensure_accounts(
     await conn.execute(LOCK_NEW_ACCOUNTS, ACCOUNT_LOCK_NAMESPACE, user_id, platform, fan_ids)
     row = await conn.fetchrow(
         ENSURE_ACCOUNTS, user_id, platform, connection_id, fan_ids, [r.username for r in rows],
-        [r.seen_at for r in rows], [json.dumps(r.metadata) if r.metadata else None for r in rows],
+        [r.seen_at for r in rows], [r.metadata or None for r in rows],
     )  # fmt: skip
     return int(row["created"]), int(row["updated"])
 
@@ -365,7 +365,7 @@ async def write_subscriptions(
         [s.price for _, s in states], [s.currency for _, s in states], [s.started_at for _, s in states],
         [s.expires_at for _, s in states], [s.cancelled_at for _, s in states],
         [e.account_id for e in events], [e.event_type for e in events], [e.occurred_at for e in events],
-        [e.amount for e in events], [e.currency for e in events], [json.dumps(e.payload) for e in events],
+        [e.amount for e in events], [e.currency for e in events], [e.payload for e in events],
         connection_id,
     )  # fmt: skip
     return int(row["states"]), int(row["events"])
