@@ -4,12 +4,15 @@ gains is picked up incrementally; a fan is one account however often it is seen.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database
+from geniehelper.domain.fan_sync import SubscriptionState
+from geniehelper.sync.fans import lifecycle_events
 from tests.sync_support import (
     Sandbox,
     connect,
@@ -131,3 +134,77 @@ async def test_a_fan_seen_in_every_listing_and_on_two_connections_is_one_account
         first.user_id,
     )
     assert both == 10
+
+
+async def test_rebill_cancel_expiry_and_win_back_are_appended_once_each_in_order(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    c = await connect(db, owner, sandbox, seed=6, n_fans=3)
+    now = datetime.now(UTC)
+    platform = sandbox.platform
+    # The period ended an hour ago; the platform has not reported the rebill yet.
+    platform.update_subscription(c.account_id, "fan_000001", status="active", price_cents=999,
+                                 started_at=now - timedelta(days=60), expires_at=now - timedelta(hours=1))  # fmt: skip
+
+    async def sync() -> list[tuple[str, datetime]]:
+        await enqueue_sync(db, arq_redis, settings, c)
+        await run_bulk(settings, db, arq_redis, owner)
+        rows = await owner.fetch(
+            "select e.event_type, e.occurred_at from fan_subscription_events e"
+            " join fan_platform_accounts a on a.id = e.fan_platform_account_id"
+            " where e.user_id = $1 and a.platform_fan_id = 'fan_000001' order by e.occurred_at",
+            c.user_id,
+        )
+        return [(r["event_type"], r["occurred_at"]) for r in rows]
+
+    assert [e for e, _ in await sync()] == ["subscribe"]
+    platform.update_subscription(c.account_id, "fan_000001", expires_at=now + timedelta(days=30) - timedelta(hours=1))
+    rebilled = await sync()
+    assert rebilled == [("subscribe", now - timedelta(days=60)), ("rebill", now - timedelta(hours=1))]
+    platform.update_subscription(c.account_id, "fan_000001", status="cancelled")
+    assert [e for e, _ in await sync()] == ["subscribe", "rebill", "cancellation"]
+    ended_at = datetime.now(UTC)
+    platform.update_subscription(c.account_id, "fan_000001", status="expired", expires_at=ended_at)
+    assert [e for e, _ in await sync()] == ["subscribe", "rebill", "cancellation", "expiration"]
+    back_at = datetime.now(UTC)
+    platform.update_subscription(c.account_id, "fan_000001", status="active", started_at=back_at,
+                                 expires_at=back_at + timedelta(days=30))  # fmt: skip
+    events = await sync()
+    assert [e for e, _ in events] == ["subscribe", "rebill", "cancellation", "expiration", "win_back"]
+    assert events[3][1] == ended_at and events[4][1] == back_at
+    assert len({t for _, t in events}) == 5  # distinct times: the order is the ledger's, not a tie-break
+    assert await sync() == events  # nothing changed: nothing appended
+    state = await owner.fetchrow(
+        "select s.status, s.started_at, s.expires_at, s.cancelled_at, s.auto_renew from fan_subscriptions s"
+        " join fan_platform_accounts a on a.id = s.fan_platform_account_id"
+        " where s.user_id = $1 and a.platform_fan_id = 'fan_000001'",
+        c.user_id,
+    )
+    assert dict(state) == {"status": "active", "started_at": back_at, "expires_at": back_at + timedelta(days=30),
+                           "cancelled_at": None, "auto_renew": True}  # fmt: skip
+
+
+def test_lifecycle_rules_for_first_sight_trials_and_price_changes() -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def state(status: str, *, start: int = 0, end: int = 30, price: str = "9.99") -> SubscriptionState:
+        return SubscriptionState(status, Decimal(price), "USD", t + timedelta(days=start), t + timedelta(days=end),
+                                 t if status == "cancelled" else None)  # fmt: skip
+
+    seen = t + timedelta(days=3)
+    assert lifecycle_events(None, state("expired", start=-40, end=-10), seen) == [
+        ("subscribe", t - timedelta(days=40), Decimal("9.99")), ("expiration", t - timedelta(days=10), None),
+    ]  # fmt: skip
+    assert lifecycle_events(None, state("trial", end=7), seen) == [("trial_start", t, Decimal("9.99"))]
+    assert lifecycle_events(state("trial", end=7), state("active", end=37), seen) == [
+        ("trial_conversion", t + timedelta(days=7), Decimal("9.99"))
+    ]
+    assert lifecycle_events(state("active"), state("active", price="14.99"), seen) == [
+        ("price_change", seen, Decimal("14.99"))
+    ]
+    assert lifecycle_events(state("active"), state("active"), seen) == []
+    # Resubscribed after the old period ran out, unseen in between: its end, then the win-back.
+    assert lifecycle_events(state("active"), state("active", start=40, end=70), seen) == [
+        ("expiration", t + timedelta(days=30), None), ("win_back", t + timedelta(days=40), Decimal("9.99")),
+    ]  # fmt: skip

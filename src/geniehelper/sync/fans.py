@@ -227,8 +227,9 @@ def lifecycle_events(
 
     - first seen: `subscribe` (`trial_start` for a trial) at its start; if it is already cancelled or
       expired, that too (`cancellation` when first seen, `expiration` at its end);
-    - a new period (a later start) while live: the old one's `expiration` at its end if that was
-      not seen, then `win_back` at the new start;
+    - a new period (a later start), live: if the old one had ended by then, its `expiration` (when
+      not seen yet) and `win_back` at the new start; if it had not, `win_back` after a cancellation
+      or expiry, else `rebill` (a new period replacing a running one);
     - cancelled or expired, then live again with the same start: `win_back` when seen;
     - trial to active: `trial_conversion`; live, still live, paid until later: `rebill` at the
       old period's end; live to cancelled: `cancellation`; to expired: `expiration` at its end;
@@ -245,10 +246,13 @@ def lifecycle_events(
         return _in_order(events)
     started = new.started_at
     if new.status in LIVE and started is not None and old.started_at is not None and started > old.started_at:
-        if old.status != "expired":  # its end was not seen: it ended at the latest when the new one began
-            ended = started if old.expires_at is None else min(old.expires_at, started)
-            events.append(("expiration", ended, None))
-        events.append(("win_back", started, new.price))
+        ended_before = old.expires_at is not None and old.expires_at <= started
+        if ended_before and old.status != "expired":  # its end was not seen
+            events.append(("expiration", old.expires_at or started, None))
+        if ended_before or old.status in ("cancelled", "expired"):
+            events.append(("win_back", started, new.price))
+        else:  # a new period replacing one still running
+            events.append(("rebill", started, new.price))
         return _in_order(events)
     if new.status in LIVE and old.status in ("cancelled", "expired"):
         events.append(("win_back", observed_at, new.price))
