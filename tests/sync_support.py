@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from arq.worker import create_worker
 
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
@@ -25,11 +26,12 @@ from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandb
 from geniehelper.runtime.delivery import dispatch_fair
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue
 from geniehelper.runtime.registry import JobRegistry
+from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from jobs.scrape_connection import SCRAPE_CONNECTION
 from jobs.sync_fans import SYNC_FANS
 from tests.conftest import make_creator
-from tests.helpers import drain_queue
+from tests.helpers import stop_worker
 
 KEY_B64 = base64.b64encode(os.urandom(32)).decode()
 JOBS = JobRegistry([SCRAPE_CONNECTION, SYNC_FANS])
@@ -120,14 +122,25 @@ async def enqueue_sync(db: Database, redis: ArqRedis, settings: Settings, c: Con
 
 async def run_bulk(settings: Settings, db: Database, redis: ArqRedis, owner: asyncpg.Connection,
                    timeout_s: float = 120.0) -> None:  # fmt: skip
-    """Run a real bulk worker, topped up as the dispatcher does, until no bulk job is queued or running."""
+    """Run a real bulk worker, topped up as the dispatcher does, until no bulk job is queued or running
+    (the job records say so: a burst worker would wait on a killed worker's stale dispatch)."""
+    assert settings.database_url and settings.redis_url
+    worker = create_worker(
+        build_worker_settings("bulk", JOBS, role="test_bulk", settings=settings, database_url=settings.database_url,
+                              redis_url=settings.redis_url),
+        handle_signals=False,
+    )  # fmt: skip
+    running = asyncio.create_task(worker.async_run())
     deadline = time.monotonic() + timeout_s
     active = "select count(*) from media_jobs where queue = 'bulk' and status in ('queued', 'processing')"
-    while await owner.fetchval(active):
-        assert time.monotonic() < deadline, "bulk jobs did not finish"
-        await dispatch_fair(db, redis, "bulk", window=50, ttl_s=3600)
-        await drain_queue(settings, JOBS, "bulk")
-        await asyncio.sleep(0.05)
+    try:
+        while await owner.fetchval(active):
+            assert time.monotonic() < deadline, "bulk jobs did not finish"
+            assert not running.done(), "the worker stopped"
+            await dispatch_fair(db, redis, "bulk", window=50, ttl_s=3600)
+            await asyncio.sleep(0.05)
+    finally:
+        await stop_worker(worker, running)
 
 
 async def counts(owner: asyncpg.Connection, user_id: uuid.UUID) -> dict[str, int]:
