@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from arq.worker import create_worker
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
+from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
 from geniehelper.runtime.delivery import dispatch_fair
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue
@@ -30,6 +32,8 @@ from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 from jobs.scrape_connection import SCRAPE_CONNECTION
 from jobs.sync_fans import SYNC_FANS
+from schedulers.base import SchedulerContext, TickResult
+from schedulers.scrape_scheduler import ScrapeScheduler
 from tests.conftest import make_creator
 from tests.helpers import stop_worker
 
@@ -38,16 +42,16 @@ JOBS = JobRegistry([SCRAPE_CONNECTION, SYNC_FANS])
 
 
 class ManualClock:
-    """The sandbox's clock: real time plus what a test advanced it by (account growth is per hour)."""
+    """The sandbox's clock, standing still until a test advances it: growth (per hour) is exact."""
 
     def __init__(self) -> None:
-        self.offset_s = 0.0
+        self.now_s = time.time()
 
     def __call__(self) -> float:
-        return time.time() + self.offset_s
+        return self.now_s
 
     def advance(self, seconds: float) -> None:
-        self.offset_s += seconds
+        self.now_s += seconds
 
 
 @dataclass
@@ -94,6 +98,7 @@ class Connected:
     user_id: uuid.UUID
     account_id: str
     connection_id: uuid.UUID
+    token: str
 
 
 async def connect(
@@ -107,11 +112,49 @@ async def connect(
         connection_id = await connections.connect_account(
             conn, cipher(), user_id=user_id, platform="sandbox", external_account_id=account_id, token=token,
         )  # fmt: skip
-    return Connected(user_id, account_id, connection_id)
+    return Connected(user_id, account_id, connection_id, token)
+
+
+async def publish(db: Database, sandbox: Sandbox, c: Connected, text: str) -> uuid.UUID:
+    """A post published on the sandbox and recorded posted (what publish_post leaves); its scheduled post id."""
+    client = HttpPlatformClient(sandbox.url, c.token, sandbox.http)
+    post = await client.publish_post(PostToPublish(text=text), idempotency_key=f"test:{uuid.uuid4()}")
+    async with db.creator_tx(c.user_id) as conn:
+        content_id = await conn.fetchval(
+            "insert into content_posts (user_id, caption, status, published_at) values ($1, $2, 'published', $3)"
+            " returning id",
+            c.user_id, text, post.created_at,
+        )  # fmt: skip
+        scheduled_id: uuid.UUID = await conn.fetchval(
+            "insert into scheduled_posts (user_id, content_post_id, platform_connection_id, platform, scheduled_time,"
+            " status, posted_at, external_post_id) values ($1, $2, $3, 'sandbox', $4, 'posted', $4, $5) returning id",
+            c.user_id, content_id, c.connection_id, post.created_at, post.external_post_id,
+        )  # fmt: skip
+    return scheduled_id
 
 
 def job_queue(db: Database, redis: ArqRedis, settings: Settings) -> JobQueue:
     return JobQueue(db, redis, JOBS, fair_queues=settings.fair_queues)
+
+
+async def enqueue_scrape(
+    db: Database, redis: ArqRedis, settings: Settings, c: Connected, cycle_at: datetime, *, health_only: bool = False
+) -> EnqueuedJob:
+    payload = {"platform_connection_id": str(c.connection_id), "cycle_at": cycle_at.isoformat(),
+               "health_only": health_only}  # fmt: skip
+    return await job_queue(db, redis, settings).enqueue("scrape_connection", payload, user_id=c.user_id)
+
+
+async def park_connections(owner: asyncpg.Connection) -> None:
+    """Earlier tests' connections of this module's database are not due for a year (ticks see this test's)."""
+    await owner.execute("update platform_connections set next_scrape_at = now() + interval '1 year'")
+
+
+async def scheduler_tick(settings: Settings, db: Database, redis: ArqRedis) -> TickResult:
+    """One scrape_scheduler tick, as its leader runs it."""
+    assert settings.database_url
+    ctx = SchedulerContext(settings, db, redis, job_queue(db, redis, settings), settings.database_url)
+    return await ScrapeScheduler().tick(ctx)
 
 
 async def enqueue_sync(db: Database, redis: ArqRedis, settings: Settings, c: Connected) -> EnqueuedJob:
