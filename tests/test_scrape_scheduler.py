@@ -14,12 +14,14 @@ from arq.connections import ArqRedis
 
 from geniehelper.cli import _scheduler_selection
 from geniehelper.db import Database
+from geniehelper.domain import scraping
 from schedulers import SCHEDULERS
 from schedulers.base import TickResult
 from schedulers.scrape_scheduler import ScrapeScheduler
 from tests.conftest import make_creator
 from tests.helpers import BIN, spawn
 from tests.sync_support import park_connections, scheduler_tick, settings_for
+from tests.test_data_model import scans_of
 
 
 async def add_connections(owner: asyncpg.Connection, user_id: uuid.UUID, n: int, **columns: str) -> list[uuid.UUID]:
@@ -128,3 +130,32 @@ async def test_the_scheduler_runs_as_its_own_process_and_in_the_host(
     assert process.proc.returncode == 0
     jobs = await owner.fetch("select job_name from media_jobs where subject_id = $1 order by job_name", connection)
     assert [j["job_name"] for j in jobs] == ["scrape_connection", "sync_fans"]
+
+
+async def test_the_claim_reads_only_due_connections_through_its_index(
+    db: Database, owner: asyncpg.Connection, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    await park_connections(owner)
+    creator = await make_creator(owner, tier="pro")
+    await owner.execute(
+        "insert into platform_connections (user_id, platform, external_account_id, next_scrape_at)"
+        " select $1, 'sandbox', 'idx_' || g, now() + make_interval(hours => 1, secs => g)"
+        " from generate_series(1, 50_000) g",
+        creator,
+    )
+    due = await add_connections(owner, creator, 3)
+    await owner.execute("analyze platform_connections")
+    group = settings.scrape_scheduler
+    tiers = sorted(group.tier_cadence_s)
+    # A batch of 20: claiming SCRAPE_DISPATCH_BATCH (500) of 50,000 rows, the planner rightly hashes the
+    # whole table for the UPDATE's join instead of 500 primary-key probes; the due rows still come
+    # from the index either way.
+    params = (20, tiers, [group.tier_cadence_s[t] for t in tiers], group.default_cadence_s,
+              group.auth_expired_cadence_s)  # fmt: skip
+    async with db.system_tx() as conn:
+        plan = await conn.fetchval("explain (format json) " + scraping.CLAIM_DUE, *params)
+        claimed = await conn.fetch(scraping.CLAIM_DUE, *params)
+    scans = scans_of(plan, "platform_connections")
+    assert {index for _, index in scans} == {"platform_connections_next_scrape_idx", "platform_connections_pkey"}, scans
+    assert sorted(r["id"] for r in claimed) == sorted(due)

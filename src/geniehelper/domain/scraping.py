@@ -27,8 +27,8 @@ with due as (
     select c.id, c.user_id, c.platform, c.health, cr.tier
       from platform_connections c
       join creators cr on cr.id = c.user_id
-     where c.status = 'active' and (c.next_scrape_at is null or c.next_scrape_at <= now())
-     order by c.next_scrape_at nulls first, c.id
+     where c.status = 'active' and coalesce(c.next_scrape_at, '-infinity'::timestamptz) <= now()
+     order by coalesce(c.next_scrape_at, '-infinity'::timestamptz)
      limit $1
        for update of c skip locked
 ), planned as (

@@ -8,8 +8,9 @@ alter table platform_connections add column next_scrape_at timestamptz;
 comment on column platform_connections.next_scrape_at is
     'When scrape_scheduler next scrapes (or, auth expired, health-checks) this connection; NULL: due now.';
 
+-- The claim's range scan: due (or never scheduled: -infinity) active connections, soonest first.
 create index platform_connections_next_scrape_idx
-    on platform_connections (next_scrape_at nulls first)
+    on platform_connections ((coalesce(next_scrape_at, '-infinity'::timestamptz)))
     where status = 'active';
 
 -- The system role moves only the schedule (never user_id, tokens or health).
