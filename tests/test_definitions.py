@@ -68,8 +68,8 @@ def test_a_job_added_as_one_module_is_discovered_with_everything_it_declares(
     registry = discover(["more_jobs", "jobs"])
     greet = registry["greet_fan"]
     assert (greet.queue, greet.policy.max_attempts) == ("bulk", 2)
-    assert registry.names() == ["greet_fan", "publish_post"]
-    assert [j.name for j in registry.for_queue("bulk")] == ["greet_fan"]
+    assert registry.names() == ["greet_fan", "publish_post", "scrape_connection", "sync_fans"]
+    assert [j.name for j in registry.for_queue("bulk")] == ["greet_fan", "scrape_connection", "sync_fans"]
     sys.modules.pop("more_jobs.greet_fan", None)
     sys.modules.pop("more_jobs", None)
 
