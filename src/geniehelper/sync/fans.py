@@ -62,7 +62,7 @@ class ResourceResult:
     pages: int = 0
     items: int = 0
     accounts_created: int = 0
-    new_rows: int = 0  # transactions / messages inserted, subscription states written
+    new_rows: int = 0  # transactions / messages inserted, subscription states written, fan accounts refreshed
     events: int = 0
     skipped: int = 0  # items we could not record (an unknown status, a negative amount, ...)
 
