@@ -358,14 +358,15 @@ async def run(
         f"poll_delay: about {max(5 * bench.concurrency, 100) / ARQ_DEFAULT_POLL_S:,.0f} jobs/s per worker process "
         "whatever the jobs cost"
     )
-    print()
-    print(f"-- worker processes ({n_jobs:,} jobs, poll_delay {FAST_POLL_S} s, timed from a common start) --")
-    rows = []
-    for ours_row, bare_row in zip(by_processes[::2], by_processes[1::2], strict=True):
-        rows.append([ours_row.label, fmt(ours_row.run_per_s, 0), ours_row.check])
-        rows.append([bare_row.label, fmt(bare_row.run_per_s, 0), bare_row.check])
-        rows.append(["  ratio ours / bare", f"{ours_row.run_per_s / bare_row.run_per_s:.2f}x", ""])
-    print_table(["", "run jobs/s", "verified"], rows)
+    if by_processes:  # `--processes` with no counts skips this table
+        print()
+        print(f"-- worker processes ({n_jobs:,} jobs, poll_delay {FAST_POLL_S} s, timed from a common start) --")
+        rows = []
+        for ours_row, bare_row in zip(by_processes[::2], by_processes[1::2], strict=True):
+            rows.append([ours_row.label, fmt(ours_row.run_per_s, 0), ours_row.check])
+            rows.append([bare_row.label, fmt(bare_row.run_per_s, 0), bare_row.check])
+            rows.append(["  ratio ours / bare", f"{ours_row.run_per_s / bare_row.run_per_s:.2f}x", ""])
+        print_table(["", "run jobs/s", "verified"], rows)
     figures: dict[str, Any] = {
         "jobs": n_jobs, "producers": producers, "worker_max_jobs": bench.concurrency,
         "fast_poll_delay_s": FAST_POLL_S,

@@ -31,6 +31,13 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}"
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    from tests.helpers import ARTIFACTS
+
+    for path in ARTIFACTS:
+        terminalreporter.write_line(f"written for review: {path}")
+
+
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))

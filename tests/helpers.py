@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import psutil
 from arq.worker import Worker, create_worker
 
+from geniehelper.embedded import free_port
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS: list[Path] = []  # files tests wrote for people to look at (screenshots): listed at the end of the run
 
 
 class ProcessOutput:
@@ -118,3 +124,24 @@ async def stop_worker(worker: Worker, task: asyncio.Task[None], timeout_s: float
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     await worker.close()
+
+
+@contextlib.asynccontextmanager
+async def web_process(
+    env: dict[str, str], tokens: dict[str, dict[str, str]], **extra: str
+) -> AsyncIterator[tuple[str, ProcessOutput]]:
+    """A real `geniehelper web` process on a free loopback port with these WEB_TOKENS and test jobs;
+    yields its base URL. Stopped with SIGTERM, which it must survive cleanly, and it never logs a token."""
+    port = free_port()
+    env = dict(
+        env, LOG_FORMAT="json", PYTHONPATH=str(ROOT), JOB_PACKAGES=json.dumps(["tests.jobs_for_tests"]),
+        WEB_PORT=str(port), WEB_TOKENS=json.dumps(tokens), **extra,
+    )  # fmt: skip
+    web = spawn([str(BIN / "geniehelper"), "web"], env)
+    try:
+        await asyncio.to_thread(web.wait_for, r'"event": "web.listening"', 60)
+        yield f"http://127.0.0.1:{port}", web
+    finally:
+        web.proc.send_signal(signal.SIGTERM)
+        assert web.proc.wait(30) == 0, web.text()
+    assert not [name for name, t in tokens.items() if t["token"] in web.text()]  # secrets never logged

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 
 from geniehelper.embedded import EmbeddedStack
+from geniehelper.migrations import MigrationError, require_server_version
 from schedulers import SCHEDULERS
 from tests.helpers import BIN, base_env, processes_using, spawn, wait_until
 
@@ -126,11 +128,17 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         )  # fmt: skip
         assert health.returncode == 0, health.stdout + health.stderr
         # The HTTP API answers with the development admin token `up` made and named.
-        (api,) = up.wait_for(r"web: the HTTP API at (http://\S+/api) \(admin token in (\S+)\)")
-        token = Path(api.group(2)).read_text().strip()
-        queues = httpx.get(f"{api.group(1)}/queues", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        (web,) = up.wait_for(r"web: the dashboard at (http://\S+)/ and the HTTP API at (http://\S+/api) "
+                             r"\(admin token in (\S+)\)")  # fmt: skip
+        token = Path(web.group(3)).read_text().strip()
+        queues = httpx.get(f"{web.group(2)}/queues", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert queues.status_code == 200 and "default" in {q["queue"] for q in queues.json()["queues"]}
-        assert httpx.get(f"{api.group(1)}/queues", timeout=10).status_code == 401
+        assert httpx.get(f"{web.group(2)}/queues", timeout=10).status_code == 401
+        # The dashboard: signed out it sends you to sign in; with the token, the overview shows the queues.
+        with httpx.Client(base_url=web.group(1), timeout=10) as browser:
+            assert browser.get("/").headers["location"].startswith("/login")
+            overview = browser.post("/login", data={"token": token, "next": "/"}, follow_redirects=True)
+            assert overview.status_code == 200 and 'data-queue="default"' in overview.text
     finally:
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(60) == 0, up.text()
@@ -143,3 +151,20 @@ def test_the_plain_arq_entry_point_logs_as_configured(project_env: dict[str, str
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     line = json.loads(result.stderr.strip().splitlines()[-1])
     assert (line["event"], line["role"], line["n"]) == ("entry.point_logged", "worker", 1)
+
+
+def test_migrate_connects_only_to_the_server_it_is_given(tmp_path: Path, owner_url: str) -> None:
+    """MIGRATE_DATABASE_URL alone is enough: that database is migrated and nothing embedded starts."""
+    env = {k: v for k, v in base_env(DATA_DIR=str(tmp_path), MIGRATE_DATABASE_URL=owner_url).items()
+           if k not in ("REDIS_URL", "WORKER_DATABASE_URL")}  # fmt: skip
+    done = subprocess.run([str(BIN / "geniehelper"), "migrate"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "geniehelper: migrations: up to date"
+    assert list(tmp_path.iterdir()) == []  # no embedded server was started for it
+
+
+def test_postgresql_older_than_16_is_refused_in_one_line() -> None:
+    with pytest.raises(MigrationError) as refused:
+        require_server_version(150018, "15.18 (Debian 15.18-0+deb12u1)")
+    assert str(refused.value).startswith("PostgreSQL 16 or newer is required (this server is 15.18")
+    require_server_version(160002, "16.2")

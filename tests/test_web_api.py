@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import subprocess
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,11 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from geniehelper.embedded import free_port
 from tests.conftest import make_creator
-from tests.helpers import BIN, spawn
+from tests.helpers import BIN, web_process
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKENS = {
     "svc": {"token": "service-token-0123456789abcdef", "role": "service"},
     "reader": {"token": "read-token-0123456789abcdefgh", "role": "read"},
@@ -45,20 +40,9 @@ class Api:
 
 @pytest.fixture
 async def api(project_env: dict[str, str], database_url: str, redis_url: str) -> AsyncIterator[Api]:
-    port = free_port()
-    env = dict(
-        project_env, DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_FORMAT="json", PYTHONPATH=str(ROOT),
-        JOB_PACKAGES=json.dumps(["tests.jobs_for_tests"]), WEB_PORT=str(port), WEB_TOKENS=json.dumps(TOKENS),
-    )  # fmt: skip
-    web = spawn([str(BIN / "geniehelper"), "web"], env)
-    try:
-        await asyncio.to_thread(web.wait_for, r'"event": "web.listening"', 60)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-            yield Api(http)
-    finally:
-        web.proc.send_signal(signal.SIGTERM)
-        assert web.proc.wait(30) == 0, web.text()
-    assert not [name for name, t in TOKENS.items() if t["token"] in web.text()]  # secrets never logged
+    env = dict(project_env, DATABASE_URL=database_url, REDIS_URL=redis_url)
+    async with web_process(env, TOKENS) as (base, _), httpx.AsyncClient(base_url=base, timeout=10) as http:
+        yield Api(http)
 
 
 async def test_enqueue_validates_each_field_refuses_over_quota_and_repeats_idempotently(

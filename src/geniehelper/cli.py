@@ -49,6 +49,10 @@ def _run_migrations(database_url: str) -> None:
 def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
     from geniehelper.stack import start_stack
 
+    given = settings.migrate_database_url or settings.database_url
+    if given:  # migrations need PostgreSQL only: a server named is the one migrated, nothing embedded starts
+        _run_migrations(given)
+        return 0
     urls, stack = start_stack(settings)
     try:
         _run_migrations(urls.owner_url)
@@ -130,7 +134,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                     token = development_web_token(settings.data_dir)
                     env["WEB_TOKENS"] = json.dumps({"dev-admin": {"token": token, "role": "admin"}})
                     auth = f"admin token in {settings.data_dir / 'web-admin.token'}"
-                _say(f"web: the HTTP API at http://{settings.web_host}:{env['WEB_PORT']}/api ({auth})")
+                base = f"http://{settings.web_host}:{env['WEB_PORT']}"
+                _say(f"web: the dashboard at {base}/ and the HTTP API at {base}/api ({auth})")
             demo = stack is not None and not args.no_demo
             if not demo:
                 given = "the servers were given (DATABASE_URL, REDIS_URL): it writes a demo creator, so it runs on the "
@@ -411,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--payload", required=True, help="the payload as a JSON object")
     enqueue.add_argument("--user", required=True, type=_creator_id, help="the creator's uuid")
     enqueue.add_argument("--key", help="a logical key: enqueueing the same key again creates nothing")
-    sub.add_parser("web", help="serve the HTTP API (WEB_HOST:WEB_PORT, tokens from WEB_TOKENS)")
+    sub.add_parser("web", help="serve the dashboard and the HTTP API (WEB_HOST:WEB_PORT, tokens from WEB_TOKENS)")
     sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
     sandbox.add_argument("--port", type=int, default=8765)
     keys = sub.add_parser("keys", help="credential keys")

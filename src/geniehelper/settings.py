@@ -408,6 +408,25 @@ class Settings(BaseSettings):
         default=86_400.0, ge=60, description="How long a dispatch may wait in Redis past its start time."
     )
 
+    # The media worker (docs in README, Media worker).
+    media_root: Path | None = Field(
+        default=None,
+        description="Where asset bytes are stored: storage keys are paths under it (default DATA_DIR/media).",
+    )
+    media_tmp_dir: Path | None = Field(
+        default=None,
+        description="Work directories of media jobs, removed after each attempt (default DATA_DIR/media-tmp).",
+    )
+    media_ffmpeg: str | None = Field(
+        default=None, description="The ffmpeg to run (unset: `ffmpeg` on PATH, else the imageio-ffmpeg wheel's)."
+    )
+    media_tool_timeout_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="An ffmpeg run taking longer is killed and the attempt fails."
+    )
+    media_max_image_pixels: int = Field(
+        default=100_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+
     # Health: how often each process refreshes its health key, and when a key counts as stale.
     health_interval_s: float = Field(default=5.0, gt=0, le=3_600)
 
@@ -418,6 +437,14 @@ class Settings(BaseSettings):
             self.credentials_enc_key_id,
             self.credentials_old_keys.get_secret_value() if self.credentials_old_keys else None,
         )
+
+    @property
+    def media_root_dir(self) -> Path:
+        return self.media_root or self.data_dir / "media"
+
+    @property
+    def media_work_dir(self) -> Path:
+        return self.media_tmp_dir or self.data_dir / "media-tmp"
 
     @property
     def health_stale_after_s(self) -> float:

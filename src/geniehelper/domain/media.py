@@ -112,6 +112,30 @@ returning """
     + ASSET_COLUMNS
 )
 
+# The output a job already stored (a re-run of a job that got as far as recording it).
+FIND_JOB_OUTPUT = (
+    "select " + ASSET_COLUMNS + """ from media_assets
+ where user_id = $1 and produced_by_job_id = $2
+ order by created_at
+ limit 1"""
+)
+
+# What a probe found out about the stored bytes; a NULL argument leaves the column as it is.
+SET_ASSET_PROBE = (
+    """
+update media_assets
+   set mime_type = coalesce($3, mime_type),
+       byte_size = $4,
+       checksum_sha256 = $5,
+       width = coalesce($6, width),
+       height = coalesce($7, height),
+       duration_ms = coalesce($8, duration_ms),
+       metadata = metadata || jsonb_build_object('probe', $9::jsonb)
+ where user_id = $1 and id = $2
+returning """
+    + ASSET_COLUMNS
+)
+
 GET_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and id = $2"
 GET_DEFAULT_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and is_default"
 
@@ -209,3 +233,27 @@ async def record_asset_usage(
         RECORD_USAGE, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position
     )
     return MediaAssetUsage.model_validate(dict(row))
+
+
+async def find_job_output(conn: Any, user_id: UUID, job_id: UUID) -> MediaAsset | None:
+    row = await conn.fetchrow(FIND_JOB_OUTPUT, user_id, job_id)
+    return MediaAsset.model_validate(dict(row)) if row else None
+
+
+async def set_asset_probe(
+    conn: Any,
+    user_id: UUID,
+    asset_id: UUID,
+    *,
+    mime_type: str | None,
+    byte_size: int,
+    checksum_sha256: str,
+    width: int | None,
+    height: int | None,
+    duration_ms: int | None,
+    probe: dict[str, Any],
+) -> MediaAsset | None:
+    row = await conn.fetchrow(
+        SET_ASSET_PROBE, user_id, asset_id, mime_type, byte_size, checksum_sha256, width, height, duration_ms, probe
+    )
+    return MediaAsset.model_validate(dict(row)) if row else None

@@ -108,15 +108,20 @@ async def check_role_privileges(conn: asyncpg.Connection) -> None:
         raise MigrationError(f"{me} cannot set up the database roles: " + " ".join(problems))
 
 
-async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
-    """Apply what is missing; return the names applied (empty when up to date)."""
-    version = int(await conn.fetchval("select current_setting('server_version_num')"))
-    if version < MIN_SERVER_VERSION_NUM:
-        shown = await conn.fetchval("select current_setting('server_version')")
+def require_server_version(version_num: int, shown: str) -> None:
+    if version_num < MIN_SERVER_VERSION_NUM:
         raise MigrationError(
             f"PostgreSQL 16 or newer is required (this server is {shown}): the roles' SET-only membership "
             "(GRANT ... WITH SET TRUE, INHERIT FALSE) that keeps processes from the owner's rights is 16's"
         )
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
+    """Apply what is missing; return the names applied (empty when up to date)."""
+    require_server_version(
+        int(await conn.fetchval("select current_setting('server_version_num')")),
+        await conn.fetchval("select current_setting('server_version')"),
+    )
     await check_role_privileges(conn)
     migrations = load_migrations()
     await conn.execute("select pg_advisory_lock($1)", MIGRATION_LOCK_ID)

@@ -19,8 +19,12 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from geniehelper.ops.format import age as _age
+from geniehelper.ops.format import cut as _cut
+from geniehelper.ops.format import when as _when
 
 if TYPE_CHECKING:
     from geniehelper.db import Database
@@ -126,26 +130,6 @@ def _plain(value: object) -> object:
 
 def _json(value: object) -> None:
     print(json.dumps(value, default=_plain))
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s >= 3_600:  # 2d4h, 3h20m
-        big, unit, small, sub_unit = (s // 86_400, "d", s % 86_400 // 3_600, "h") if s >= 86_400 else (
-            s // 3_600, "h", s % 3_600 // 60, "m")  # fmt: skip
-        return f"{big}{unit}{f'{small}{sub_unit}' if small else ''}"
-    return f"{s // 60}m" if s >= 60 else f"{s}s"
-
-
-def _when(value: datetime | None) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
-
-
-def _cut(text: str | None, width: int) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

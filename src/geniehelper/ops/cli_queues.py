@@ -10,20 +10,10 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 
-from geniehelper.ops.cli import (
-    _actor,
-    _age,
-    _cut,
-    _database,
-    _json,
-    _Parser,
-    _positive,
-    _run,
-    _say,
-    _table,
-    _uuid_of,
-    _when,
-)
+from geniehelper.ops.cli import _actor, _database, _json, _Parser, _positive, _run, _say, _table, _uuid_of
+from geniehelper.ops.format import age as _age
+from geniehelper.ops.format import cut as _cut
+from geniehelper.ops.format import when as _when
 from geniehelper.settings import Settings
 
 

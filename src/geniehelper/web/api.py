@@ -8,7 +8,6 @@ system's body), 404, 409 (retry of a job not finished), 422 (`{"errors": [{"fiel
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,10 +18,9 @@ from uuid import UUID
 import asyncpg
 from arq.connections import ArqRedis
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from geniehelper.db import Database
 from geniehelper.ops import jobs as ops_jobs
@@ -31,14 +29,9 @@ from geniehelper.runtime.definition import InvalidPayload, UnknownJob
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.settings import Settings, WebToken
+from geniehelper.web.auth import WHAT, bearer, may
 from geniehelper.web.metrics import render as render_metrics
 from geniehelper.web.openapi import OPENAPI
-
-ROLES_MAY: dict[str, frozenset[str]] = {
-    "enqueue": frozenset({"service", "admin"}),
-    "read": frozenset({"read", "admin"}),
-    "retry": frozenset({"admin"}),
-}
 
 
 @dataclass
@@ -71,14 +64,12 @@ Handler = Callable[[Request, ApiState, WebToken], Awaitable[Response]]
 
 def _guarded(state: ApiState, action: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
-        scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-        token = next((t for t in state.tokens if scheme.lower() == "bearer" and presented
-                      and hmac.compare_digest(t.token.encode(), presented.encode())), None)  # fmt: skip
+        token = bearer(state.tokens, request.headers.get("authorization", ""))
         if token is None:
             return JSONResponse({"error": "unauthorized", "message": "a valid `Authorization: Bearer <token>` is "
                                  "required (WEB_TOKENS)"}, 401, headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
-        if token.role not in ROLES_MAY[action]:
-            return _json({"error": "forbidden", "message": f"a {token.role} token may not {action}"}, 403)
+        if not may(token, action):
+            return _json({"error": "forbidden", "message": f"a {token.role} token may not {WHAT[action]}"}, 403)
         return await handler(request, state, token)
 
     return endpoint
@@ -171,12 +162,12 @@ async def openapi(_request: Request) -> Response:
     return JSONResponse(OPENAPI)
 
 
-def create_app(state: ApiState) -> Starlette:
-    return Starlette(routes=[
+def routes(state: ApiState) -> list[BaseRoute]:
+    return [
         Route("/api/openapi.json", openapi, methods=["GET"]),
         Route("/api/jobs", _guarded(state, "enqueue", enqueue), methods=["POST"]),
         Route("/api/jobs/{job_id}", _guarded(state, "read", show), methods=["GET"]),
-        Route("/api/jobs/{job_id}/retry", _guarded(state, "retry", retry), methods=["POST"]),
+        Route("/api/jobs/{job_id}/retry", _guarded(state, "act", retry), methods=["POST"]),
         Route("/api/queues", _guarded(state, "read", queues), methods=["GET"]),
         Route("/metrics", _guarded(state, "read", metrics), methods=["GET"]),
-    ])  # fmt: skip
+    ]

@@ -1,7 +1,8 @@
-"""`geniehelper web`: the HTTP API process (Procfile `web`), until SIGINT or SIGTERM.
+"""`geniehelper web`: the dashboard and HTTP API process (Procfile `web`), until SIGINT or SIGTERM.
 
 It listens on WEB_HOST:WEB_PORT (127.0.0.1:8080 by default). Beyond loopback it refuses to start
-without WEB_TOKENS; on loopback without tokens it starts and every API call answers 401, saying so.
+without WEB_TOKENS; on loopback without tokens it starts, every API call answers 401 and the
+dashboard's sign-in page says that no token is configured.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from geniehelper.runtime.transport import create_arq_redis
 from geniehelper.settings import Settings
 from geniehelper.stack import resolve_urls
 from geniehelper.web import WebConfigError
-from geniehelper.web.api import ApiState, create_app
+from geniehelper.web.api import ApiState
+from geniehelper.web.app import create_app
 from geniehelper.web.serve import is_loopback, serve_app
 
 log = structlog.get_logger("geniehelper.web")
@@ -49,7 +51,7 @@ async def _run(settings: Settings) -> None:
                          fair_queues=settings.fair_queues)  # fmt: skip
         app = create_app(ApiState(settings, db, redis, queue, tokens))
         async with serve_app(app, settings.web_host, settings.web_port, loopback_only=False) as base_url:
-            log.info("web.listening", url=base_url, api=f"{base_url}/api", tokens=len(tokens))
+            log.info("web.listening", url=base_url, dashboard=f"{base_url}/", api=f"{base_url}/api", tokens=len(tokens))
             log.info("process.ready", url=base_url)
             if not tokens:
                 log.warning("web.no_tokens", problem="WEB_TOKENS is not set: every API call answers 401")
