@@ -13,7 +13,8 @@ from schedulers.job_monitor import JobMonitor
 from schedulers.job_retention import JobRetention
 from schedulers.outbox_relay import OutboxRelay
 from schedulers.post_scheduler import PostScheduler
+from schedulers.scrape_scheduler import ScrapeScheduler
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (Dispatcher, JobMonitor, JobRetention, OutboxRelay, PostScheduler)
+    cls.name: cls for cls in (Dispatcher, JobMonitor, JobRetention, OutboxRelay, PostScheduler, ScrapeScheduler)
 }
