@@ -14,9 +14,13 @@ from schedulers.job_monitor import JobMonitor
 from schedulers.job_retention import JobRetention
 from schedulers.outbox_relay import OutboxRelay
 from schedulers.post_scheduler import PostScheduler
+from schedulers.scrape_scheduler import ScrapeScheduler
 from schedulers.segment_evaluator import SegmentEvaluator
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls
-    for cls in (Dispatcher, FanScorer, JobMonitor, JobRetention, OutboxRelay, PostScheduler, SegmentEvaluator)
+    for cls in (
+        Dispatcher, FanScorer, JobMonitor, JobRetention, OutboxRelay, PostScheduler, ScrapeScheduler,
+        SegmentEvaluator,
+    )
 }

@@ -65,13 +65,14 @@ def test_a_job_added_as_one_module_is_discovered_with_everything_it_declares(
         )
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    shipped = discover(["jobs"]).names()
+    shipped_registry = discover(["jobs"])
+    shipped = shipped_registry.names()
     assert "publish_post" in shipped
     registry = discover(["more_jobs", "jobs"])
     greet = registry["greet_fan"]
     assert (greet.queue, greet.policy.max_attempts) == ("bulk", 2)
     assert registry.names() == sorted(["greet_fan", *shipped])  # the one module added exactly its one job
-    shipped_bulk = [j.name for j in discover(["jobs"]).for_queue("bulk")]
+    shipped_bulk = [j.name for j in shipped_registry.for_queue("bulk")]
     assert sorted(j.name for j in registry.for_queue("bulk")) == sorted(["greet_fan", *shipped_bulk])
     sys.modules.pop("more_jobs.greet_fan", None)
     sys.modules.pop("more_jobs", None)

@@ -107,7 +107,8 @@ def test_health_reports_missing_role_with_nonzero_exit(
 def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Path) -> None:
     """README command 1: every Procfile process ready, the demo post published, health green, clean stop."""
     data = tmp_path / "data"
-    env = base_env(DATA_DIR=str(data), HEALTH_INTERVAL_S="1")
+    # scrape_scheduler looks for due connections every 2 s (60 s by default): the demo's comes soon.
+    env = base_env(DATA_DIR=str(data), HEALTH_INTERVAL_S="1", SCRAPE_SCHEDULER_INTERVAL_S="2")
     root = Path(__file__).resolve().parent.parent
     roles = [line.split(":", 1)[0] for line in (root / "Procfile").read_text().splitlines() if line.strip()]
     up = spawn([str(BIN / "geniehelper"), "up"], env, cwd=root)
@@ -115,6 +116,10 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         for role in roles:
             up.wait_for(rf'"event": "process.ready", "role": "{role}"|"role": "{role}".*"event": "process.ready"')
         up.wait_for(r'"event": "publish.posted"', timeout_s=60)
+        # The demo creator's connection is scraped and its fans synced by the bulk worker.
+        up.wait_for(r'"event": "scrape.done"', timeout_s=60)
+        synced = r'"job_name": "sync_fans".*"event": "job.completed"|"event": "job.completed".*"job_name": "sync_fans"'
+        up.wait_for(synced, timeout_s=60)
         # `scheduler all` hosts every scheduler: each keeps a health role of its own beside the process's.
         health_roles = [*roles, *SCHEDULERS]
         health = subprocess.run(

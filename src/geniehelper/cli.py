@@ -8,6 +8,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -137,6 +138,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                     auth = f"admin token in {settings.data_dir / 'web-admin.token'}"
                 base = f"http://{settings.web_host}:{env['WEB_PORT']}"
                 _say(f"web: the dashboard at {base}/ and the HTTP API at {base}/api ({auth})")
+            if stack is not None and settings.ollama_url is None and any(e.name == "media_worker" for e in entries):
+                entries.append(_local_ai_entry(settings, env))
             demo = stack is not None and not args.no_demo
             if not demo:
                 given = "the servers were given (DATABASE_URL, REDIS_URL): it writes a demo creator, so it runs on the "
@@ -191,6 +194,28 @@ async def _seed_demo(database_url: str, owner_url: str, sandbox_url: str, key_b6
         return
     _say(f"demo: creator {user_id} is connected to the sandbox platform at {sandbox_url}; 3 posts are due in "
          "15, 30 and 45 s: watch post_scheduler dispatch them and worker publish them")  # fmt: skip
+
+
+def _local_ai_entry(settings: Settings, env: dict[str, str]) -> Any:
+    """The local Ollama-compatible server as a process of `up`, its URLs given to the others (on the
+    embedded stack, when OLLAMA_URL is unset: a real Ollama is used by setting it)."""
+    from geniehelper.embedded import free_port
+    from geniehelper.supervisor import ProcfileEntry
+
+    port = free_port()
+    env["OLLAMA_URL"] = f"http://127.0.0.1:{port}"
+    if settings.stt_url is None:
+        env["STT_URL"] = f"{env['OLLAMA_URL']}/v1/audio/transcriptions"
+    _say(f"ai: the local Ollama-compatible server at {env['OLLAMA_URL']} (deterministic answers, not a model; "
+         f"set OLLAMA_URL for a real Ollama), speech to text at {env.get('STT_URL', settings.stt_url)}")  # fmt: skip
+    return ProcfileEntry("local_ai", f"geniehelper local-ai --port {port} --model {shlex.quote(settings.ollama_model)}")
+
+
+def cmd_local_ai(args: argparse.Namespace, settings: Settings) -> int:
+    from geniehelper.ai.local_server import serve_local_ai
+
+    serve_local_ai(port=args.port, models=args.model or [settings.ollama_model])
+    return 0
 
 
 def cmd_sandbox_platform(args: argparse.Namespace, _settings: Settings) -> int:
@@ -383,6 +408,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "scheduler": cmd_scheduler,
     "enqueue": cmd_enqueue,
     "sandbox-platform": cmd_sandbox_platform,
+    "local-ai": cmd_local_ai,
     "keys": cmd_keys,
     "web": cmd_web,
     "jobs": ops_cli.cmd_jobs,
@@ -421,6 +447,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("web", help="serve the dashboard and the HTTP API (WEB_HOST:WEB_PORT, tokens from WEB_TOKENS)")
     sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
     sandbox.add_argument("--port", type=int, default=8765)
+    local_ai = sub.add_parser(
+        "local-ai", help="serve the local Ollama-compatible vision and speech-to-text server (development and tests)"
+    )
+    local_ai.add_argument("--port", type=int, default=11434, help="default: 11434, Ollama's own")
+    local_ai.add_argument("--model", action="append", help="a model name it serves (repeatable; default OLLAMA_MODEL)")
     keys = sub.add_parser("keys", help="credential keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     keys_sub.add_parser("rotate", help="re-encrypt every stored token (both columns) with the active key "
@@ -450,6 +481,7 @@ ROLE_OF_COMMAND: dict[str, Callable[[argparse.Namespace], str]] = {
     "worker": lambda a: "worker" if a.queue == "default" else f"{a.queue}_worker",
     "scheduler": _scheduler_role,
     "sandbox-platform": lambda a: "sandbox_platform",
+    "local-ai": lambda a: "local_ai",
     "web": lambda a: "web",
 }
 

@@ -96,6 +96,18 @@ class FanScorerSettings:
 
 
 @dataclass(frozen=True)
+class ScrapeSchedulerSettings:
+    interval_s: float  # SCRAPE_SCHEDULER_INTERVAL_S: how often due connections are looked for
+    batch: int  # SCRAPE_DISPATCH_BATCH: connections claimed per query
+    default_cadence_s: float  # SCRAPE_INTERVAL_S: a connection's scrape cadence for a tier not listed
+    tier_cadence_s: dict[str, float]  # SCRAPE_TIER_INTERVALS_S: cadence per creator tier
+    auth_expired_cadence_s: float  # SCRAPE_AUTH_EXPIRED_INTERVAL_S: health checks of auth-expired connections
+
+    def cadence_s(self, tier: str) -> float:
+        return self.tier_cadence_s.get(tier, self.default_cadence_s)
+
+
+@dataclass(frozen=True)
 class JobRetentionSettings:
     interval_s: float  # JOB_RETENTION_INTERVAL_S
     older_than_s: float  # JOB_RETENTION_S
@@ -276,6 +288,40 @@ class Settings(BaseSettings):
             stale_after_s=self.segment_stale_after_s, requeue_after_s=self.segment_requeue_after_s,
         )  # fmt: skip
 
+    # scrape_scheduler and the scrape / fan sync jobs (docs/sync.md). The original scraped every 6 h;
+    # higher tiers are scraped more often.
+    scrape_scheduler_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    scrape_dispatch_batch: int = Field(default=500, ge=1, le=50_000)
+    scrape_interval_s: float = Field(
+        default=6 * 3_600.0, ge=60, le=7 * 86_400,
+        description="Scrape cadence for a tier SCRAPE_TIER_INTERVALS_S omits.",
+    )
+    scrape_tier_intervals_s: dict[str, float] = Field(
+        default_factory=lambda: {"starter": 6 * 3_600.0, "creator": 3 * 3_600.0, "pro": 3_600.0, "studio": 1_800.0},
+        description='SCRAPE_TIER_INTERVALS_S: JSON {tier: seconds}, e.g. {"pro": 3600}.',
+    )
+    scrape_auth_expired_interval_s: float = Field(
+        default=86_400.0, ge=60, le=30 * 86_400,
+        description="How often a connection whose auth expired is health-checked (not scraped until reconnected).",
+    )
+    sync_page_size: int = Field(default=200, ge=1, le=1_000, description="Items asked per page by the fan sync.")
+
+    @field_validator("scrape_tier_intervals_s")
+    @classmethod
+    def _check_tier_intervals(cls, value: dict[str, float]) -> dict[str, float]:
+        for tier, seconds in value.items():
+            if not 60 <= seconds <= 7 * 86_400:
+                raise ValueError(f"{tier}: {seconds} s is outside 60 s .. 7 days")
+        return value
+
+    @property
+    def scrape_scheduler(self) -> ScrapeSchedulerSettings:
+        return ScrapeSchedulerSettings(
+            interval_s=self.scrape_scheduler_interval_s, batch=self.scrape_dispatch_batch,
+            default_cadence_s=self.scrape_interval_s, tier_cadence_s=dict(self.scrape_tier_intervals_s),
+            auth_expired_cadence_s=self.scrape_auth_expired_interval_s,
+        )  # fmt: skip
+
     @property
     def post_scheduler(self) -> PostSchedulerSettings:
         return PostSchedulerSettings(
@@ -433,6 +479,28 @@ class Settings(BaseSettings):
     )
     media_max_image_pixels: int = Field(
         default=100_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+
+    # AI for media jobs (docs in README, AI descriptions and transcription).
+    ollama_url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="Base URL of an Ollama-compatible server for media_describe (`./dev up`: the local one).",
+    )
+    ollama_model: str = Field(
+        default="llava", min_length=1, max_length=200, description="The vision model media_describe asks for."
+    )
+    stt_url: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="Full URL of an OpenAI-style speech-to-text endpoint (multipart `file`, answers "
+        "{\"text\": ...}) for media_transcribe, e.g. http://host:8000/v1/audio/transcriptions.",
+    )
+    stt_model: str = Field(default="whisper-1", min_length=1, max_length=200, description="Model sent to STT_URL.")
+    stt_api_key: SecretStr | None = Field(
+        default=None, description="Sent as `Authorization: Bearer` to STT_URL (e.g. OpenAI's); never logged."
+    )
+    ai_timeout_s: float = Field(
+        default=120.0, gt=0, le=3_600,
+        description="An AI server that sends nothing for this long (before or within an answer) fails the attempt.",
     )
 
     # Health: how often each process refreshes its health key, and when a key counts as stale.

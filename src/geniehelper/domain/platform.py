@@ -54,8 +54,12 @@ on conflict (user_id, platform, external_account_id) do update set handle = excl
 returning id
 """
 
+# A (re)connected account is scraped at once; an expired auth is no longer known to be expired.
 SET_TOKEN = """
-update platform_connections set auth_token_enc = $2, credential_key_id = $3 where id = $1
+update platform_connections
+   set auth_token_enc = $2, credential_key_id = $3, next_scrape_at = null,
+       health = case when health = 'auth_expired' then 'unknown' else health end
+ where id = $1
 """
 
 MARK_HEALTH = """

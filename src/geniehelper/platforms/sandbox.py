@@ -4,6 +4,10 @@ It speaks the REST shape `HttpPlatformClient` uses (`/v1/...`, bearer token, `Id
 writes) and adds loopback-only admin endpoints to create accounts, expire tokens, inject faults and
 inspect what was created. State belongs to one `SandboxPlatform` instance; nothing is module-level.
 
+Tests in the same process also change an account over time through the Python API: `add_fans`
+(new fans with their subscriptions, transactions and messages) and `update_subscription` (a
+cancellation, rebill or win-back); `counts` says how many items each listing holds.
+
 Admin API (no token; the server binds loopback only):
     POST   /admin/accounts                    {username?, seed?, n_fans?, n_transactions_per_fan?,
                                                n_messages_per_fan?, base_followers?} -> {account_id, token}
@@ -273,6 +277,37 @@ class SandboxPlatform:
         self._accounts[account_id] = account
         self._accounts_by_token[account.token] = account
         return account_id, account.token
+
+    def add_fans(
+        self, account_id: str, n_fans: int, *, n_transactions_per_fan: int = 0, n_messages_per_fan: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """Append new fans (with their subscriptions, transactions and messages) to an account, numbered
+        after the existing ones: what an account gains between two syncs."""
+        account = self._account(account_id)
+        spec = NewAccount(
+            seed=seed, n_fans=n_fans, n_transactions_per_fan=n_transactions_per_fan,
+            n_messages_per_fan=n_messages_per_fan,
+        )  # fmt: skip
+        _seed(account, spec, now=self._now())
+
+    def update_subscription(self, account_id: str, fan_id: str, **changes: Any) -> Subscription:
+        """Change a fan's subscription in place (status, expires_at, started_at, price_cents, ...): a
+        cancellation, a rebill or a win-back as the platform's listing then shows it."""
+        account = self._account(account_id)
+        for i, subscription in enumerate(account.subscriptions):
+            if subscription.fan_id == fan_id:
+                account.subscriptions[i] = Subscription.model_validate({**subscription.model_dump(), **changes})
+                return account.subscriptions[i]
+        raise KeyError(f"{account_id} has no subscription for {fan_id!r}")
+
+    def counts(self, account_id: str) -> dict[str, int]:
+        """How many fans, subscriptions, transactions and messages the account lists."""
+        account = self._account(account_id)
+        return {
+            "fans": len(account.fans), "subscriptions": len(account.subscriptions),
+            "transactions": len(account.transactions), "messages": len(account.messages),
+        }  # fmt: skip
 
     def expire_token(self, account_id: str) -> None:
         account = self._account(account_id)
@@ -557,9 +592,11 @@ _OUTGOING_TEXTS = ("thanks for subscribing!", "glad you like it", "soon, stay tu
 def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
     """Fans, subscriptions, transactions and messages drawn from `spec.seed`; times are relative to now."""
     rng = random.Random(spec.seed)
-    transaction_number = itertools.count(1)
-    message_number = itertools.count(1)
-    for i in range(1, spec.n_fans + 1):
+    # Numbered after what the account has: seeding again appends (add_fans).
+    transaction_number = itertools.count(len(account.transactions) + 1)
+    message_number = itertools.count(len(account.messages) + 1)
+    first = len(account.fans) + 1
+    for i in range(first, first + spec.n_fans):
         fan_id = f"fan_{i:06d}"
         followed_at = now - timedelta(seconds=rng.randint(3_600, 365 * 86_400))
         price = rng.choice(_SUBSCRIPTION_PRICES_CENTS)
@@ -569,7 +606,7 @@ def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
             status, expires_at = "expired", now - timedelta(seconds=rng.randint(0, 30 * 86_400))
         account.subscriptions.append(
             Subscription(
-                subscription_id=f"sub_{i:06d}",
+                subscription_id=f"sub_{account.account_id}_{i:06d}",
                 fan_id=fan_id,
                 status=status,
                 price_cents=price,
@@ -585,7 +622,7 @@ def _seed(account: _Account, spec: NewAccount, *, now: datetime) -> None:
             spent += amount
             account.transactions.append(
                 Transaction(
-                    transaction_id=f"txn_{next(transaction_number):08d}",
+                    transaction_id=f"txn_{account.account_id}_{next(transaction_number):08d}",
                     fan_id=fan_id,
                     kind=kind,
                     amount_cents=amount,
