@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -61,7 +62,9 @@ BARE_QUEUE = "bench:bare:queue"
 N_CREATORS = 10
 FAST_POLL_S = 0.01
 ARQ_DEFAULT_POLL_S = 0.5
-DEPLOYED_JOBS_MAX = 1000  # the poll-delay-bound rows: enough to see the ceiling, short enough to wait for
+DEPLOYED_JOBS_MAX = 1000
+ONE_BY_ONE = "ours: enqueue() one by one"
+BARE = "baseline: bare arq (pickle)"  # the poll-delay-bound rows: enough to see the ceiling, short enough to wait for
 
 
 class NoopPayload(JobPayload):
@@ -111,6 +114,32 @@ class Phase:
             "run_s": self.run_s, "run_jobs_per_s": self.run_per_s, "completed": self.completed,
             "verified": self.check, **self.extra,
         }  # fmt: skip
+
+
+def median_of(rounds: list[Phase]) -> Phase:
+    """One row from the rounds of a measurement: median enqueue and run times; each round kept."""
+    enqueues = [p.enqueue_s for p in rounds if p.enqueue_s is not None]
+    first = rounds[0]
+    return Phase(
+        first.label, first.jobs, statistics.median(enqueues) if enqueues else None,
+        statistics.median(p.run_s for p in rounds), min(p.completed for p in rounds),
+        rounds[-1].check if len(rounds) == 1 else f"{len(rounds)} rounds, each {rounds[-1].check}",
+        {"rounds": [p.as_dict() for p in rounds], "run_jobs_per_s_range": [min(p.run_per_s for p in rounds),
+                                                                           max(p.run_per_s for p in rounds)]},
+    )  # fmt: skip
+
+
+def paired_ratio(ours: list[Phase], bare: list[Phase], what: str) -> float:
+    """The median over rounds of ours / bare measured in the same round (side by side in time)."""
+    def per_s(p: Phase) -> float:
+        return (p.enqueue_per_s or 0.0) if what == "enqueue" else p.run_per_s
+
+    return statistics.median(per_s(o) / per_s(b) for o, b in zip(ours, bare, strict=True) if per_s(b))
+
+
+def spread(phase: Phase) -> str:
+    low, high = phase.extra.get("run_jobs_per_s_range", (phase.run_per_s, phase.run_per_s))
+    return f"{low:,.0f}-{high:,.0f}"
 
 
 @dataclass
@@ -292,7 +321,7 @@ async def drain(worker: Worker) -> float:
 
 
 async def run(
-    srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool, process_counts: list[int]
+    srv: Servers, n_jobs: int, producers: int, batch: int, variant: bool, process_counts: list[int], repeat: int
 ) -> int:
     n_deployed = min(n_jobs, DEPLOYED_JOBS_MAX)
     async with fresh_database(srv, NAME) as (database_url, owner_url):
@@ -318,40 +347,54 @@ async def run(
                 srv, settings, database_url, owner, db, redis, JobQueue(db, redis, JobRegistry([NOOP])), creators,
                 producers,
             )  # fmt: skip
-            main_rows = [await bench.ours_one_by_one("ours: enqueue() one by one", n_jobs, FAST_POLL_S)]
-            if variant:
-                main_rows.append(
-                    await bench.ours_batched(f"ours: record_many() x{batch} + push_many", n_jobs, batch, FAST_POLL_S)
-                )
-            bare = await bench.bare("baseline: bare arq (pickle)", n_jobs, FAST_POLL_S)
+            # Rounds interleave ours and bare, so a slow spell of the machine falls on both sides alike.
+            rounds: dict[str, list[Phase]] = {}
+            proc_rounds: dict[str, list[Phase]] = {}
+            for _ in range(repeat):
+                measured = [await bench.ours_one_by_one(ONE_BY_ONE, n_jobs, FAST_POLL_S)]
+                if variant:
+                    label = f"ours: record_many() x{batch} + push_many"
+                    measured.append(await bench.ours_batched(label, n_jobs, batch, FAST_POLL_S))
+                measured.append(await bench.bare(BARE, n_jobs, FAST_POLL_S))
+                for phase in measured:
+                    rounds.setdefault(phase.label, []).append(phase)
+                for count in process_counts:
+                    for side in ("ours", "bare"):
+                        phase = await bench.in_processes(side, n_jobs, count)
+                        proc_rounds.setdefault(phase.label, []).append(phase)
             deployed = [
                 await bench.ours_one_by_one("ours", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
                 await bench.bare("baseline: bare arq", n_deployed, ARQ_DEFAULT_POLL_S, time_enqueue=False),
-            ]
-            by_processes = [
-                await bench.in_processes(side, n_jobs, count) for count in process_counts for side in ("ours", "bare")
             ]
         finally:
             await db.close()
             await owner.close()
             await redis.aclose()
 
-    ours = main_rows[0]
+    main_rows = [median_of(phases) for label, phases in rounds.items() if label != BARE]
+    bare = median_of(rounds[BARE])
+    by_processes = [median_of(phases) for phases in proc_rounds.values()]
     ratio = {
-        "enqueue": (ours.enqueue_per_s or 0) / (bare.enqueue_per_s or 1),
-        "run": ours.run_per_s / bare.run_per_s,
+        "enqueue": paired_ratio(rounds[ONE_BY_ONE], rounds[BARE], "enqueue"),
+        "run": paired_ratio(rounds[ONE_BY_ONE], rounds[BARE], "run"),
     }
+    if variant:
+        batched = next(label for label in rounds if label not in (ONE_BY_ONE, BARE))
+        ratio["enqueue_batched"] = paired_ratio(rounds[batched], rounds[BARE], "enqueue")
+        ratio["run_batched"] = paired_ratio(rounds[batched], rounds[BARE], "run")
     print()
-    print(f"-- poll_delay {FAST_POLL_S} s (the cost of the runtime itself) --")
-    rows = [[p.label, fmt(p.enqueue_per_s, 0), fmt(p.run_per_s, 0), p.check] for p in [*main_rows, bare]]
-    rows.append(["ratio ours / bare", f"{ratio['enqueue']:.2f}x", f"{ratio['run']:.2f}x", ""])
-    print_table(["", "enqueue jobs/s", "run jobs/s", "verified"], rows)
-    print(
-        "run jobs/s = jobs / wall time of the burst worker, startup included; ours in PostgreSQL "
-        f"(first start to last finish): {ours.extra['run_jobs_per_s_in_postgres']:,.0f} jobs/s"
-    )
+    print(f"-- poll_delay {FAST_POLL_S} s (the cost of the runtime itself); {repeat} rounds, ours and bare "
+          "interleaved: medians, run range over rounds --")  # fmt: skip
+    rows = [[p.label, fmt(p.enqueue_per_s, 0), fmt(p.run_per_s, 0), spread(p), p.check] for p in [*main_rows, bare]]
+    rows.append(["ratio one by one / bare", f"{ratio['enqueue']:.2f}x", f"{ratio['run']:.2f}x", "", ""])
+    if variant:
+        rows.append(["ratio batched / bare", f"{ratio['enqueue_batched']:.2f}x", f"{ratio['run_batched']:.2f}x",
+                     "", ""])  # fmt: skip
+    print_table(["", "enqueue jobs/s", "run jobs/s", "run range", "verified"], rows)
+    print("ratio = the median over rounds of ours / bare measured in the same round; run jobs/s = jobs / wall time "
+          "of the burst worker, startup included")  # fmt: skip
     print()
-    print(f"-- arq's own default poll_delay {ARQ_DEFAULT_POLL_S} s, ours aside ({n_deployed:,} jobs) --")
+    print(f"-- arq's own default poll_delay {ARQ_DEFAULT_POLL_S} s, ours aside ({n_deployed:,} jobs, one round) --")
     print_table(["", "run jobs/s", "verified"], [[p.label, fmt(p.run_per_s, 0), p.check] for p in deployed])
     print(
         "arq reads at most queue_read_limit = max(5 x max_jobs, 100) job ids per poll and sleeps out the rest of "
@@ -360,13 +403,15 @@ async def run(
     )
     if by_processes:  # `--processes` with no counts skips this table
         print()
-        print(f"-- worker processes ({n_jobs:,} jobs, poll_delay {FAST_POLL_S} s, timed from a common start) --")
+        print(f"-- worker processes ({n_jobs:,} jobs, poll_delay {FAST_POLL_S} s, timed from a common start; "
+              f"{repeat} rounds: medians) --")  # fmt: skip
         rows = []
         for ours_row, bare_row in zip(by_processes[::2], by_processes[1::2], strict=True):
-            rows.append([ours_row.label, fmt(ours_row.run_per_s, 0), ours_row.check])
-            rows.append([bare_row.label, fmt(bare_row.run_per_s, 0), bare_row.check])
-            rows.append(["  ratio ours / bare", f"{ours_row.run_per_s / bare_row.run_per_s:.2f}x", ""])
-        print_table(["", "run jobs/s", "verified"], rows)
+            ours_rounds, bare_rounds = proc_rounds[ours_row.label], proc_rounds[bare_row.label]
+            rows.append([ours_row.label, fmt(ours_row.run_per_s, 0), spread(ours_row), ours_row.check])
+            rows.append([bare_row.label, fmt(bare_row.run_per_s, 0), spread(bare_row), bare_row.check])
+            rows.append(["  ratio ours / bare", f"{paired_ratio(ours_rounds, bare_rounds, 'run'):.2f}x", "", ""])
+        print_table(["", "run jobs/s", "run range", "verified"], rows)
     figures: dict[str, Any] = {
         "jobs": n_jobs, "producers": producers, "worker_max_jobs": bench.concurrency,
         "fast_poll_delay_s": FAST_POLL_S,
@@ -395,9 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-batch-variant", dest="variant", action="store_false", help="skip the batched variant")
     parser.add_argument("--processes", type=int, nargs="*", default=[1, 2, 4],
                         help="worker process counts of the multi-process rows (default 1 2 4; none: skip)")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of the main and process rows, ours and bare interleaved (default 3)")  # fmt: skip
     args = parser.parse_args(argv)
     with servers() as srv:
-        return asyncio.run(run(srv, args.jobs, args.producers, args.batch, args.variant, args.processes))
+        return asyncio.run(
+            run(srv, args.jobs, args.producers, args.batch, args.variant, args.processes, args.repeat)
+        )
 
 
 if __name__ == "__main__":
