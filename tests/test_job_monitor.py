@@ -265,3 +265,28 @@ async def test_queue_age_pages_for_a_waiting_queue_and_not_while_it_is_paused(
         assert await queues.resume(conn, settings, name, "alice")
     await monitor_ticks(settings, db, arq_redis, database_url)
     assert [a["status"] for a in await alerts(owner, f"queue_age:{name}")] == ["resolved", "open"]
+
+
+async def test_a_platform_whose_connections_fail_their_scrapes_is_one_incident_until_they_recover(
+    db: Database, owner: asyncpg.Connection, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    creators = [await make_creator(owner) for _ in range(3)]
+    for n, (creator, health) in enumerate(zip(creators, ["unhealthy", "unhealthy", "auth_expired"], strict=True)):
+        await owner.execute(
+            "insert into platform_connections (user_id, platform, external_account_id, health, health_reason,"
+            " last_health_check_at) values ($1, 'flaky', $2, $3, $4, now())",
+            creator, f"acct-{n}", health, "HTTP 503 from the platform" if health == "unhealthy" else "token expired",
+        )  # fmt: skip
+    settings = settings_for(database_url, redis_url, None)
+    await monitor_ticks(settings, db, arq_redis, database_url, n=2)
+    (opened,) = await alerts(owner, "platform_unhealthy:flaky")  # one incident for the platform, not per tick
+    assert opened["status"] == "open" and opened["severity"] == "warning"
+    assert opened["summary"] == (
+        "2 flaky connections unhealthy at the last scrape; last reason: HTTP 503 from the platform"
+    )
+    assert (opened["details"]["count"], opened["details"]["auth_expired"]) == (2, 1)
+
+    await owner.execute("update platform_connections set health = 'healthy' where platform = 'flaky'"
+                        " and health = 'unhealthy'")  # fmt: skip
+    await monitor_ticks(settings, db, arq_redis, database_url)
+    assert [a["status"] for a in await alerts(owner, "platform_unhealthy:flaky")] == ["resolved"]

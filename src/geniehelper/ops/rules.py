@@ -61,7 +61,21 @@ having count(*) filter (where status = 'failed') >= $2
    and count(*) filter (where status = 'failed') >= $3::float8 * count(*)
 """
 
-JOB_RULES = ("jobs_stalled", "jobs_dead", "queue_age", "failure_spike")
+# Active connections whose last scrape found the platform failing (not an expired login: that is the
+# creator's to fix by reconnecting, and is counted beside it), per platform.
+PLATFORM_UNHEALTHY = """
+select platform, count(*) filter (where health = 'unhealthy')::int as n,
+       count(*) filter (where health = 'auth_expired')::int as auth_expired,
+       (array_agg(id order by last_health_check_at desc) filter (where health = 'unhealthy'))[1:$1] as sample,
+       (array_agg(health_reason order by last_health_check_at desc) filter (where health = 'unhealthy'))[1]
+           as last_reason
+  from platform_connections
+ where status = 'active' and health in ('unhealthy', 'auth_expired')
+ group by platform
+having count(*) filter (where health = 'unhealthy') > 0
+"""
+
+JOB_RULES = ("jobs_stalled", "jobs_dead", "queue_age", "failure_spike", "platform_unhealthy")
 PROCESS_RULES = ("role_missing", "scheduler_lag")
 
 
@@ -94,6 +108,13 @@ async def job_findings(conn: asyncpg.Connection, settings: JobMonitorSettings) -
             "failure_spike", row["job_name"], "critical",
             f"{row['job_name']}: {row['failed']} of {row['finished']} finished in the last {spike.window_s:g}s failed",
             {"failed": row["failed"], "finished": row["finished"]},
+        ))  # fmt: skip
+    for row in await conn.fetch(PLATFORM_UNHEALTHY, SAMPLE):
+        found.append(Finding(
+            "platform_unhealthy", row["platform"], "warning",
+            f"{row['n']} {row['platform']} connection{_s(row['n'])} unhealthy at the last scrape; "
+            f"last reason: {(row['last_reason'] or '')[:200]}",
+            {"count": row["n"], "auth_expired": row["auth_expired"], "sample": [str(i) for i in row["sample"]]},
         ))  # fmt: skip
     return found
 
