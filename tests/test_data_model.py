@@ -34,6 +34,7 @@ LEDGERS = (
     "automation_rule_actions",
     "post_performance_snapshots",
     "platform_stats_snapshots",
+    "domain_events",
 )
 # Operations logs (no creator data; the system role's only): append-only too.
 OPS_LOGS = ("ops_alert_deliveries", "ops_actions")
@@ -111,7 +112,7 @@ select c.oid, c.relname, c.relrowsecurity, c.relforcerowsecurity
 
 COLUMNS_SQL = """
 select a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod) as type_name, t.typcategory::text as typcategory,
-       a.attnotnull, a.atthasdef, a.attgenerated::text <> '' as generated
+       a.attnotnull, a.atthasdef, a.attgenerated::text <> '' or a.attidentity = 'a' as generated
   from pg_attribute a join pg_type t on t.oid = a.atttypid
  where a.attrelid = any($1::oid[]) and a.attnum > 0 and not a.attisdropped
  order by a.attrelid, a.attnum
@@ -269,7 +270,7 @@ async def check_isolation(db: Database, owner: asyncpg.Connection, factory: RowF
                 "select has_column_privilege($1, $2::oid, $3, 'INSERT')", APP_ROLE, table.oid, k
             ))
         }  # fmt: skip
-        if table.primary_key == ("id",):
+        if table.primary_key == ("id",) and not table.columns["id"].generated:  # identity ids make their own
             stolen["id"] = uuid.uuid4()
         names = list(stolen)
         insert = (f"insert into {t} ({', '.join(map(ident, names))}) "

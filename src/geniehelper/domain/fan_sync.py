@@ -118,7 +118,17 @@ with page as (
       from page p
       join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
     on conflict (user_id, platform, external_transaction_id) do nothing
-    returning fan_profile_id, amount, currency, occurred_at
+    returning id, fan_profile_id, fan_platform_account_id, kind, amount, currency, occurred_at, external_transaction_id
+), outbox as (  -- a tip or a purchase event for each new transaction, written with it (0022)
+    insert into domain_events (user_id, event_type, fan_profile_id, fan_platform_account_id, source_key, occurred_at,
+                               payload)
+    select $1, case when i.kind = 'tip' then 'tip' else 'purchase' end, i.fan_profile_id, i.fan_platform_account_id,
+           'fan_transactions:' || i.id, i.occurred_at,
+           jsonb_build_object('platform', $2::text, 'kind', i.kind, 'amount', i.amount, 'currency', i.currency,
+                              'external_id', i.external_transaction_id)
+      from inserted i
+     order by i.occurred_at, i.id
+    on conflict (user_id, source_key) do nothing
 ), profile_totals as (
     update fan_profiles f
        set lifetime_spend = f.lifetime_spend + s.spent,
@@ -148,7 +158,16 @@ with page as (
       from page p
       join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
     on conflict (user_id, fan_platform_account_id, external_message_id) do nothing
-    returning fan_profile_id, occurred_at
+    returning id, fan_profile_id, fan_platform_account_id, direction, occurred_at, external_message_id
+), outbox as (  -- a message_received event for each new inbound message, written with it (0022)
+    insert into domain_events (user_id, event_type, fan_profile_id, fan_platform_account_id, source_key, occurred_at,
+                               payload)
+    select $1, 'message_received', i.fan_profile_id, i.fan_platform_account_id, 'fan_messages:' || i.id, i.occurred_at,
+           jsonb_build_object('platform', $2::text, 'external_id', i.external_message_id)
+      from inserted i
+     where i.direction = 'inbound'
+     order by i.occurred_at, i.id
+    on conflict (user_id, source_key) do nothing
 ), profile_counts as (
     update fan_profiles f
        set message_count = f.message_count + s.n,
@@ -202,7 +221,19 @@ with states as (
            with ordinality as e(account_id, event_type, occurred_at, amount, currency, payload, n)
      order by e.occurred_at, e.n
     on conflict (user_id, fan_platform_account_id, event_type, occurred_at) do nothing
-    returning 1
+    returning id, fan_platform_account_id, event_type, occurred_at, amount, currency
+), outbox as (  -- the lifecycle events automation triggers on, written with the ledger's rows (0022)
+    insert into domain_events (user_id, event_type, fan_profile_id, fan_platform_account_id, source_key, occurred_at,
+                               payload)
+    select $1, case e.event_type when 'subscribe' then 'new_subscriber' else e.event_type end, a.fan_profile_id,
+           e.fan_platform_account_id, 'fan_subscription_events:' || e.id, e.occurred_at,
+           jsonb_build_object('platform', $2::text, 'connection_id', $17::uuid, 'amount', e.amount,
+                              'currency', e.currency)
+      from events e
+      join fan_platform_accounts a on a.user_id = $1 and a.id = e.fan_platform_account_id
+     where e.event_type in ('subscribe', 'rebill', 'cancellation', 'win_back')
+     order by e.occurred_at, e.id
+    on conflict (user_id, source_key) do nothing
 )
 select (select count(*) from states) as states, (select count(*) from events) as events
 """
