@@ -1,9 +1,9 @@
 """domain_events: the outbox automation follows (migration 0022, docs/events.md).
 
 Writers add events in the statement that writes the row they come from (the fan sync's merges, in
-domain/fan_sync.py). Readers follow an `EventCursor`: (writing transaction, id), taking only
-events of transactions older than every transaction still running, so an event can never appear
-behind a cursor that has passed it.
+domain/fan_sync.py; a segment refresh, in segments/evaluation.py). Readers follow an `EventCursor`:
+(writing transaction, id), taking only events of transactions older than every transaction still
+running, so an event can never appear behind a cursor that has passed it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from uuid import UUID
 
 import asyncpg
 
-EVENT_TYPES = ("new_subscriber", "rebill", "cancellation", "win_back", "tip", "purchase", "message_received")
+EVENT_TYPES = (
+    "new_subscriber", "rebill", "cancellation", "win_back", "tip", "purchase", "message_received", "segment_join",
+    "segment_leave",
+)
 
 # Stable events only: of transactions that ended before the oldest one still running began.
 READ_AFTER = """

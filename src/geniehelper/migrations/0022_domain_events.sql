@@ -3,7 +3,8 @@
 --
 -- The fan sync writes an event in the same statement as the row it comes from (a new subscription
 -- event, purchase, tip or inbound message), so an event exists exactly when its row does: once,
--- however often a page is read again (source_key is unique per creator).
+-- however often a page is read again (source_key is unique per creator). A segment refresh writes
+-- segment_join / segment_leave with the membership rows it inserts and deletes.
 --
 -- Consumers follow the cursor (xact_id, id). An identity id alone is not a safe cursor: a
 -- transaction that took a lower id may commit after one with a higher id has been read. xact_id is
@@ -15,7 +16,7 @@ create table domain_events (
     user_id                 uuid not null references creators (id) on delete cascade,
     event_type              text not null
                             check (event_type in ('new_subscriber', 'rebill', 'cancellation', 'win_back', 'tip',
-                                                  'purchase', 'message_received')),
+                                                  'purchase', 'message_received', 'segment_join', 'segment_leave')),
     fan_profile_id          uuid,
     fan_platform_account_id uuid,
     source_key              text not null check (source_key <> ''),

@@ -190,6 +190,14 @@ with wanted as materialized (
      where not exists (select from fan_segment_members m
                         where m.user_id = $1 and m.fan_segment_id = {seg} and m.fan_profile_id = w.id)
     returning fan_profile_id
+), outbox as (  -- a segment_join / segment_leave event per changed member, with the change (docs/events.md)
+    insert into domain_events (user_id, event_type, fan_profile_id, source_key, occurred_at, payload)
+    select $1, c.event_type, c.fan_profile_id,
+           'fan_segment_members:' || {seg} || ':' || c.fan_profile_id || ':' || pg_current_xact_id(), now(),
+           jsonb_build_object('segment_id', {seg}, 'rules_version', {version})
+      from (select 'segment_join' as event_type, fan_profile_id from joined
+            union all
+            select 'segment_leave', fan_profile_id from gone) c
 )
 update fan_segments s
    set member_count = (select count(*) from wanted), last_evaluated_at = now(),
