@@ -620,3 +620,37 @@ async def test_an_owner_that_cannot_set_up_the_roles_is_told_every_grant_at_once
         await admin.execute(f"drop database if exists {ident(name)} with (force)")
         await admin.execute(f"drop role if exists {role}")
         await admin.close()
+
+
+# --- foreign keys at scale --------------------------------------------------------------------------
+
+# Each foreign key, and whether some index leads with its first two columns (one, if it has one).
+UNINDEXED_FOREIGN_KEYS = """
+with fks as (
+    select c.conrelid, c.conrelid::regclass::text as table_name, c.confrelid::regclass::text as ref,
+           array_agg(a.attname::text order by k.ord) as cols
+      from pg_constraint c
+     cross join lateral unnest(c.conkey) with ordinality k(attnum, ord)
+      join pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.attnum
+     where c.contype = 'f' and c.connamespace = 'public'::regnamespace
+     group by c.oid, 1, 2, 3
+)
+select f.table_name, f.ref, f.cols
+  from fks f
+ where not exists (
+       select from pg_index i
+        where i.indrelid = f.conrelid and i.indnkeyatts >= least(cardinality(f.cols), 2)
+          and (select array_agg(a.attname::text order by k.ord)
+                 from unnest(i.indkey::int2[]) with ordinality k(attnum, ord)
+                 join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
+                where k.ord <= least(cardinality(f.cols), 2)) = f.cols[1:least(cardinality(f.cols), 2)])
+ order by 1, 3
+"""
+
+
+async def test_every_foreign_key_has_an_index_leading_with_its_columns(owner: asyncpg.Connection) -> None:
+    """Deleting or merging a referenced row (a fan account, a message) must not scan the referencing
+    table: each foreign key has an index leading with its first two columns (user_id and the reference)."""
+    missing = [f"{r['table_name']} ({', '.join(r['cols'])}) -> {r['ref']}"
+               for r in await owner.fetch(UNINDEXED_FOREIGN_KEYS)]  # fmt: skip
+    assert missing == [], "foreign keys without an index:\n" + "\n".join(missing)
