@@ -13,20 +13,19 @@ marked `missed` with the reason and reported.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any, ClassVar
 from uuid import UUID
 
 import asyncpg
 import structlog
 
-from geniehelper.db import SYSTEM_ROLE
 from geniehelper.domain import publishing
 from geniehelper.runtime.queue import JobRequest
 from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.settings import Settings
 from schedulers.base import SchedulerContext, TickResult
 from schedulers.due_work import DueWorkScheduler
+from schedulers.wakeups import NotifyWakeup
 
 log = structlog.get_logger("schedulers.post_scheduler")
 CHANNEL = "geniehelper_scheduled_posts"
@@ -37,39 +36,25 @@ class PostScheduler(DueWorkScheduler[asyncpg.Record]):
     job_name: ClassVar[str] = "publish_post"
 
     def __init__(self) -> None:
-        self._listener: asyncpg.Connection | None = None
-        self._wake = asyncio.Event()
         self._planned_wake_at = 0.0  # epoch seconds of the next planned tick
+        # A notification's payload is the post's scheduled_time as epoch seconds (the database's clock,
+        # like _planned_wake_at): only a post due before the planned wake-up is worth waking for.
+        self._wakeup = NotifyWakeup(self.name, CHANNEL, self._sooner_than_planned)
 
     def interval_s(self, settings: Settings) -> float:
         return settings.post_scheduler.interval_s
 
     async def setup(self, ctx: SchedulerContext) -> None:
-        await self._listen(ctx)
+        await self._wakeup.ensure(ctx)
 
     async def teardown(self, ctx: SchedulerContext) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                await listener.close(timeout=5)
-            except Exception:  # server gone: drop the socket
-                listener.terminate()
+        await self._wakeup.close()
 
-    async def _listen(self, ctx: SchedulerContext) -> None:
-        await self.teardown(ctx)  # never leave an old listener connection behind
+    def _sooner_than_planned(self, payload: str) -> bool:
         try:
-            listener = await asyncpg.connect(ctx.database_url, timeout=10, server_settings={"role": SYSTEM_ROLE})
-            await listener.add_listener(CHANNEL, self._on_notify)
-        except Exception as exc:  # polling still works without it; the next wait tries again
-            log.warning("post_scheduler.listen_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        self._listener = listener
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        # The payload is the post's scheduled_time as epoch seconds: the database's clock, like _planned_wake_at.
-        with contextlib.suppress(ValueError):
-            if float(str(payload)) < self._planned_wake_at:
-                self._wake.set()
+            return float(payload) < self._planned_wake_at
+        except ValueError:
+            return False
 
     async def wait(self, ctx: SchedulerContext, seconds: float, stop: asyncio.Event) -> None:
         # How long until the next due post, computed by PostgreSQL: its clock is the one CLAIM_DUE compares
@@ -86,21 +71,15 @@ class PostScheduler(DueWorkScheduler[asyncpg.Record]):
               from scheduled_posts
              where status = 'scheduled'
         """
-        if self._listener is None or self._listener.is_closed():
-            await self._listen(ctx)
+        await self._wakeup.ensure(ctx)
         # Until the query answers, any post scheduled meanwhile must wake the coming sleep.
         self._planned_wake_at = float("inf")
-        self._wake.clear()
+        self._wakeup.event.clear()
         async with ctx.db.system_tx() as conn:
             row = await conn.fetchrow(next_due_delay, min_wait_s, max(seconds, min_wait_s))
         sleep_s: float = row["sleep_s"]
         self._planned_wake_at = row["db_now"] + sleep_s
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=sleep_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
+        await self._wakeup.wait(stop, sleep_s)
 
     def batch_size(self, settings: Settings) -> int:
         return settings.post_scheduler.batch

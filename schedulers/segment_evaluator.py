@@ -13,20 +13,18 @@ lost job, refused rules) is claimed again after SEGMENT_REQUEUE_AFTER_S.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import ClassVar
 from uuid import UUID
 
 import asyncpg
-import structlog
 
-from geniehelper.db import SYSTEM_ROLE
 from geniehelper.runtime.queue import JobRequest
 from geniehelper.segments.evaluation import CLAIM_DUE
 from geniehelper.settings import Settings
 from schedulers.base import SchedulerContext, TickResult
 from schedulers.due_work import DueWorkScheduler
+from schedulers.wakeups import NotifyWakeup
 
-log = structlog.get_logger("schedulers.segment_evaluator")
 CHANNEL = "geniehelper_fan_segments"  # notified by the fan_segments trigger (migration 0021)
 
 
@@ -35,8 +33,7 @@ class SegmentEvaluator(DueWorkScheduler[asyncpg.Record]):
     job_name: ClassVar[str] = "evaluate_segment"
 
     def __init__(self) -> None:
-        self._listener: asyncpg.Connection | None = None
-        self._wake = asyncio.Event()
+        self._wakeup = NotifyWakeup(self.name, CHANNEL)
 
     def interval_s(self, settings: Settings) -> float:
         return settings.segment_evaluator.interval_s
@@ -53,37 +50,15 @@ class SegmentEvaluator(DueWorkScheduler[asyncpg.Record]):
         return row["user_id"], JobRequest({"segment_id": str(row["id"])})
 
     async def setup(self, ctx: SchedulerContext) -> None:
-        await self._listen(ctx)
+        await self._wakeup.ensure(ctx)
 
     async def teardown(self, ctx: SchedulerContext) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                await listener.close(timeout=5)
-            except Exception:  # server gone: drop the socket
-                listener.terminate()
-
-    async def _listen(self, ctx: SchedulerContext) -> None:
-        await self.teardown(ctx)
-        try:
-            listener = await asyncpg.connect(ctx.database_url, timeout=10, server_settings={"role": SYSTEM_ROLE})
-            await listener.add_listener(CHANNEL, self._on_notify)
-        except Exception as exc:  # polling still works without it; the next wait tries again
-            log.warning("segment_evaluator.listen_failed", error=f"{type(exc).__name__}: {exc}")
-            return
-        self._listener = listener
-
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, _payload: object) -> None:
-        self._wake.set()
+        await self._wakeup.close()
 
     async def wait(self, ctx: SchedulerContext, seconds: float, stop: asyncio.Event) -> None:
-        if self._listener is None or self._listener.is_closed():
-            await self._listen(ctx)
-        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        await self._wakeup.ensure(ctx)
         try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+            await self._wakeup.wait(stop, seconds)
         finally:
-            for waiter in waiters:
-                waiter.cancel()
             # Consumed by the tick that follows; a change notified during that tick wakes the next wait.
-            self._wake.clear()
+            self._wakeup.event.clear()
