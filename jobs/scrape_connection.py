@@ -21,11 +21,11 @@ import structlog
 
 from geniehelper.crypto import CredentialError
 from geniehelper.domain import platform as connections
-from geniehelper.platforms import AuthExpired, PlatformError, RateLimited
+from geniehelper.platforms import AuthExpired
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Policy, Subject
 from geniehelper.runtime.resources import CREDENTIALS, HTTP_CLIENT
-from geniehelper.runtime.retry import PermanentJobError, TransientJobError
+from geniehelper.runtime.retry import PermanentJobError
 from geniehelper.sync import scrape
 from geniehelper.sync.connect import platform_client
 
@@ -61,12 +61,8 @@ async def scrape_connection(ctx: JobContext, payload: ScrapeConnectionPayload) -
     except AuthExpired as exc:
         log.warning("scrape.auth_expired", platform_connection_id=str(connection.id), platform=connection.platform)
         return {"outcome": "auth_expired", "health": "auth_expired", "reason": str(exc)}
-    except RateLimited as exc:
-        raise TransientJobError(str(exc), retry_after_s=exc.retry_after_s) from exc
-    except PlatformError as exc:
-        if exc.retryable:
-            raise TransientJobError(str(exc)) from exc
-        raise PermanentJobError(str(exc)) from exc
+    # Other platform errors propagate: the runtime retries them by their own `retryable` (a 429 after
+    # its Retry-After), the health check row being written already (sync.scrape).
     log.info("scrape.done", platform_connection_id=str(connection.id), **result.as_dict())
     return result.as_dict()
 

@@ -22,7 +22,7 @@ import structlog
 from geniehelper.crypto import CredentialError
 from geniehelper.domain import platform as connections
 from geniehelper.domain.fan_sync import CursorMoved
-from geniehelper.platforms import AuthExpired, PlatformError, RateLimited
+from geniehelper.platforms import AuthExpired
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Policy, Subject
 from geniehelper.runtime.resources import CREDENTIALS, HTTP_CLIENT
@@ -55,14 +55,10 @@ async def sync_fans(ctx: JobContext, payload: SyncFansPayload) -> dict[str, Any]
             await connections.mark_health(conn, connection.id, "auth_expired", str(exc))
         log.warning("sync.auth_expired", platform_connection_id=str(connection.id), platform=connection.platform)
         return {"outcome": "auth_expired", "reason": str(exc)}
-    except RateLimited as exc:
-        raise TransientJobError(str(exc), retry_after_s=exc.retry_after_s) from exc
     except CursorMoved as exc:  # another run got ahead: start again from where it left the cursors
         raise TransientJobError(str(exc)) from exc
-    except PlatformError as exc:
-        if exc.retryable:
-            raise TransientJobError(str(exc)) from exc
-        raise PermanentJobError(str(exc)) from exc
+    # Other platform errors propagate: the runtime retries them by their own `retryable` (a 429 after
+    # its Retry-After) and fails the rest.
     return {"outcome": "synced", "resources": result.as_dict()}
 
 

@@ -14,7 +14,8 @@ from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
 from tests.helpers import BIN
-from tests.test_publishing import KEY_B64, Sandbox, make_connected_creator, sandbox
+from tests.sync_support import KEY_B64
+from tests.test_publishing import Sandbox, make_connected_creator, sandbox
 
 __all__ = ["sandbox"]  # the module-scoped fixture, imported for this module
 

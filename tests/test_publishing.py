@@ -22,7 +22,6 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database
 from geniehelper.domain import platform as connections
 from geniehelper.domain import publishing
@@ -38,8 +37,8 @@ from schedulers.base import SchedulerContext, SchedulerRunner
 from schedulers.post_scheduler import PostScheduler
 from tests.conftest import make_creator
 from tests.helpers import BIN, drain_queue, spawn
+from tests.sync_support import KEY_B64, cipher, settings_for
 
-KEY_B64 = base64.b64encode(os.urandom(32)).decode()
 JOBS = JobRegistry([PUBLISH_POST])
 
 
@@ -66,18 +65,6 @@ async def sandbox() -> AsyncIterator[Sandbox]:
         with pytest.MonkeyPatch.context() as env:  # the platform registry, for Settings and spawned processes
             env.setenv("PLATFORM_API_URLS", json.dumps({"sandbox": url}))
             yield Sandbox(url, platform, http)
-
-
-def settings_for(database_url: str, redis_url: str, **extra: Any) -> Settings:
-    values: dict[str, Any] = {
-        "database_url": database_url, "redis_url": redis_url, "credentials_enc_key_b64": KEY_B64,
-        "health_interval_s": 1, "scheduler_jitter_s": 0, "platform_timeout_s": 5, **extra,
-    }  # fmt: skip
-    return Settings(**values)
-
-
-def cipher() -> CredentialCipher:
-    return CredentialCipher.from_settings_values(KEY_B64, "k1", None)
 
 
 @dataclass
