@@ -41,6 +41,7 @@ class FanProfile(BaseModel):
     last_seen_at: datetime | None
     last_message_at: datetime | None
     last_purchase_at: datetime | None
+    platforms: list[str]
 
 
 class FanPlatformAccount(BaseModel):
@@ -106,7 +107,8 @@ class FanTransaction(BaseModel):
 
 
 PROFILE_COLUMNS = """id, user_id, display_name, status, merged_into_id, lifecycle_stage, engagement_score,
-       lifetime_spend, currency, message_count, first_seen_at, last_seen_at, last_message_at, last_purchase_at"""
+       lifetime_spend, currency, message_count, first_seen_at, last_seen_at, last_message_at, last_purchase_at,
+       platforms"""
 ACCOUNT_COLUMNS = """id, user_id, fan_profile_id, platform, platform_fan_id, platform_connection_id, username,
        display_name, first_seen_at, last_seen_at"""
 LINK_COLUMNS = "id, user_id, account_a_id, account_b_id, status, source, confidence, confirmed_at"
@@ -135,8 +137,8 @@ with updated as (
     + ACCOUNT_COLUMNS
     + """
 ), new_profile as (
-    insert into fan_profiles (user_id, display_name, first_seen_at, last_seen_at)
-    select $1::uuid, coalesce($5::text, $4::text), $7::timestamptz, $7::timestamptz
+    insert into fan_profiles (user_id, display_name, first_seen_at, last_seen_at, platforms)
+    select $1::uuid, coalesce($5::text, $4::text), $7::timestamptz, $7::timestamptz, array[$2::text]
      where not exists (select from updated)
  returning id
 ), inserted as (

@@ -88,8 +88,8 @@ with page as (
     select gen_random_uuid() as profile_id, p.* from page p
      where not exists (select from known k where k.platform_fan_id = p.fan_id)
 ), profiles as (
-    insert into fan_profiles (id, user_id, display_name, first_seen_at, last_seen_at)
-    select profile_id, $1, username, first_at, last_at from new_fans
+    insert into fan_profiles (id, user_id, display_name, first_seen_at, last_seen_at, platforms)
+    select profile_id, $1, username, first_at, last_at, array[$2::text] from new_fans
     returning id
 ), created as (
     insert into fan_platform_accounts (user_id, fan_profile_id, platform, platform_fan_id, platform_connection_id,

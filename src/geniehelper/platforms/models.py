@@ -61,6 +61,8 @@ class Fan(PlatformModel):
     username: str
     followed_at: AwareDatetime
     total_spent_cents: int = 0
+    # Reported only when the platform has verified the address: the identity rule links on it.
+    verified_email: str | None = None
 
 
 class Subscription(PlatformModel):

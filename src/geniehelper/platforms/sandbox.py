@@ -5,8 +5,9 @@ writes) and adds loopback-only admin endpoints to create accounts, expire tokens
 inspect what was created. State belongs to one `SandboxPlatform` instance; nothing is module-level.
 
 Tests in the same process also change an account over time through the Python API: `add_fans`
-(new fans with their subscriptions, transactions and messages) and `update_subscription` (a
-cancellation, rebill or win-back); `counts` says how many items each listing holds.
+(new fans with their subscriptions, transactions and messages), `update_subscription` (a
+cancellation, rebill or win-back) and `verify_email` (the platform reports a verified address);
+`counts` says how many items each listing holds.
 
 Admin API (no token; the server binds loopback only):
     POST   /admin/accounts                    {username?, seed?, n_fans?, n_transactions_per_fan?,
@@ -300,6 +301,15 @@ class SandboxPlatform:
                 account.subscriptions[i] = Subscription.model_validate({**subscription.model_dump(), **changes})
                 return account.subscriptions[i]
         raise KeyError(f"{account_id} has no subscription for {fan_id!r}")
+
+    def verify_email(self, account_id: str, fan_id: str, address: str) -> Fan:
+        """The platform has verified a fan's e-mail address: its listing now reports it."""
+        account = self._account(account_id)
+        for i, fan in enumerate(account.fans):
+            if fan.fan_id == fan_id:
+                account.fans[i] = Fan.model_validate({**fan.model_dump(), "verified_email": address})
+                return account.fans[i]
+        raise KeyError(f"{account_id} has no fan {fan_id!r}")
 
     def counts(self, account_id: str) -> dict[str, int]:
         """How many fans, subscriptions, transactions and messages the account lists."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from geniehelper.domain import fan_sync
+from geniehelper.domain import fan_identity, fan_sync
 from geniehelper.domain.fan_sync import (
     AccountRow,
     CurrentSubscription,
@@ -121,11 +121,21 @@ async def sync_resource(
 
 async def _merge_fans(conn: Any, connection: PlatformConnection, items: list[Fan], result: ResourceResult) -> None:
     rows = [
-        AccountRow(f.fan_id, f.username, f.followed_at, {"total_spent_cents": f.total_spent_cents}) for f in items
+        AccountRow(f.fan_id, f.username, f.followed_at, _fan_metadata(f)) for f in items
     ]
     created, updated = await _ensure(conn, connection, rows)
     result.accounts_created += created
     result.new_rows += updated
+    verified = [f.fan_id for f in items if f.verified_email]
+    if verified:  # the identity rule (docs/sync.md): a verified e-mail shared by two accounts is one person
+        await fan_identity.link_verified_matches(conn, connection.user_id, connection.platform, verified)
+
+
+def _fan_metadata(fan: Fan) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"total_spent_cents": fan.total_spent_cents}
+    if fan.verified_email:
+        metadata["verified_email"] = fan.verified_email
+    return metadata
 
 
 async def _merge_transactions(
