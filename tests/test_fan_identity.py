@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,6 +16,7 @@ from geniehelper.db import Database
 from geniehelper.domain import fan_crm, fan_identity, fan_sync
 from geniehelper.domain.fan_sync import AccountRow, MessageRow, TransactionRow
 from tests.conftest import make_creator
+from tests.helpers import BIN
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -176,3 +180,38 @@ async def _connection(conn: asyncpg.Connection, user_id: uuid.UUID, platform: st
         user_id, platform, uuid.uuid4().hex,
     )  # fmt: skip
     return connection_id
+
+
+def _run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "geniehelper"), *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+async def test_the_fans_link_and_unlink_commands_as_real_processes(
+    db: Database, owner: asyncpg.Connection, project_env: dict[str, str], database_url: str, redis_url: str
+) -> None:
+    creator, other = await make_creator(owner), await make_creator(owner)
+    async with db.creator_tx(creator) as conn:
+        of = await _fan(conn, creator, "onlyfans", "cli-of", T0, ["3.00"], 1)
+        fs = await _fan(conn, creator, "fansly", "cli-fs", T0 + timedelta(days=1), ["4.00"], 0)
+    env = {**project_env, "DATABASE_URL": database_url, "REDIS_URL": redis_url, "LOG_FORMAT": "json"}
+
+    linked = await asyncio.to_thread(_run_cli, env, "fans", "link", "--user", str(creator), str(of.id), str(fs.id),
+                                     "--json")  # fmt: skip
+    assert linked.returncode == 0, linked.stderr
+    shown = json.loads(linked.stdout)
+    assert shown["profiles_merged"] == 1 and {a["profile"] for a in shown["accounts"]} == {str(of.fan_profile_id)}
+    assert {a["lifetime_spend"] for a in shown["accounts"]} == {"7.00"}
+
+    split = await asyncio.to_thread(_run_cli, env, "fans", "unlink", "--user", str(creator), str(of.id), str(fs.id))
+    assert split.returncode == 0, split.stderr
+    assert split.stdout.startswith("unlinked: 1 account(s) moved, 1 profile(s) created")
+    async with db.creator_tx(creator) as conn:
+        assert (await _profile(conn, creator, of.id)).lifetime_spend == Decimal("3.00")
+        assert (await _profile(conn, creator, fs.id)).lifetime_spend == Decimal("4.00")
+
+    foreign = await asyncio.to_thread(_run_cli, env, "fans", "link", "--user", str(other), str(of.id), str(fs.id))
+    assert foreign.returncode == 1 and "no fan platform account" in foreign.stderr  # RLS: not the creator's
+    same = await asyncio.to_thread(_run_cli, env, "fans", "link", "--user", str(creator), str(of.id), str(of.id))
+    assert same.returncode == 2 and "account_b" in same.stderr
+    bad = await asyncio.to_thread(_run_cli, env, "fans", "link", "--user", str(creator), "nope", str(of.id))
+    assert bad.returncode == 2 and "'nope' is not a fan platform account id" in bad.stderr

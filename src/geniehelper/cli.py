@@ -21,6 +21,7 @@ from geniehelper.ops import cli as ops_cli  # argparse only: the commands import
 from geniehelper.ops import cli_queues as ops_cli_queues
 from geniehelper.segments import cli as segments_cli
 from geniehelper.settings import Settings, load_settings, mask_url
+from geniehelper.sync import cli as fans_cli
 
 
 def _say(message: str) -> None:
@@ -415,6 +416,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "queues": ops_cli_queues.cmd_queues,
     "alerts": ops_cli_queues.cmd_alerts,
     "segments": segments_cli.cmd_segments,
+    "fans": fans_cli.cmd_fans,
 }
 
 
@@ -461,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops_cli.add_parsers(sub)
     ops_cli_queues.add_parsers(sub)
     segments_cli.add_parsers(sub)
+    fans_cli.add_parsers(sub)
     return parser
 
 
