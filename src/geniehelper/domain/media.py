@@ -120,6 +120,13 @@ FIND_JOB_OUTPUT = (
  limit 1"""
 )
 
+# The recipients of a creator's fingerprinted copies (of one source, or of any when $2 is NULL):
+# media_fingerprint records its recipient in the output's metadata.params.
+FINGERPRINT_RECIPIENTS = """select distinct (metadata -> 'params' ->> 'fan_profile_id')::uuid as fan_profile_id
+  from media_assets
+ where user_id = $1 and metadata ->> 'operation' = 'fingerprinted'
+   and ($2::uuid is null or derived_from_asset_id = $2)"""
+
 # What a probe found out about the stored bytes; a NULL argument leaves the column as it is.
 SET_ASSET_PROBE = (
     """
@@ -257,3 +264,8 @@ async def set_asset_probe(
         SET_ASSET_PROBE, user_id, asset_id, mime_type, byte_size, checksum_sha256, width, height, duration_ms, probe
     )
     return MediaAsset.model_validate(dict(row)) if row else None
+
+
+async def fingerprint_recipients(conn: Any, user_id: UUID, source_asset_id: UUID | None) -> list[UUID]:
+    rows = await conn.fetch(FINGERPRINT_RECIPIENTS, user_id, source_asset_id)
+    return [row["fan_profile_id"] for row in rows]

@@ -24,6 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from geniehelper.domain import media
+from geniehelper.media.fingerprint import FingerprintRejected
 from geniehelper.media.images import ImageRejected
 from geniehelper.media.probe import MediaProbe, NotMedia, parse_description
 from geniehelper.media.store import ObjectMissing, StorageConflict, UnsafeStorageKey
@@ -37,7 +38,10 @@ from geniehelper.runtime.retry import PermanentJobError
 log = structlog.get_logger("geniehelper.media")
 
 # Retrying these will not help: the input, the request or the stored bytes are wrong.
-_PERMANENT = (UnsafeStorageKey, ObjectMissing, StorageConflict, ImageRejected, VideoRejected, NotMedia, ToolFailed)
+_PERMANENT = (
+    FingerprintRejected, UnsafeStorageKey, ObjectMissing, StorageConflict, ImageRejected, VideoRejected, NotMedia,
+    ToolFailed,
+)  # fmt: skip
 
 
 def classify_media_error(exc: BaseException) -> ErrorClass | None:
