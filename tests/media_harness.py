@@ -18,6 +18,7 @@ from geniehelper.media.tools import MediaTools, find_ffmpeg
 from geniehelper.runtime import store as job_store
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
+from jobs.media_contact_sheet import MEDIA_CONTACT_SHEET
 from jobs.media_fingerprint import MEDIA_FINGERPRINT
 from jobs.media_image_convert import MEDIA_IMAGE_CONVERT
 from jobs.media_probe import MEDIA_PROBE
@@ -32,7 +33,8 @@ from tests.helpers import drain_queue
 
 JOBS = JobRegistry(
     [MEDIA_PROBE, MEDIA_IMAGE_CONVERT, MEDIA_STRIP_METADATA, MEDIA_WATERMARK, MEDIA_VIDEO_THUMBNAIL, MEDIA_VIDEO_TRIM,
-     MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER, MEDIA_FINGERPRINT, MEDIA_WATERMARK_DETECT]
+     MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER, MEDIA_FINGERPRINT, MEDIA_WATERMARK_DETECT,
+     MEDIA_CONTACT_SHEET]
 )
 
 
