@@ -23,6 +23,7 @@ from jobs.media_fingerprint import MEDIA_FINGERPRINT
 from jobs.media_image_convert import MEDIA_IMAGE_CONVERT
 from jobs.media_probe import MEDIA_PROBE
 from jobs.media_strip_metadata import MEDIA_STRIP_METADATA
+from jobs.media_video_join import MEDIA_VIDEO_JOIN
 from jobs.media_video_teaser import MEDIA_VIDEO_TEASER
 from jobs.media_video_thumbnail import MEDIA_VIDEO_THUMBNAIL
 from jobs.media_video_transcode import MEDIA_VIDEO_TRANSCODE
@@ -34,7 +35,7 @@ from tests.helpers import drain_queue
 JOBS = JobRegistry(
     [MEDIA_PROBE, MEDIA_IMAGE_CONVERT, MEDIA_STRIP_METADATA, MEDIA_WATERMARK, MEDIA_VIDEO_THUMBNAIL, MEDIA_VIDEO_TRIM,
      MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER, MEDIA_FINGERPRINT, MEDIA_WATERMARK_DETECT,
-     MEDIA_CONTACT_SHEET]
+     MEDIA_CONTACT_SHEET, MEDIA_VIDEO_JOIN]
 )
 
 
