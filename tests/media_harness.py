@@ -21,6 +21,7 @@ from geniehelper.settings import Settings
 from jobs.media_contact_sheet import MEDIA_CONTACT_SHEET
 from jobs.media_fingerprint import MEDIA_FINGERPRINT
 from jobs.media_image_convert import MEDIA_IMAGE_CONVERT
+from jobs.media_preset_apply import MEDIA_PRESET_APPLY
 from jobs.media_probe import MEDIA_PROBE
 from jobs.media_strip_metadata import MEDIA_STRIP_METADATA
 from jobs.media_video_join import MEDIA_VIDEO_JOIN
@@ -35,7 +36,7 @@ from tests.helpers import drain_queue
 JOBS = JobRegistry(
     [MEDIA_PROBE, MEDIA_IMAGE_CONVERT, MEDIA_STRIP_METADATA, MEDIA_WATERMARK, MEDIA_VIDEO_THUMBNAIL, MEDIA_VIDEO_TRIM,
      MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER, MEDIA_FINGERPRINT, MEDIA_WATERMARK_DETECT,
-     MEDIA_CONTACT_SHEET, MEDIA_VIDEO_JOIN]
+     MEDIA_CONTACT_SHEET, MEDIA_VIDEO_JOIN, MEDIA_PRESET_APPLY]
 )
 
 

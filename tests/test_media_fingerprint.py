@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import math
-import random
 import uuid
 from pathlib import Path
 
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageStat
+from PIL import Image, ImageChops, ImageStat
 
 from geniehelper.db import Database
 from geniehelper.media import fingerprint
@@ -29,6 +28,7 @@ from tests.media_harness import (
     run_media_jobs,
     upload,
 )
+from tests.media_samples import photo_like
 
 
 @pytest.fixture
@@ -39,19 +39,6 @@ def media_dirs(tmp_path: Path) -> Media:
 @pytest.fixture
 def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
     return JobQueue(db, arq_redis, JOBS)
-
-
-def photo_like(path: Path, width: int = 640, height: int = 480, seed: int = 1) -> Path:
-    """A JPEG with a gradient, overlapping coloured discs and grain: content at every scale."""
-    rng = random.Random(seed)
-    im = Image.radial_gradient("L").resize((width, height)).convert("RGB")
-    draw = ImageDraw.Draw(im)
-    for _ in range(60):
-        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(5, 80)
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    grain = Image.effect_noise((width, height), 20).convert("RGB")
-    Image.blend(im, grain, 0.15).filter(ImageFilter.GaussianBlur(1)).save(path, "JPEG", quality=95)
-    return path
 
 
 def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
