@@ -4,6 +4,8 @@ The recipient is a fan_profiles id of the creator's; the mark (media.fingerprint
 luminance, survives JPEG re-encoding and resizing, and `media_watermark_detect` reads it back.
 The output is encoded from pixels only (as media_image_convert) in the source's format, JPEG at
 `quality`; its metadata.params records the recipient, which is how detection knows the candidates.
+With `media_collection_id` the copy is also added as that collection's last member (a PPV bundle
+made for the recipient).
 Counted against the creator's `watermark_operations` quota when enqueued.
 """
 
@@ -29,6 +31,7 @@ class MediaFingerprintPayload(JobPayload):
     asset_id: UUID
     fan_profile_id: UUID  # the recipient the copy names
     quality: int = Field(default=95, ge=60, le=100)  # of a JPEG output
+    media_collection_id: UUID | None = None  # the copy also becomes this bundle's last member
 
 
 async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -> dict[str, Any]:
@@ -46,7 +49,8 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
         return Made(out.path, "image", out.mime_type, out.width, out.height)
 
     params = {"fan_profile_id": str(payload.fan_profile_id), "quality": payload.quality}
-    return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image",), make, params=params)
+    return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image",), make, params=params,
+                               collection_id=payload.media_collection_id)  # fmt: skip
 
 
 MEDIA_FINGERPRINT = JobDefinition(

@@ -44,6 +44,7 @@ class MediaPresetApplyPayload(JobPayload):
     preset_id: UUID | None = None  # None: the creator's default preset
     start_ms: int = Field(default=0, ge=0)  # videos: where the clip starts
     fan_profile_id: UUID | None = None  # images: also fingerprint the copy for this recipient
+    media_collection_id: UUID | None = None  # the output also becomes this collection's last member
 
 
 async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) -> dict[str, Any]:
@@ -98,7 +99,8 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
         "fan_profile_id": str(payload.fan_profile_id) if payload.fan_profile_id else None,
         "strip_metadata_fields": preset.strip_metadata_fields,
     }  # fmt: skip
-    return await run_operation(ctx, payload.asset_id, "preset", ("image", "video"), make, params=params)
+    return await run_operation(ctx, payload.asset_id, "preset", ("image", "video"), make, params=params,
+                               collection_id=payload.media_collection_id)  # fmt: skip
 
 
 MEDIA_PRESET_APPLY = JobDefinition(

@@ -326,3 +326,21 @@ async def bundle_collection(
 
 async def collection_members(conn: Any, user_id: UUID, collection_id: UUID) -> list[UUID]:
     return [row["media_asset_id"] for row in await conn.fetch(COLLECTION_MEMBERS, user_id, collection_id)]
+
+
+COLLECTION_EXISTS = "select exists (select 1 from media_collections where user_id = $1 and id = $2)"
+
+# A new member goes after the last one.
+ADD_TO_COLLECTION = """insert into media_asset_usages (user_id, media_asset_id, media_collection_id, position)
+select $1, $2, $3, coalesce(max(position) + 1, 0)
+  from media_asset_usages where user_id = $1 and media_collection_id = $3
+on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id) do nothing"""
+
+
+async def collection_exists(conn: Any, user_id: UUID, collection_id: UUID) -> bool:
+    return bool(await conn.fetchval(COLLECTION_EXISTS, user_id, collection_id))
+
+
+async def add_to_collection(conn: Any, user_id: UUID, asset_id: UUID, collection_id: UUID) -> None:
+    """The asset as the collection's last member (already a member: nothing changes)."""
+    await conn.execute(ADD_TO_COLLECTION, user_id, asset_id, collection_id)
