@@ -18,19 +18,25 @@ from geniehelper.media.tools import MediaTools, find_ffmpeg
 from geniehelper.runtime import store as job_store
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.settings import Settings
+from jobs.media_contact_sheet import MEDIA_CONTACT_SHEET
+from jobs.media_fingerprint import MEDIA_FINGERPRINT
 from jobs.media_image_convert import MEDIA_IMAGE_CONVERT
+from jobs.media_preset_apply import MEDIA_PRESET_APPLY
 from jobs.media_probe import MEDIA_PROBE
 from jobs.media_strip_metadata import MEDIA_STRIP_METADATA
+from jobs.media_video_join import MEDIA_VIDEO_JOIN
 from jobs.media_video_teaser import MEDIA_VIDEO_TEASER
 from jobs.media_video_thumbnail import MEDIA_VIDEO_THUMBNAIL
 from jobs.media_video_transcode import MEDIA_VIDEO_TRANSCODE
 from jobs.media_video_trim import MEDIA_VIDEO_TRIM
 from jobs.media_watermark import MEDIA_WATERMARK
+from jobs.media_watermark_detect import MEDIA_WATERMARK_DETECT
 from tests.helpers import drain_queue
 
 JOBS = JobRegistry(
     [MEDIA_PROBE, MEDIA_IMAGE_CONVERT, MEDIA_STRIP_METADATA, MEDIA_WATERMARK, MEDIA_VIDEO_THUMBNAIL, MEDIA_VIDEO_TRIM,
-     MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER]
+     MEDIA_VIDEO_TRANSCODE, MEDIA_VIDEO_TEASER, MEDIA_FINGERPRINT, MEDIA_WATERMARK_DETECT,
+     MEDIA_CONTACT_SHEET, MEDIA_VIDEO_JOIN, MEDIA_PRESET_APPLY]
 )
 
 

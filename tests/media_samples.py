@@ -8,12 +8,13 @@ take our own probe's word that metadata is gone.
 
 from __future__ import annotations
 
+import random
 import struct
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import ExifTags, Image, PngImagePlugin
+from PIL import ExifTags, Image, ImageDraw, ImageFilter, PngImagePlugin
 
 from geniehelper.media.tools import find_ffmpeg
 
@@ -201,4 +202,17 @@ def video_with_metadata(
         check=True,
     )  # fmt: skip
     meta.unlink()
+    return path
+
+
+def photo_like(path: Path, width: int = 640, height: int = 480, seed: int = 1) -> Path:
+    """A JPEG with a gradient, overlapping coloured discs and grain: content at every scale."""
+    rng = random.Random(seed)
+    im = Image.radial_gradient("L").resize((width, height)).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for _ in range(60):
+        x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(5, 80)
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=(rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    grain = Image.effect_noise((width, height), 20).convert("RGB")
+    Image.blend(im, grain, 0.15).filter(ImageFilter.GaussianBlur(1)).save(path, "JPEG", quality=95)
     return path

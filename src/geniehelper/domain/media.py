@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 from uuid import UUID
 
@@ -119,6 +120,13 @@ FIND_JOB_OUTPUT = (
  order by created_at
  limit 1"""
 )
+
+# The recipients of a creator's fingerprinted copies (of one source, or of any when $2 is NULL):
+# media_fingerprint records its recipient in the output's metadata.params.
+FINGERPRINT_RECIPIENTS = """select distinct (metadata -> 'params' ->> 'fan_profile_id')::uuid as fan_profile_id
+  from media_assets
+ where user_id = $1 and metadata ->> 'operation' = 'fingerprinted'
+   and ($2::uuid is null or derived_from_asset_id = $2)"""
 
 # What a probe found out about the stored bytes; a NULL argument leaves the column as it is.
 SET_ASSET_PROBE = (
@@ -257,3 +265,82 @@ async def set_asset_probe(
         SET_ASSET_PROBE, user_id, asset_id, mime_type, byte_size, checksum_sha256, width, height, duration_ms, probe
     )
     return MediaAsset.model_validate(dict(row)) if row else None
+
+
+async def fingerprint_recipients(conn: Any, user_id: UUID, source_asset_id: UUID | None) -> list[UUID]:
+    rows = await conn.fetch(FINGERPRINT_RECIPIENTS, user_id, source_asset_id)
+    return [row["fan_profile_id"] for row in rows]
+
+
+CollectionKind = Literal["ppv_bundle", "themed_drop", "exclusive_pack"]
+
+# Of the ids asked for, those that are not the creator's assets.
+MISSING_ASSETS = """select coalesce(array_agg(asked.id), '{}') as missing
+  from unnest($2::uuid[]) as asked (id)
+ where not exists (select 1 from media_assets a where a.user_id = $1 and a.id = asked.id)"""
+
+# One statement: the collection and its members, in order (position 0, 1, ...).
+BUNDLE_COLLECTION = """with made as (
+    insert into media_collections (user_id, name, description, kind, price, currency, cover_asset_id)
+    values ($1, $2, $3, $4, $5, $6, coalesce($7, ($8::uuid[])[1]))
+    returning id
+), members as (
+    insert into media_asset_usages (user_id, media_asset_id, media_collection_id, position)
+    select $1, asked.id, made.id, asked.ord - 1
+      from made, unnest($8::uuid[]) with ordinality as asked (id, ord)
+    returning media_asset_id
+)
+select made.id, (select count(*) from members) as members from made"""
+
+COLLECTION_MEMBERS = """select media_asset_id from media_asset_usages
+ where user_id = $1 and media_collection_id = $2
+ order by position"""
+
+
+async def bundle_collection(
+    conn: Any,
+    user_id: UUID,
+    name: str,
+    asset_ids: list[UUID],
+    *,
+    kind: CollectionKind = "ppv_bundle",
+    description: str | None = None,
+    price: Decimal | None = None,
+    currency: str = "USD",
+    cover_asset_id: UUID | None = None,
+) -> UUID:
+    """A new media_collections row (a PPV bundle by default; the cover defaults to the first asset)
+    with the assets as its members in media_asset_usages, in the order given."""
+    if not asset_ids:
+        raise ValueError("asset_ids: a collection needs at least one asset")
+    if len(set(asset_ids)) != len(asset_ids):
+        raise ValueError("asset_ids: each asset may appear once")
+    asked = [*asset_ids, *([cover_asset_id] if cover_asset_id else [])]
+    missing = await conn.fetchval(MISSING_ASSETS, user_id, asked)
+    if missing:
+        raise ValueError(f"asset_ids: not assets of this creator: {', '.join(map(str, missing))}")
+    row = await conn.fetchrow(BUNDLE_COLLECTION, user_id, name, description, kind, price, currency, cover_asset_id,
+                              asset_ids)  # fmt: skip
+    return UUID(str(row["id"]))
+
+
+async def collection_members(conn: Any, user_id: UUID, collection_id: UUID) -> list[UUID]:
+    return [row["media_asset_id"] for row in await conn.fetch(COLLECTION_MEMBERS, user_id, collection_id)]
+
+
+COLLECTION_EXISTS = "select exists (select 1 from media_collections where user_id = $1 and id = $2)"
+
+# A new member goes after the last one.
+ADD_TO_COLLECTION = """insert into media_asset_usages (user_id, media_asset_id, media_collection_id, position)
+select $1, $2, $3, coalesce(max(position) + 1, 0)
+  from media_asset_usages where user_id = $1 and media_collection_id = $3
+on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id) do nothing"""
+
+
+async def collection_exists(conn: Any, user_id: UUID, collection_id: UUID) -> bool:
+    return bool(await conn.fetchval(COLLECTION_EXISTS, user_id, collection_id))
+
+
+async def add_to_collection(conn: Any, user_id: UUID, asset_id: UUID, collection_id: UUID) -> None:
+    """The asset as the collection's last member (already a member: nothing changes)."""
+    await conn.execute(ADD_TO_COLLECTION, user_id, asset_id, collection_id)

@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from geniehelper.media import fingerprint
 from geniehelper.media.watermark import WatermarkStyle, apply_to_image
 
 ImageFormat = Literal["jpeg", "png", "webp"]
@@ -92,6 +94,13 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
     return im
 
 
+def load_shown(path: Path, max_pixels: int) -> Image.Image:
+    """The first frame's pixels as shown (EXIF orientation applied), loaded."""
+    with _open(path, max_pixels) as im:
+        im.seek(0)
+        return ImageOps.exif_transpose(im)
+
+
 def metadata_found(im: Image.Image) -> list[str]:
     """What an opened image carries besides its pixels (names only, never the values)."""
     found: list[str] = []
@@ -151,9 +160,11 @@ def convert(
     keep_icc_profile: bool = True,
     name: str = "output",
     watermark: WatermarkStyle | None = None,
+    fingerprint_for: UUID | None = None,
 ) -> ImageOutput:
     """Orientation applied, then crop (in shown coordinates), then fit within max_width x max_height
-    (never enlarged), then the watermark if any; encoded as `target` (default: the input's format
+    (never enlarged), then the watermark if any, then the invisible fingerprint of `fingerprint_for`
+    if any (media.fingerprint); encoded as `target` (default: the input's format
     when it is one of ours, else PNG) with pixels only."""
     with _open(path, max_pixels) as im:
         source_format = _FROM_PIL.get(im.format or "")
@@ -175,6 +186,8 @@ def convert(
         shown = apply_to_image(shown, watermark)
         if not had_alpha:
             shown = shown.convert("RGB")
+    if fingerprint_for is not None:
+        shown = fingerprint.embed(shown, fingerprint_for)
     clean = _pixels_only(shown, fmt)
     out = out_dir / f"{name}.{EXTENSION[fmt]}"
     params: dict[str, Any] = {}

@@ -24,6 +24,7 @@ import structlog
 from pydantic import ValidationError
 
 from geniehelper.domain import media
+from geniehelper.media.fingerprint import FingerprintRejected
 from geniehelper.media.images import ImageRejected
 from geniehelper.media.probe import MediaProbe, NotMedia, parse_description
 from geniehelper.media.store import ObjectMissing, StorageConflict, UnsafeStorageKey
@@ -37,7 +38,10 @@ from geniehelper.runtime.retry import PermanentJobError
 log = structlog.get_logger("geniehelper.media")
 
 # Retrying these will not help: the input, the request or the stored bytes are wrong.
-_PERMANENT = (UnsafeStorageKey, ObjectMissing, StorageConflict, ImageRejected, VideoRejected, NotMedia, ToolFailed)
+_PERMANENT = (
+    FingerprintRejected, UnsafeStorageKey, ObjectMissing, StorageConflict, ImageRejected, VideoRejected, NotMedia,
+    ToolFailed,
+)  # fmt: skip
 
 
 def classify_media_error(exc: BaseException) -> ErrorClass | None:
@@ -113,12 +117,16 @@ async def run_operation(
     make: Callable[[MediaTools, media.MediaAsset, Path, Path, Progress], Awaitable[Made]],
     *,
     params: dict[str, Any] | None = None,
+    collection_id: UUID | None = None,
 ) -> dict[str, Any]:
-    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made."""
+    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made
+    (as the last member of `collection_id` too, in the same transaction, when given)."""
     assert ctx.user_id is not None
     tools = ctx.resource(MEDIA)
     source = await load_source(ctx, asset_id, kinds)
     async with ctx.creator_tx() as conn:
+        if collection_id is not None and not await media.collection_exists(conn, ctx.user_id, collection_id):
+            raise PermanentJobError(f"media_collection_id: media collection {collection_id} does not exist")
         done = await media.find_job_output(conn, ctx.user_id, ctx.record_id)
     if done is not None:
         log.info("media.output_already_recorded", asset_id=str(done.id))
@@ -142,6 +150,8 @@ async def run_operation(
             derived_from_asset_id=source.id, produced_by_job_id=ctx.record_id, tags=source.tags,
             metadata={"operation": operation, "params": params or {}, **made.details},
         )  # fmt: skip
+        if collection_id is not None:
+            await media.add_to_collection(conn, ctx.user_id, asset.id, collection_id)
     log.info("media.output_recorded", operation=operation, source_asset_id=str(source.id), asset_id=str(asset.id),
              byte_size=stored.byte_size)  # fmt: skip
     return _result(asset, "created")

@@ -190,3 +190,62 @@ async def frame_png(tools: MediaTools, source: Path, out_dir: Path, *, at_s: flo
     if not out.is_file():
         raise VideoRejected(f"no frame at {at_s:g}s")
     return out
+
+
+async def join(
+    tools: MediaTools,
+    sources: list[tuple[Path, MediaProbe]],
+    out_dir: Path,
+    *,
+    max_width: int | None = None,
+    max_height: int | None = None,
+    fps: float | None = None,
+    name: str = "joined",
+    on_progress: ProgressFn | None = None,
+) -> VideoOutput:
+    """The videos one after another, re-encoded to H.264/AAC MP4 at one size (the first's, fitted
+    within max_width x max_height; the others fitted into it and letterboxed) and one frame rate
+    (`fps`, else the first's). Audio is kept when any input has some: inputs without get silence,
+    and each input's audio is cut or padded to its video's length so the clips stay in sync."""
+    if len(sources) < 2:
+        raise VideoRejected("a join needs at least two videos")
+    for index, (_, probe) in enumerate(sources):
+        main = probe.video
+        if main is None or not main.width or not main.height:
+            raise VideoRejected(f"input {index} has no video stream with a known size")
+        if not probe.duration_s:
+            raise VideoRejected(f"input {index} has no known duration")
+    first = sources[0][1].video
+    assert first is not None and first.width and first.height
+    width, height = fitted_size(first.width, first.height, max_width, max_height)
+    rate = fps or first.fps or 25.0
+    with_audio = any(probe.audio is not None for _, probe in sources)
+    args: list[str] = []
+    parts: list[str] = []
+    chain: list[str] = []
+    for index, (path, probe) in enumerate(sources):
+        args += ["-i", str(path)]
+        length = probe.duration_s
+        assert length is not None
+        parts.append(
+            f"[{index}:V:0]scale={width}:{height}:force_original_aspect_ratio=decrease,"
+            f"pad={width}:{height}:(ow-iw)/2:(oh-ih)/2,setsar=1,fps={rate:g},format=yuv420p,"
+            f"trim=duration={length:.6f},setpts=PTS-STARTPTS[v{index}]"
+        )
+        chain.append(f"[v{index}]")
+        if with_audio:
+            audio_in = f"[{index}:a:0]" if probe.audio is not None else "anullsrc=r=48000:cl=stereo,"
+            parts.append(
+                f"{audio_in}aformat=sample_rates=48000:channel_layouts=stereo,apad,"
+                f"atrim=duration={length:.6f},asetpts=PTS-STARTPTS[a{index}]"
+            )
+            chain.append(f"[a{index}]")
+    parts.append(f"{''.join(chain)}concat=n={len(sources)}:v=1:a={int(with_audio)}[v]" + ("[a]" if with_audio else ""))
+    total = sum(probe.duration_s or 0.0 for _, probe in sources)
+    out = out_dir / f"{name}.mp4"
+    args += ["-filter_complex", ";".join(parts), "-map", "[v]", *(["-map", "[a]"] if with_audio else [])]
+    args += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-bsf:v", _SEI_FILTER["h264"]]
+    args += ["-c:a", "aac", "-b:a", "128k"] if with_audio else ["-an"]
+    args += [*CLEAN_OUTPUT, "-movflags", "+faststart", "-f", "mp4", str(out)]
+    await tools.ffmpeg_run(args, duration_s=total, on_progress=on_progress)
+    return VideoOutput(out, "video/mp4", width, height, total)

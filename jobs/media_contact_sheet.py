@@ -1,0 +1,82 @@
+"""media_contact_sheet: `count` frames of a video tiled into one image (a contact sheet).
+
+The frames are those at the middle of `count` equal parts of the video, in order, left to right
+and top to bottom in `columns` columns (default: the square root of `count`, rounded up); each
+tile is `tile_width` wide with the video's aspect ratio, so the sheet is columns x tile_width by
+rows x tile height. Encoded from pixels only (as media_video_thumbnail's frames). Counted against
+the creator's `thumbnail_operations` quota when enqueued.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import Field
+
+from geniehelper.domain.media import MediaAsset
+from geniehelper.media import images, sheet, video
+from geniehelper.media.operation import (
+    Made,
+    Progress,
+    classify_media_error,
+    payload_key,
+    probe_video,
+    run_operation,
+)
+from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+
+
+class MediaContactSheetPayload(JobPayload):
+    asset_id: UUID
+    count: int = Field(default=9, ge=2, le=36)
+    columns: int | None = Field(default=None, ge=1, le=36)
+    tile_width: int = Field(default=320, ge=32, le=1_024)
+    format: Literal["jpeg", "png", "webp"] = "jpeg"
+
+
+async def media_contact_sheet(ctx: JobContext, payload: MediaContactSheetPayload) -> dict[str, Any]:
+    columns = min(payload.columns or math.ceil(math.sqrt(payload.count)), payload.count)
+
+    async def make(tools: MediaTools, _asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
+        probe = await probe_video(tools, source)
+        main = probe.video
+        if main is None or not main.width or not main.height:
+            raise video.VideoRejected("the input has no video stream with a known size")
+        if not probe.duration_s:
+            raise video.VideoRejected("the video's duration is unknown")
+        duration = probe.duration_s
+        frames = []
+        for index in range(payload.count):
+            at_s = duration * (index + 0.5) / payload.count
+            frames.append(await video.frame_png(tools, source, work, at_s=at_s, name=f"frame-{index:02d}"))
+            await progress((index + 1) / payload.count)
+        size = sheet.tile_size(main.width, main.height, payload.tile_width)
+        tiled = await run_blocking(lambda: sheet.tile(frames, columns, size, work / "tiled.png"))
+        out = await run_blocking(lambda: images.convert(
+            tiled, work, max_pixels=tools.max_image_pixels, target=payload.format, keep_icc_profile=False,
+            name="contact-sheet",
+        ))  # fmt: skip
+        details = {"columns": columns, "rows": -(-payload.count // columns), "tile": list(size)}
+        return Made(out.path, "image", out.mime_type, out.width, out.height, details=details)
+
+    params = payload.model_dump(mode="json", exclude={"asset_id"})
+    return await run_operation(ctx, payload.asset_id, "contact-sheet", ("video",), make, params=params)
+
+
+MEDIA_CONTACT_SHEET = JobDefinition(
+    "media_contact_sheet",
+    MediaContactSheetPayload,
+    media_contact_sheet,
+    queue="media",
+    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
+    classify=classify_media_error,
+    quota_operation="thumbnail_operations",
+    key=lambda p: payload_key("media_contact_sheet", p, p.asset_id),
+    subject=lambda p: Subject("media_asset", p.asset_id),
+    resources=(MEDIA,),
+)

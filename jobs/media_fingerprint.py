@@ -1,0 +1,67 @@
+"""media_fingerprint: a copy of an image asset carrying an invisible watermark naming one recipient.
+
+The recipient is a fan_profiles id of the creator's; the mark (media.fingerprint) is in the
+luminance, survives JPEG re-encoding and resizing, and `media_watermark_detect` reads it back.
+The output is encoded from pixels only (as media_image_convert) in the source's format, JPEG at
+`quality`; its metadata.params records the recipient, which is how detection knows the candidates.
+With `media_collection_id` the copy is also added as that collection's last member (a PPV bundle
+made for the recipient).
+Counted against the creator's `watermark_operations` quota when enqueued.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import Field
+
+from geniehelper.domain import fan_crm
+from geniehelper.domain.media import MediaAsset
+from geniehelper.media import images
+from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
+from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.runtime.context import JobContext
+from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.retry import PermanentJobError
+
+
+class MediaFingerprintPayload(JobPayload):
+    asset_id: UUID
+    fan_profile_id: UUID  # the recipient the copy names
+    quality: int = Field(default=95, ge=60, le=100)  # of a JPEG output
+    media_collection_id: UUID | None = None  # the copy also becomes this bundle's last member
+
+
+async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -> dict[str, Any]:
+    assert ctx.user_id is not None
+    async with ctx.creator_tx() as conn:
+        fan = await fan_crm.get_fan_profile(conn, ctx.user_id, payload.fan_profile_id)
+    if fan is None:
+        raise PermanentJobError(f"fan_profile_id: fan profile {payload.fan_profile_id} does not exist")
+
+    async def make(tools: MediaTools, asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
+        out = await run_blocking(lambda: images.convert(
+            source, work, max_pixels=tools.max_image_pixels, quality=payload.quality,
+            fingerprint_for=payload.fan_profile_id, name="fingerprinted",
+        ))  # fmt: skip
+        return Made(out.path, "image", out.mime_type, out.width, out.height)
+
+    params = {"fan_profile_id": str(payload.fan_profile_id), "quality": payload.quality}
+    return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image",), make, params=params,
+                               collection_id=payload.media_collection_id)  # fmt: skip
+
+
+MEDIA_FINGERPRINT = JobDefinition(
+    "media_fingerprint",
+    MediaFingerprintPayload,
+    media_fingerprint,
+    queue="media",
+    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
+    classify=classify_media_error,
+    quota_operation="watermark_operations",
+    key=lambda p: payload_key("media_fingerprint", p, p.asset_id),
+    subject=lambda p: Subject("media_asset", p.asset_id),
+    resources=(MEDIA,),
+)

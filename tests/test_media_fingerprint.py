@@ -1,0 +1,127 @@
+"""The invisible per-recipient watermark: media_fingerprint marks a copy per fan, and
+media_watermark_detect names the fan from a leaked copy re-encoded as JPEG quality 75 or resized
+to 75 %, through the real worker machinery (real PostgreSQL, valkey and Pillow)."""
+
+from __future__ import annotations
+
+import io
+import math
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from arq.connections import ArqRedis
+from PIL import Image, ImageChops, ImageStat
+
+from geniehelper.db import Database
+from geniehelper.media import fingerprint
+from geniehelper.runtime.queue import JobQueue
+from tests.conftest import make_creator
+from tests.media_harness import (
+    JOBS,
+    Media,
+    job_record,
+    make_media,
+    no_work_dirs_left,
+    output_of,
+    run_media_jobs,
+    upload,
+)
+from tests.media_samples import photo_like
+
+
+@pytest.fixture
+def media_dirs(tmp_path: Path) -> Media:
+    return make_media(tmp_path)
+
+
+@pytest.fixture
+def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
+    return JobQueue(db, arq_redis, JOBS)
+
+
+def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    im.convert("RGB").save(out, "JPEG", quality=quality)
+    return out.getvalue()
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    diff = ImageStat.Stat(ImageChops.difference(a.convert("L"), b.convert("L")))
+    mse = diff.sum2[0] / (a.width * a.height)
+    return 10 * math.log10(255**2 / mse)
+
+
+async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarked_image_names_nobody(
+    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+) -> None:
+    m = media_dirs
+    creator = await make_creator(owner)
+    fans = [
+        row["id"] for row in await owner.fetch(
+            "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, 4) g"
+            " returning id", creator)
+    ]  # fmt: skip
+    original = await upload(db, m, creator, photo_like(m.samples / "set.jpg"), "image", "image/jpeg")
+    marking = {}
+    for fan in fans:
+        payload = {"asset_id": str(original.id), "fan_profile_id": str(fan)}
+        marking[fan] = await queue.enqueue("media_fingerprint", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+
+    source_pixels = Image.open(m.store.path_for(original.storage_key))
+    leaks: dict[str, tuple[uuid.UUID | None, uuid.UUID]] = {}  # file name -> (fan it should name, its upload)
+    for fan, job in marking.items():
+        row, data = await output_of(owner, m, job.id)
+        assert row["derived_from_asset_id"] == original.id and row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        copy = Image.open(io.BytesIO(data))
+        assert copy.size == (640, 480) and psnr(source_pixels, copy) > 38  # invisible: a few luma levels at most
+        requantised = m.samples / f"{fan}-q75.jpg"
+        requantised.write_bytes(jpeg_bytes(copy, 75))
+        smaller = m.samples / f"{fan}-75pct.jpg"
+        smaller.write_bytes(jpeg_bytes(copy.resize((480, 360), Image.Resampling.LANCZOS), 90))
+        for leak in (requantised, smaller):
+            leaks[leak.name] = (fan, (await upload(db, m, creator, leak, "image", "image/jpeg")).id)
+    unmarked = m.samples / "unmarked-q75.jpg"
+    unmarked.write_bytes(jpeg_bytes(source_pixels, 75))
+    leaks[unmarked.name] = (None, (await upload(db, m, creator, unmarked, "image", "image/jpeg")).id)
+    other = photo_like(m.samples / "other.jpg", seed=2)
+    leaks[other.name] = (None, (await upload(db, m, creator, other, "image", "image/jpeg")).id)
+
+    detecting = {}
+    for name, (_, asset_id) in leaks.items():
+        payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
+        detecting[name] = await queue.enqueue("media_watermark_detect", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+    for name, job in detecting.items():
+        record = await job_record(owner, job.id)
+        assert record["status"] == "completed", record["error"]
+        result = record["result"]
+        expected = leaks[name][0]
+        assert result["candidates"] == len(fans)
+        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
+        if expected is not None:  # named by a wide margin over every other fan
+            others = [s for f, s in result["scores"].items() if f != str(expected)]
+            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+    assert no_work_dirs_left(m)
+
+
+async def test_an_unknown_recipient_or_a_too_small_image_fails_saying_which_field_and_why(
+    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+) -> None:
+    m = media_dirs
+    creator = await make_creator(owner)
+    fan = await owner.fetchval("insert into fan_profiles (user_id) values ($1) returning id", creator)
+    tiny = m.samples / "tiny.png"
+    Image.new("RGB", (100, 300), "gray").save(tiny)
+    small = await upload(db, m, creator, tiny, "image", "image/png")
+    big = await upload(db, m, creator, photo_like(m.samples / "big.jpg"), "image", "image/jpeg")
+    stranger = await queue.enqueue("media_fingerprint", {"asset_id": str(big.id), "fan_profile_id": str(uuid.uuid4())},
+                                   user_id=creator)  # fmt: skip
+    too_small = await queue.enqueue("media_fingerprint", {"asset_id": str(small.id), "fan_profile_id": str(fan)},
+                                    user_id=creator)  # fmt: skip
+    await run_media_jobs(database_url, redis_url, m)
+    for job, reason in ((stranger, "fan_profile_id: fan profile"), (too_small, "too small for a fingerprint")):
+        record = await job_record(owner, job.id)
+        assert record["status"] == "failed" and record["attempts"] == 1 and reason in record["error"], record
