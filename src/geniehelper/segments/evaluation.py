@@ -52,8 +52,9 @@ update fan_segments set evaluation_error = $3, evaluated_rules_version = $4
 # Due: an active segment whose rules changed since its last evaluation, never evaluated, evaluated
 # more than $2 s ago, or whose inputs changed: a domain event of its creator (not a segment's own
 # join/leave) written by a transaction its last evaluation may not have seen (xact_id at or above the
-# xmin of the snapshot it read; migration 0026). One index probe per segment (domain_events_inputs_idx). Claimable: not claimed, claimed more than $3 s ago (its job lost, or
-# its rules refused), or claimed before its rules last changed. The claim stamps
+# xmin of the snapshot it read; migration 0026), one index probe per segment (domain_events_inputs_idx).
+# Claimable: not claimed, claimed more than $3 s ago (its job lost, or its rules refused), or claimed
+# before its rules last changed. The claim stamps
 # evaluation_claimed_at (the one column the system role may write); the evaluation clears it.
 CLAIM_DUE = """
 with due as (
