@@ -92,7 +92,7 @@ async def refresh_all(db: Database, user_id: UUID, segments: dict[str, UUID]) ->
     return out
 
 
-class Rollback(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Rollback(Exception):
     pass
 
 
@@ -217,7 +217,8 @@ async def run(args: argparse.Namespace) -> int:
             rows.append([name, fmt(full[name]["members"]), fmt(full[name]["seconds"], 2), fmt(o["seconds"], 2),
                          fmt(o["joined"] + o["left"]), fmt(n["seconds"], 2), fmt(n["written"]),
                          fmt(python["per_segment_s"][name], 3)])  # fmt: skip
-        totals = {"full_s": sum(f["seconds"] for f in full.values()), "ours_s": sum(o["seconds"] for o in ours.values()),
+        totals = {"full_s": sum(f["seconds"] for f in full.values()),
+                  "ours_s": sum(o["seconds"] for o in ours.values()),
                   "ours_written": sum(o["joined"] + o["left"] for o in ours.values()),
                   "naive_s": sum(n["seconds"] for n in naive.values()),
                   "naive_written": sum(n["written"] for n in naive.values()),

@@ -3,8 +3,9 @@
 Everything is generated set-based (generate_series, one statement per table) with `setseed`, so a run
 is repeatable. Ids are sequential uuids (`fan_uuid`): btree inserts append, which keeps generation
 fast; fan index i (1..N) is the fan, and its account id shares the index. Transactions pick their
-fan through a skewed draw (a few fans buy a lot; the draws are made in a subquery's select list, where a volatile
-function runs once per row, not in an uncorrelated lateral, which runs once), spread over the ids by a multiplier coprime to N.
+fan through a skewed draw (a few fans buy a lot), spread over the ids by a multiplier coprime to N.
+The draws are made in a subquery's select list, where a volatile function runs once per row (in an
+uncorrelated lateral it would run once).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def account_uuid_sql(expr: str) -> str:
 PROFILES = f"""
 insert into fan_profiles (id, user_id, display_name, lifecycle_stage, first_seen_at, last_seen_at)
 select {fan_uuid_sql("i")}, $1, 'fan ' || i,
-       (array['new', 'active', 'active', 'active', 'at_risk', 'churned', 'win_back', 'vip'])[1 + floor(random() * 8)::int],
+       (array['new', 'active', 'active', 'active', 'at_risk', 'churned', 'win_back', 'vip'])
+           [1 + floor(random() * 8)::int],
        seen - random() * interval '700 days', seen
   from (select i, now() - power(random(), 2) * interval '400 days' as seen from generate_series(1, $2::int) i) s
 """
@@ -159,7 +161,8 @@ SEGMENTS: list[tuple[str, dict[str, Any]]] = [
     ("quiet_whales", {"all": [{"tag": {"name": "whale"}},
                               {"not": {"messages": {"direction": "inbound", "days": 30}}}]}),
     ("engaged", {"attribute": {"field": "engagement_score", "op": "gte", "value": 0.5}}),
-    ("ppv_not_tippers", {"all": [{"spend": {"measure": "count", "op": "gte", "value": 1, "days": 180, "kinds": ["ppv"]}},
+    ("ppv_not_tippers", {"all": [{"spend": {"measure": "count", "op": "gte", "value": 1, "days": 180,
+                                            "kinds": ["ppv"]}},
                                  {"not": {"spend": {"measure": "count", "op": "gte", "value": 1, "days": 180,
                                                     "kinds": ["tip"]}}}]}),
     ("win_back_targets", {"any": [{"all": [{"segment": {"id": "lapsed"}},

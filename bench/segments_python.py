@@ -50,7 +50,8 @@ FETCHES: dict[str, str] = {
                   where a.user_id = $1 and a.fan_profile_id between $2 and $3""",
     "messages": """select fan_profile_id, direction, status, coalesce(occurred_at, created_at) as at from fan_messages
                     where user_id = $1 and fan_profile_id between $2 and $3""",
-    "tags": "select fan_profile_id, tag, value from fan_tag_values where user_id = $1 and fan_profile_id between $2 and $3",
+    "tags": """select fan_profile_id, tag, value from fan_tag_values
+                where user_id = $1 and fan_profile_id between $2 and $3""",
     "scores": """select fan_profile_id, churn_risk, predicted_ltv, upsell_readiness, loyalty from fan_scores
                   where user_id = $1 and fan_profile_id between $2 and $3""",
     "platforms": """select fan_profile_id, platform from fan_platform_accounts
@@ -87,7 +88,7 @@ class PythonEvaluator:
     def _within(self, at: datetime | None, days: int) -> bool:
         return at is not None and at >= self.now - timedelta(days=days)
 
-    def matches(self, rule: r.Rule, fan: Fan) -> bool:  # noqa: PLR0911, PLR0912 - one branch per rule kind
+    def matches(self, rule: r.Rule, fan: Fan) -> bool:
         if isinstance(rule, r.AllRule):
             return all(self.matches(child, fan) for child in rule.all)
         if isinstance(rule, r.AnyRule):
@@ -119,7 +120,8 @@ class PythonEvaluator:
         if isinstance(rule, r.SubscriptionRule):
             sub = rule.subscription
             return any((sub.status is None or st in sub.status) and (sub.tier is None or tier in sub.tier)
-                       and (sub.platform is None or pl in sub.platform) for st, tier, pl in fan.subscriptions)  # fmt: skip
+                       and (sub.platform is None or pl in sub.platform)
+                       for st, tier, pl in fan.subscriptions)  # fmt: skip
         if isinstance(rule, r.SubscriptionEventRule):
             ev = rule.subscription_event
             return any(t in ev.types and (ev.days is None or self._within(at, ev.days)) for t, at in fan.events)
