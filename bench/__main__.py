@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import fairness, monitor, publishing, redrive, runtime_throughput
+from bench import fairness, monitor, publishing, redrive, runtime_throughput, segments
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "runtime_throughput": runtime_throughput.main,
@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "fairness": fairness.main,
     "monitor": monitor.main,
     "redrive": redrive.main,
+    "segments": segments.main,
 }
 
 

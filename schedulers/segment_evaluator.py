@@ -2,7 +2,8 @@
 
 Every SEGMENT_EVALUATOR_INTERVAL_S (30 s) it claims the active segments that are due
 (`geniehelper.segments.evaluation.CLAIM_DUE`: rules changed since their last evaluation, never
-evaluated, or evaluated more than SEGMENT_STALE_AFTER_S ago) and enqueues one evaluate_segment job
+evaluated, evaluated more than SEGMENT_STALE_AFTER_S ago, or with domain events of their creator that
+the last evaluation may not have seen: docs/segments.md) and enqueues one evaluate_segment job
 per segment on the bulk queue, keyed on the segment, so a segment claimed again while its job waits
 adds nothing (the due-work base: `schedulers.due_work`). A segment whose rules change is evaluated at
 once: the change makes it due and claimable, and the trigger that records it notifies this

@@ -77,7 +77,15 @@ async def test_stored_scores_are_the_documented_formulas(db: Database, owner: as
     assert [t["feature"] for t in top] == ["active_subscription", "frequency", "messages"]  # largest first
     assert top[0]["contribution"] == -1.2 and len(explanation["upsell_readiness"]["top"]) == 3
     assert explanation["predicted_ltv"] == {"monthly_spend": 20.0, "expected_months": round(months, 2)}
-    assert row["model_version"] == "rfm-logistic-v1" and row["computed_at"] is not None
+    assert row["model_version"] == scoring.MODEL_VERSION and row["computed_at"] is not None
+    e = scoring.ENGAGEMENT
+    parts = {"recency": e["recency"] * math.exp(-2 / e["recency_days"]),
+             "messages": e["messages"] * min(1.0, math.log(2) / math.log(1 + e["messages_full"])),
+             "purchases": e["purchases"] * min(1.0, math.log(3) / math.log(1 + e["purchases_full"]))}  # fmt: skip
+    engagement = round(sum(parts.values()), 3)
+    assert explanation["engagement_score"] == {"value": engagement, **{k: round(v, 3) for k, v in parts.items()}}
+    stored = await owner.fetchval("select engagement_score from fan_profiles where id = $1", fans.ids["steady"])
+    assert stored == Decimal(str(engagement))
 
 
 async def test_scores_move_in_the_documented_direction(db: Database, owner: asyncpg.Connection) -> None:
@@ -125,6 +133,52 @@ async def test_scores_move_in_the_documented_direction(db: Database, owner: asyn
     assert again["small"]["churn_risk"] <= s["small"]["churn_risk"]
     assert again["small"]["id"] == s["small"]["id"] and again["small"]["computed_at"] > s["small"]["computed_at"]
     assert await owner.fetchval("select count(*) from fan_scores where user_id = $1", fans.user_id) == len(fans.ids)
+
+
+async def engagement_of(owner: asyncpg.Connection, fans: Fans) -> dict[str, Decimal]:
+    rows = await owner.fetch("select id, engagement_score from fan_profiles where user_id = $1", fans.user_id)
+    return {fans.names([r["id"]]).pop(): r["engagement_score"] for r in rows}
+
+
+async def test_engagement_score_moves_in_the_documented_direction(db: Database, owner: asyncpg.Connection) -> None:
+    fans = Fans(await make_creator(owner))
+    async with db.creator_tx(fans.user_id) as conn:
+        for days in (1, 15, 45, 120, 300):  # the same fan, last seen longer and longer ago
+            await add_fan(conn, fans, f"seen{days}", first_seen_at=ago(400), last_seen_at=ago(days))
+        for name, count in (("quiet", 0), ("talks", 2), ("chatty", 8), ("chattiest", 20)):
+            await add_fan(conn, fans, name, first_seen_at=ago(100), last_seen_at=ago(5))
+            for i in range(count):
+                await message(conn, fans, name, "inbound", "received", 5 + i / 10)
+        for name, count in (("buys_none", 0), ("buys_one", 1), ("buys_many", 6)):
+            await add_fan(conn, fans, name, first_seen_at=ago(100), last_seen_at=ago(5))
+            for i in range(count):
+                await buy(conn, fans, name, "tip", "5", 5 + i / 10)
+        await buy(conn, fans, "buys_none", "tip", "500", 60)  # outside the 30 days: no engagement from it
+        await add_fan(conn, fans, "everything", first_seen_at=ago(100), last_seen_at=ago(0.01))
+        for i in range(12):
+            await message(conn, fans, "everything", "inbound", "received", 0.01 + i / 10)
+            await buy(conn, fans, "everything", "ppv", "5", 0.01 + i / 10)
+    run = await score(db, fans)
+    assert run.engagement_updated == len(fans.ids)  # every profile had no engagement_score before
+    g = await engagement_of(owner, fans)
+
+    # Silence lowers it, strictly; a fan silent for 300 days with nothing else is near 0.
+    fading = [g[f"seen{d}"] for d in (1, 15, 45, 120, 300)]
+    assert fading == sorted(fading, reverse=True) and len(set(fading)) == 5, fading
+    assert fading[-1] < Decimal("0.01") and fading[0] > Decimal("0.35")
+    # Messages and purchases in the last 30 days raise it, up to their full counts (10 and 5).
+    assert g["quiet"] < g["talks"] < g["chatty"] < g["chattiest"]
+    assert g["buys_none"] < g["buys_one"] < g["buys_many"]
+    assert g["buys_none"] == g["quiet"]  # the 60-day-old purchase counts for nothing but recency
+    # Bounded: everything at once is at most 1.
+    assert Decimal("0.99") <= g["everything"] <= 1
+
+    rerun = await score(db, fans)  # nothing changed: no profile is written again
+    assert rerun.engagement_updated == 0
+    async with db.creator_tx(fans.user_id) as conn:
+        await message(conn, fans, "quiet", "inbound", "received", 0.5)
+    after = await score(db, fans)
+    assert after.engagement_updated == 1 and (await engagement_of(owner, fans))["quiet"] > g["quiet"]
 
 
 async def test_score_fans_runs_on_the_bulk_worker_for_its_creator_only_and_keeps_profile_figures_current(

@@ -1,4 +1,4 @@
-"""docs/scoring.md's coefficient tables are the model's (`geniehelper.segments.scoring`)."""
+"""docs/scoring.md's coefficient and engagement tables are the model's (`geniehelper.segments.scoring`)."""
 
 from __future__ import annotations
 
@@ -19,5 +19,6 @@ def table(first_header: str) -> dict[str, float]:
 def test_the_documented_coefficients_are_the_models() -> None:
     assert table("churn term") == scoring.CHURN
     assert table("upsell term") == scoring.UPSELL
+    assert table("engagement part") == scoring.ENGAGEMENT
     assert f"`{scoring.MODEL_VERSION}`" in DOC
     assert re.search(rf"max\(churn_risk, {scoring.LTV_MIN_CHURN}\)", DOC) and "at most 24" in DOC

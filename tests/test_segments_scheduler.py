@@ -174,3 +174,52 @@ async def test_geniehelper_scheduler_segment_evaluator_runs_as_a_process(
     finally:
         process.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(process.proc.wait, 30) == 0, process.text()
+
+
+async def claimed_now(db: Database) -> set[uuid.UUID]:
+    async with db.system_tx() as conn:
+        return {r["id"] for r in await conn.fetch(evaluation.CLAIM_DUE, 10_000, 3600.0, 600.0)}
+
+
+async def add_event(conn: Any, user_id: uuid.UUID, event_type: str) -> None:
+    await conn.execute(
+        "insert into domain_events (user_id, event_type, source_key, occurred_at) values ($1, $2, $3, now())",
+        user_id, event_type, f"test:{uuid.uuid4()}",
+    )  # fmt: skip
+
+
+async def test_an_input_event_since_the_last_evaluation_makes_a_segment_due(
+    db: Database, owner: asyncpg.Connection
+) -> None:
+    fans = await build_cast(db, await make_creator(owner))
+    other = await make_creator(owner)
+    async with db.creator_tx(fans.user_id) as conn:
+        segment = await evaluation.create_segment(conn, fans.user_id, "whales", {"tag": {"name": "whale"}})
+        await evaluation.refresh(conn, fans.user_id, segment.id)
+    assert segment.id not in await claimed_now(db)  # evaluated, fresh, nothing new
+
+    async with db.creator_tx(other) as conn:  # another creator's purchase is not this segment's input
+        await add_event(conn, other, "purchase")
+    async with db.creator_tx(fans.user_id) as conn:  # a segment's own output is not an input either
+        await add_event(conn, fans.user_id, "segment_join")
+    assert segment.id not in await claimed_now(db)
+
+    async with db.creator_tx(fans.user_id) as conn:
+        await add_event(conn, fans.user_id, "purchase")
+    assert segment.id in await claimed_now(db)
+    async with db.creator_tx(fans.user_id) as conn:
+        await evaluation.refresh(conn, fans.user_id, segment.id)  # the evaluation saw it: not due again
+    assert segment.id not in await claimed_now(db)
+
+    # A sync that began before an evaluation and commits after it: its event was not seen, so the
+    # segment is due (a timestamp comparison would miss it: the event is stamped before the evaluation).
+    async with db.creator_tx(fans.user_id) as sync_conn:
+        await add_event(sync_conn, fans.user_id, "tip")
+        async with db.creator_tx(fans.user_id) as conn:
+            await evaluation.refresh(conn, fans.user_id, segment.id)
+    stamps = await owner.fetchrow(
+        "select (select max(created_at) from domain_events where user_id = $1 and event_type = 'tip') as event_at,"
+        " last_evaluated_at from fan_segments where id = $2", fans.user_id, segment.id,
+    )  # fmt: skip
+    assert stamps is not None and stamps["event_at"] < stamps["last_evaluated_at"]
+    assert segment.id in await claimed_now(db)

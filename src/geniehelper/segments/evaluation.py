@@ -49,9 +49,12 @@ update fan_segments set evaluation_error = $3, evaluated_rules_version = $4
 
 # --- segment_evaluator (system role) --------------------------------------------------------------
 
-# Due: an active segment whose rules changed since its last evaluation, never evaluated, or
-# evaluated more than $2 s ago. Claimable: not claimed, claimed more than $3 s ago (its job lost, or
-# its rules refused), or claimed before its rules last changed. The claim stamps
+# Due: an active segment whose rules changed since its last evaluation, never evaluated, evaluated
+# more than $2 s ago, or whose inputs changed: a domain event of its creator (not a segment's own
+# join/leave) written by a transaction its last evaluation may not have seen (xact_id at or above the
+# xmin of the snapshot it read; migration 0026), one index probe per segment (domain_events_inputs_idx).
+# Claimable: not claimed, claimed more than $3 s ago (its job lost, or its rules refused), or claimed
+# before its rules last changed. The claim stamps
 # evaluation_claimed_at (the one column the system role may write); the evaluation clears it.
 CLAIM_DUE = """
 with due as (
@@ -59,7 +62,12 @@ with due as (
      where status = 'active'
        and (evaluated_rules_version is distinct from rules_version
             or last_evaluated_at is null
-            or last_evaluated_at < now() - make_interval(secs => $2))
+            or last_evaluated_at < now() - make_interval(secs => $2)
+            or evaluated_snapshot_xmin is null
+            or exists (select from domain_events d
+                        where d.user_id = fan_segments.user_id
+                          and d.event_type not in ('segment_join', 'segment_leave')
+                          and d.xact_id >= fan_segments.evaluated_snapshot_xmin))
        and (evaluation_claimed_at is null
             or evaluation_claimed_at < now() - make_interval(secs => $3)
             or evaluation_claimed_at < rules_changed_at)
@@ -201,7 +209,8 @@ with wanted as materialized (
 )
 update fan_segments s
    set member_count = (select count(*) from wanted), last_evaluated_at = now(),
-       evaluated_rules_version = {version}, evaluation_claimed_at = null, evaluation_error = null
+       evaluated_rules_version = {version}, evaluation_claimed_at = null, evaluation_error = null,
+       evaluated_snapshot_xmin = pg_snapshot_xmin(pg_current_snapshot())
  where s.user_id = $1 and s.id = {seg}
 returning (select count(*) from joined)::int as joined, (select count(*) from gone)::int as left_count,
           s.member_count

@@ -13,9 +13,12 @@ days), tenure (days since first seen, capped at 730) and the months of the last 
   average (geometric), at most 24
 - upsell_readiness = logistic(UPSELL intercept + sum of coefficient * feature term)
 - loyalty = 0.5 * tenure / 730 + 0.5 * purchase months / 12
+- engagement (fan_profiles.engagement_score) = 0.4 * e^(-recency / 30) + 0.3 * min(1, ln(1 + inbound
+  messages in 30 days) / ln(11)) + 0.3 * min(1, ln(1 + purchases in 30 days) / ln(6))
 
 Each score row keeps `model_version` and an `explanation`: the features, every term's
-contribution, and the three largest contributions (by size) of each logistic score.
+contribution, and the three largest contributions (by size) of each logistic score. Each term is a
+column of its own (no per-fan jsonb walking): scoring 1,000,000 fans is `bench segments`' figure.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-MODEL_VERSION = "rfm-logistic-v1"
+MODEL_VERSION = "rfm-logistic-v2"  # v2: engagement_score added (churn, LTV, upsell, loyalty as v1)
 
 # Logistic churn model: z = intercept + sum of coefficient * term. Terms: recency = days / 30;
 # frequency = ln(1 + purchases in 90 days); messages = ln(1 + inbound messages in 30 days);
@@ -40,6 +43,13 @@ UPSELL: dict[str, float] = {
     "intercept": -2.0, "recent_purchases": 0.8, "messages": 0.5, "active_subscription": 0.6, "cancel_signal": -1.0,
     "recency": -0.5,
 }  # fmt: skip
+# Engagement: weight of each part; a part is full (1) at `*_full` (messages, purchases in 30 days) or,
+# for recency, decays as e^(-days / recency_days).
+ENGAGEMENT: dict[str, float] = {
+    "recency": 0.4, "messages": 0.3, "purchases": 0.3, "recency_days": 30.0, "messages_full": 10.0,
+    "purchases_full": 5.0,
+}  # fmt: skip
+SCORE_WORK_MEM = "64MB"
 LTV_MIN_CHURN = 0.02  # the monthly leaving probability never assumed lower
 LTV_MAX_MONTHS = 24.0
 RECENCY_CAP_DAYS = 365.0
@@ -48,6 +58,7 @@ TENURE_CAP_DAYS = 730.0
 _PARAMS: list[tuple[str, float]] = [
     *((f"churn_{k}", v) for k, v in CHURN.items()),
     *((f"upsell_{k}", v) for k, v in UPSELL.items()),
+    *((f"engagement_{k}", v) for k, v in ENGAGEMENT.items()),
     ("ltv_min_churn", LTV_MIN_CHURN), ("ltv_max_months", LTV_MAX_MONTHS),
     ("recency_cap", RECENCY_CAP_DAYS), ("tenure_cap", TENURE_CAP_DAYS),
 ]  # fmt: skip
@@ -66,8 +77,11 @@ with fans as (
            count(*) filter (where t.occurred_at >= now() - interval '90 days') as purchases_90d,
            coalesce(sum(t.amount) filter (where t.occurred_at >= now() - interval '90 days'), 0) as spend_90d,
            count(*) filter (where t.occurred_at >= now() - interval '30 days') as purchases_30d,
-           count(distinct date_trunc('month', t.occurred_at))
-               filter (where t.occurred_at >= now() - interval '365 days') as purchase_months_12,
+           -- calendar months with a purchase: one bit per month back from this one (0..12), so the
+           -- aggregate stays one hashed pass (a count(distinct) would sort every transaction)
+           bit_count(bit_or(1 << (12 - ((extract(year from now()) - extract(year from t.occurred_at)) * 12
+                                          + extract(month from now()) - extract(month from t.occurred_at))::int))
+                         filter (where t.occurred_at >= now() - interval '365 days')::bit(13)) as purchase_months_12,
            max(t.occurred_at) as last_purchase_at
       from fan_transactions t
      where t.user_id = $1 and t.status = 'completed'
@@ -115,35 +129,47 @@ with fans as (
       left join inbound on inbound.fan_profile_id = fans.id
       left join subs on subs.fan_profile_id = fans.id
       left join events on events.fan_profile_id = fans.id
-), terms as (
+), terms as (  -- each term's contribution (coefficient x term), a column each
     select ft.*,
-           jsonb_build_object(
-               'recency', {_P["churn_recency"]} * ft.recency_days / 30,
-               'frequency', {_P["churn_frequency"]} * ln(1 + ft.purchases_90d),
-               'messages', {_P["churn_messages"]} * ln(1 + ft.messages_30d),
-               'active_subscription', {_P["churn_active_subscription"]} * ft.active_subscription,
-               'cancel_signal', {_P["churn_cancel_signal"]} * ft.cancel_signal) as churn_terms,
-           jsonb_build_object(
-               'recent_purchases', {_P["upsell_recent_purchases"]} * ln(1 + ft.purchases_30d),
-               'messages', {_P["upsell_messages"]} * ln(1 + ft.messages_30d),
-               'active_subscription', {_P["upsell_active_subscription"]} * ft.active_subscription,
-               'cancel_signal', {_P["upsell_cancel_signal"]} * ft.cancel_signal,
-               'recency', {_P["upsell_recency"]} * ft.recency_days / 30) as upsell_terms
+           {_P["churn_recency"]} * ft.recency_days / 30 as churn_recency,
+           {_P["churn_frequency"]} * ln(1 + ft.purchases_90d) as churn_frequency,
+           {_P["churn_messages"]} * ln(1 + ft.messages_30d) as churn_messages,
+           {_P["churn_active_subscription"]} * ft.active_subscription as churn_active_subscription,
+           {_P["churn_cancel_signal"]} * ft.cancel_signal as churn_cancel_signal,
+           {_P["upsell_recent_purchases"]} * ln(1 + ft.purchases_30d) as upsell_recent_purchases,
+           {_P["upsell_messages"]} * ln(1 + ft.messages_30d) as upsell_messages,
+           {_P["upsell_active_subscription"]} * ft.active_subscription as upsell_active_subscription,
+           {_P["upsell_cancel_signal"]} * ft.cancel_signal as upsell_cancel_signal,
+           {_P["upsell_recency"]} * ft.recency_days / 30 as upsell_recency
       from features ft
 ), scored as (
     select t.*,
            1 / (1 + exp(-({_P["churn_intercept"]}
-                          + (select sum(value::float8) from jsonb_each_text(t.churn_terms))))) as churn,
+                          + t.churn_recency + t.churn_frequency + t.churn_messages + t.churn_active_subscription
+                          + t.churn_cancel_signal))) as churn,
            1 / (1 + exp(-({_P["upsell_intercept"]}
-                          + (select sum(value::float8) from jsonb_each_text(t.upsell_terms))))) as upsell,
-           0.5 * t.tenure_days / {_P["tenure_cap"]} + 0.5 * t.purchase_months_12 / 12 as loyalty
+                          + t.upsell_recent_purchases + t.upsell_messages + t.upsell_active_subscription
+                          + t.upsell_cancel_signal + t.upsell_recency))) as upsell,
+           0.5 * t.tenure_days / {_P["tenure_cap"]} + 0.5 * t.purchase_months_12 / 12 as loyalty,
+           {_P["engagement_recency"]} * exp(-t.recency_days / {_P["engagement_recency_days"]}) as engagement_recency,
+           {_P["engagement_messages"]} * least(1, ln(1 + t.messages_30d) / ln(1 + {_P["engagement_messages_full"]}))
+               as engagement_messages,
+           {_P["engagement_purchases"]} * least(1, ln(1 + t.purchases_30d) / ln(1 + {_P["engagement_purchases_full"]}))
+               as engagement_purchases
       from terms t
 ), valued as (
     select s.*,
            s.spend_90d / 3 as monthly_spend,
            least({_P["ltv_max_months"]}, (1 - greatest(s.churn, {_P["ltv_min_churn"]}))
-                                          / greatest(s.churn, {_P["ltv_min_churn"]})) as expected_months
+                                          / greatest(s.churn, {_P["ltv_min_churn"]})) as expected_months,
+           round(least(1, greatest(0, s.engagement_recency + s.engagement_messages + s.engagement_purchases))::numeric,
+                 3) as engagement
       from scored s
+), engaged as (  -- the profile's engagement_score, written only where it changes
+    update fan_profiles f set engagement_score = v.engagement
+      from valued v
+     where f.user_id = $1 and f.id = v.id and f.engagement_score is distinct from v.engagement
+    returning 1
 ), upserted as (
     insert into fan_scores (user_id, fan_profile_id, churn_risk, predicted_ltv, upsell_readiness, loyalty,
                             model_version, explanation, computed_at)
@@ -157,29 +183,45 @@ with fans as (
                    'cancel_signal', v.cancel_signal, 'tenure_days', round(v.tenure_days::numeric, 1),
                    'purchase_months_12', v.purchase_months_12),
                'churn_risk', jsonb_build_object(
-                   'intercept', {_P["churn_intercept"]}, 'contributions', rounded.churn, 'top', top.churn),
+                   'intercept', {_P["churn_intercept"]}, 'contributions', jsonb_build_object(
+                       'recency', round(v.churn_recency::numeric, 3), 'frequency', round(v.churn_frequency::numeric, 3),
+                       'messages', round(v.churn_messages::numeric, 3),
+                       'active_subscription', round(v.churn_active_subscription::numeric, 3),
+                       'cancel_signal', round(v.churn_cancel_signal::numeric, 3)),
+                   'top', (select jsonb_agg(jsonb_build_object('feature', k, 'contribution', round(c::numeric, 3))
+                               order by abs(c) desc, k)
+                    from (select k, c from (values ('recency', v.churn_recency), ('frequency', v.churn_frequency),
+                                                   ('messages', v.churn_messages),
+                                                   ('active_subscription', v.churn_active_subscription),
+                                                   ('cancel_signal', v.churn_cancel_signal)) terms (k, c)
+                           order by abs(c) desc, k limit 3) x)),
                'upsell_readiness', jsonb_build_object(
-                   'intercept', {_P["upsell_intercept"]}, 'contributions', rounded.upsell, 'top', top.upsell),
+                   'intercept', {_P["upsell_intercept"]}, 'contributions', jsonb_build_object(
+                       'recent_purchases', round(v.upsell_recent_purchases::numeric, 3),
+                       'messages', round(v.upsell_messages::numeric, 3),
+                       'active_subscription', round(v.upsell_active_subscription::numeric, 3),
+                       'cancel_signal', round(v.upsell_cancel_signal::numeric, 3),
+                       'recency', round(v.upsell_recency::numeric, 3)),
+                   'top', (select jsonb_agg(jsonb_build_object('feature', k, 'contribution', round(c::numeric, 3))
+                               order by abs(c) desc, k)
+                    from (select k, c from (values ('recent_purchases', v.upsell_recent_purchases),
+                                                   ('messages', v.upsell_messages),
+                                                   ('active_subscription', v.upsell_active_subscription),
+                                                   ('cancel_signal', v.upsell_cancel_signal),
+                                                   ('recency', v.upsell_recency)) terms (k, c)
+                           order by abs(c) desc, k limit 3) x)),
                'predicted_ltv', jsonb_build_object(
                    'monthly_spend', round(v.monthly_spend::numeric, 2),
                    'expected_months', round(v.expected_months::numeric, 2)),
                'loyalty', jsonb_build_object(
                    'tenure', round((0.5 * v.tenure_days / {_P["tenure_cap"]})::numeric, 3),
-                   'purchase_months', round((0.5 * v.purchase_months_12 / 12)::numeric, 3))),
+                   'purchase_months', round((0.5 * v.purchase_months_12 / 12)::numeric, 3)),
+               'engagement_score', jsonb_build_object(
+                   'value', v.engagement, 'recency', round(v.engagement_recency::numeric, 3),
+                   'messages', round(v.engagement_messages::numeric, 3),
+                   'purchases', round(v.engagement_purchases::numeric, 3))),
            now()
       from valued v
-      cross join lateral (
-          select (select jsonb_object_agg(key, round(value::numeric, 3)) from jsonb_each_text(v.churn_terms)) as churn,
-                 (select jsonb_object_agg(key, round(value::numeric, 3)) from jsonb_each_text(v.upsell_terms)) as upsell
-      ) rounded
-      cross join lateral (
-          select (select jsonb_agg(jsonb_build_object('feature', key, 'contribution', c) order by abs(c) desc, key)
-                    from (select key, round(value::numeric, 3) as c from jsonb_each_text(v.churn_terms)
-                           order by abs(value::float8) desc, key limit 3) x) as churn,
-                 (select jsonb_agg(jsonb_build_object('feature', key, 'contribution', c) order by abs(c) desc, key)
-                    from (select key, round(value::numeric, 3) as c from jsonb_each_text(v.upsell_terms)
-                           order by abs(value::float8) desc, key limit 3) x) as upsell
-      ) top
     on conflict (user_id, fan_profile_id) do update
        set churn_risk = excluded.churn_risk, predicted_ltv = excluded.predicted_ltv,
            upsell_readiness = excluded.upsell_readiness, loyalty = excluded.loyalty,
@@ -187,7 +229,7 @@ with fans as (
            computed_at = excluded.computed_at
     returning 1
 )
-select count(*)::int from upserted
+select (select count(*) from upserted)::int as scored, (select count(*) from engaged)::int as engagement_updated
 """
 
 # The profile's composite figures, from the same ledgers: lifetime spend and last purchase (completed
@@ -249,12 +291,14 @@ returning user_id
 @dataclass(frozen=True)
 class ScoreRun:
     scored: int
-    profiles_updated: int
+    profiles_updated: int  # composite figures (lifetime spend, messages, last purchase / message) changed
+    engagement_updated: int  # engagement_score changed
     model_version: str
     duration_ms: int
 
     def as_dict(self) -> dict[str, Any]:
-        return {"scored": self.scored, "profiles_updated": self.profiles_updated, "model_version": self.model_version,
+        return {"scored": self.scored, "profiles_updated": self.profiles_updated,
+                "engagement_updated": self.engagement_updated, "model_version": self.model_version,
                 "duration_ms": self.duration_ms}  # fmt: skip
 
 
@@ -266,7 +310,10 @@ async def score_fans(conn: Any, user_id: UUID) -> ScoreRun:
     """Score every fan of the creator and refresh their profiles' figures, in the caller's creator
     transaction: two set-based statements, whatever the number of fans (and the run noted in fan_scoring)."""
     started = time.monotonic()
-    scored: int = await conn.fetchval(SCORE_FANS, *score_parameters(user_id))
+    # For this transaction only: the per-fan aggregates hash a million groups without spilling to disk.
+    await conn.execute("select set_config('work_mem', $1, true)", SCORE_WORK_MEM)
+    done = await conn.fetchrow(SCORE_FANS, *score_parameters(user_id))
     status: str = await conn.execute(REFRESH_PROFILE_FIGURES, user_id)
-    await conn.execute(RECORD_RUN, user_id, scored, MODEL_VERSION)
-    return ScoreRun(scored, int(status.split()[-1]), MODEL_VERSION, round((time.monotonic() - started) * 1000))
+    await conn.execute(RECORD_RUN, user_id, done["scored"], MODEL_VERSION)
+    return ScoreRun(done["scored"], int(status.split()[-1]), done["engagement_updated"], MODEL_VERSION,
+                    round((time.monotonic() - started) * 1000))  # fmt: skip
