@@ -15,7 +15,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -25,7 +25,11 @@ from arq.connections import ArqRedis
 from geniehelper.db import Database, connect_owner
 from geniehelper.embedded import EmbeddedStack, StackUrls
 from geniehelper.migrations import apply_migrations
+from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.transport import create_arq_redis
+
+if TYPE_CHECKING:
+    from tests.media_harness import Media
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_ID = f"{os.getpid()}"
@@ -192,6 +196,21 @@ async def make_creator(owner: asyncpg.Connection, *, tier: str = "starter") -> u
         "insert into creators (email, tier) values ($1, $2) returning id", f"{uuid.uuid4().hex}@example.test", tier
     )
     return creator_id
+
+
+@pytest.fixture
+def media_dirs(tmp_path: Path) -> Media:
+    from tests.media_harness import make_media  # imported here: only media tests load the media jobs
+
+    return make_media(tmp_path)
+
+
+@pytest.fixture
+def media_queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
+    """A JobQueue that knows every media job (tests/media_harness.JOBS)."""
+    from tests.media_harness import JOBS
+
+    return JobQueue(db, arq_redis, JOBS)
 
 
 @pytest.fixture

@@ -25,19 +25,15 @@ from jobs.media_describe import MEDIA_DESCRIBE
 from jobs.media_transcribe import MEDIA_TRANSCRIBE
 from tests.conftest import make_creator
 from tests.helpers import drain_queue
-from tests.media_harness import Media, job_record, make_media, no_work_dirs_left, settings_for, upload
+from tests.media_harness import Media, job_record, no_work_dirs_left, settings_for, upload
 from tests.media_samples import jpeg_with_metadata, video_with_metadata
 
 JOBS = JobRegistry([MEDIA_DESCRIBE, MEDIA_TRANSCRIBE])
 
 
 @pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
+def media_queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
+    """Overrides conftest's: the AI jobs run with their own registry."""
     return JobQueue(db, arq_redis, JOBS)
 
 
@@ -86,7 +82,8 @@ def silent_video(path: Path) -> Path:
 
 
 async def test_an_images_description_is_stored_and_derived_from_its_pixels_streamed_or_not_after_a_500(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
@@ -97,8 +94,8 @@ async def test_an_images_description_is_stored_and_derived_from_its_pixels_strea
     blue = await upload(db, m, creator, flat_image(m.samples / "b.jpg", (200, 100), (20, 30, 200)), "image",
                         "image/jpeg")  # fmt: skip
     server.add_fault(FaultSpec(kind="server_error", path_prefix="/api/generate", status=500))  # retried
-    streamed = await queue.enqueue("media_describe", {"asset_id": str(photo.id)}, user_id=creator)
-    whole = await queue.enqueue("media_describe", {"asset_id": str(blue.id), "stream": False, "api": "generate",
+    streamed = await media_queue.enqueue("media_describe", {"asset_id": str(photo.id)}, user_id=creator)
+    whole = await media_queue.enqueue("media_describe", {"asset_id": str(blue.id), "stream": False, "api": "generate",
                                 "prompt": "What colour is it?"}, user_id=creator)  # fmt: skip
     await run_ai_jobs(database_url, redis_url, m, url)
 
@@ -122,14 +119,15 @@ async def test_an_images_description_is_stored_and_derived_from_its_pixels_strea
 
 
 async def test_a_videos_description_comes_from_keyframes_taken_across_it(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
     creator = await make_creator(owner, tier="creator")
     red = video_with_metadata(m.samples / "red.mp4", seconds=2, width=320, height=240, pattern="color=c=red")
     clip = await upload(db, m, creator, red, "video", "video/mp4")
-    job = await queue.enqueue("media_describe", {"asset_id": str(clip.id), "frames": 3}, user_id=creator)
+    job = await media_queue.enqueue("media_describe", {"asset_id": str(clip.id), "frames": 3}, user_id=creator)
     await run_ai_jobs(database_url, redis_url, m, url)
 
     record = await job_record(owner, job.id)
@@ -142,7 +140,8 @@ async def test_a_videos_description_comes_from_keyframes_taken_across_it(
 
 
 async def test_an_error_mid_stream_and_a_cut_stream_are_retried_and_the_third_attempt_stores_the_answer(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
@@ -151,7 +150,7 @@ async def test_an_error_mid_stream_and_a_cut_stream_are_retried_and_the_third_at
                          "image/jpeg")  # fmt: skip
     server.add_fault(FaultSpec(kind="stream_error", after_chunks=2))
     server.add_fault(FaultSpec(kind="stream_cut", after_chunks=3))
-    job = await queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)
     await run_ai_jobs(database_url, redis_url, m, url)
 
     record = await job_record(owner, job.id)
@@ -164,7 +163,8 @@ async def test_an_error_mid_stream_and_a_cut_stream_are_retried_and_the_third_at
 
 
 async def test_a_500_is_retried_and_a_transcription_is_stored_from_the_extracted_audio(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
@@ -172,8 +172,8 @@ async def test_a_500_is_retried_and_a_transcription_is_stored_from_the_extracted
     video = await upload(db, m, creator, video_with_metadata(m.samples / "v.mp4", seconds=2), "video", "video/mp4")
     audio = await upload(db, m, creator, tone_m4a(m.samples / "a.m4a", 880, 1.5), "audio", "audio/mp4")
     server.add_fault(FaultSpec(kind="server_error", path_prefix="/v1/audio/", status=500))
-    from_video = await queue.enqueue("media_transcribe", {"asset_id": str(video.id)}, user_id=creator)
-    from_audio = await queue.enqueue("media_transcribe", {"asset_id": str(audio.id), "language": "en"},
+    from_video = await media_queue.enqueue("media_transcribe", {"asset_id": str(video.id)}, user_id=creator)
+    from_audio = await media_queue.enqueue("media_transcribe", {"asset_id": str(audio.id), "language": "en"},
                                      user_id=creator)  # fmt: skip
     await run_ai_jobs(database_url, redis_url, m, url)
 
@@ -193,15 +193,15 @@ async def test_a_500_is_retried_and_a_transcription_is_stored_from_the_extracted
 
 
 async def test_the_quota_refuses_a_tier_without_ai_clip_operations_at_enqueue(
-    owner: asyncpg.Connection, queue: JobQueue
+    owner: asyncpg.Connection, media_queue: JobQueue
 ) -> None:
     starter = await make_creator(owner)  # ai_clip_operations: 0
     for job in ("media_describe", "media_transcribe"):
         with pytest.raises(QuotaExceeded, match="ai_clip_operations"):
-            await queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=starter)
+            await media_queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=starter)
     assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", starter) == 0
     creator = await make_creator(owner, tier="creator")  # 30 a month: each enqueue is charged one
-    jobs = [await queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=creator)
+    jobs = [await media_queue.enqueue(job, {"asset_id": str(uuid.uuid4())}, user_id=creator)
             for job in ("media_describe", "media_transcribe")]  # fmt: skip
     used = await owner.fetchval(
         "select used from user_usage_counts where user_id = $1 and operation = 'ai_clip_operations'", creator
@@ -211,7 +211,8 @@ async def test_the_quota_refuses_a_tier_without_ai_clip_operations_at_enqueue(
 
 
 async def test_wrong_inputs_an_unknown_model_and_no_server_fail_at_once_with_the_reason(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
@@ -222,17 +223,17 @@ async def test_wrong_inputs_an_unknown_model_and_no_server_fail_at_once_with_the
     junk_path.write_bytes(b"no image here")
     junk = await upload(db, m, creator, junk_path, "image", "image/jpeg")
     reasons = {
-        (await queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)).id:
+        (await media_queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)).id:
             'answered 404: model "llava-missing" not found',
-        (await queue.enqueue("media_transcribe", {"asset_id": str(no_audio.id)}, user_id=creator)).id:
+        (await media_queue.enqueue("media_transcribe", {"asset_id": str(no_audio.id)}, user_id=creator)).id:
             "has no audio stream to transcribe",
-        (await queue.enqueue("media_transcribe", {"asset_id": str(image.id)}, user_id=creator)).id:
+        (await media_queue.enqueue("media_transcribe", {"asset_id": str(image.id)}, user_id=creator)).id:
             "takes audio or video assets",
-        (await queue.enqueue("media_describe", {"asset_id": str(junk.id)}, user_id=creator)).id:
+        (await media_queue.enqueue("media_describe", {"asset_id": str(junk.id)}, user_id=creator)).id:
             "not a readable image",
     }  # fmt: skip
     await run_ai_jobs(database_url, redis_url, m, url, ollama_model="llava-missing")
-    unset = await queue.enqueue("media_describe", {"asset_id": str(image.id), "api": "generate"}, user_id=creator)
+    unset = await media_queue.enqueue("media_describe", {"asset_id": str(image.id), "api": "generate"}, user_id=creator)
     await run_ai_jobs(database_url, redis_url, m, None)
     reasons[unset.id] = "OLLAMA_URL is not set"
 
@@ -246,14 +247,15 @@ async def test_wrong_inputs_an_unknown_model_and_no_server_fail_at_once_with_the
 
 
 async def test_a_server_that_stays_silent_fails_the_job_after_its_attempts_saying_so(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str,
+    media_dirs: Media,
     ai: tuple[LocalAiServer, str],
 ) -> None:  # fmt: skip
     m, (server, url) = media_dirs, ai
     creator = await make_creator(owner, tier="creator")
     image = await upload(db, m, creator, flat_image(m.samples / "s.jpg", (32, 32), (9, 9, 9)), "image", "image/jpeg")
     server.add_fault(FaultSpec(kind="stall", after_chunks=1, delay_s=5, count=100))
-    job = await queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_describe", {"asset_id": str(image.id)}, user_id=creator)
     await run_ai_jobs(database_url, redis_url, m, url, ai_timeout_s=0.3)
 
     record = await job_record(owner, job.id)

@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from pathlib import Path
 
 import asyncpg
 import pytest
-from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.domain import media
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
-from tests.media_harness import JOBS, Media, job_record, make_media, output_of, run_media_jobs, upload
+from tests.media_harness import Media, job_record, output_of, run_media_jobs, upload
 from tests.media_samples import photo_like, png_with_metadata
-
-
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
 
 
 async def test_a_bundle_keeps_its_assets_in_order_with_a_cover_and_refuses_what_is_not_the_creators(
@@ -56,7 +44,7 @@ async def test_a_bundle_keeps_its_assets_in_order_with_a_cover_and_refuses_what_
 
 
 async def test_a_fingerprinted_copy_and_a_preset_output_join_the_bundle_they_were_made_for(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -67,11 +55,12 @@ async def test_a_fingerprinted_copy_and_a_preset_output_join_the_bundle_they_wer
         bundle = await media.bundle_collection(conn, creator, "for one fan", [cover.id])
         await conn.execute("insert into media_presets (user_id, name, output_width, is_default)"
                            " values ($1, 'small', 320, true)", creator)  # fmt: skip
-    marked = await queue.enqueue("media_fingerprint", {"asset_id": str(photo.id), "fan_profile_id": str(fan),
+    marked = await media_queue.enqueue("media_fingerprint", {"asset_id": str(photo.id), "fan_profile_id": str(fan),
                                  "media_collection_id": str(bundle)}, user_id=creator)  # fmt: skip
-    small = await queue.enqueue("media_preset_apply", {"asset_id": str(photo.id), "media_collection_id": str(bundle)},
-                                user_id=creator)  # fmt: skip
-    nowhere = await queue.enqueue("media_fingerprint", {"asset_id": str(photo.id), "fan_profile_id": str(fan),
+    small = await media_queue.enqueue(
+        "media_preset_apply", {"asset_id": str(photo.id), "media_collection_id": str(bundle)}, user_id=creator
+    )
+    nowhere = await media_queue.enqueue("media_fingerprint", {"asset_id": str(photo.id), "fan_profile_id": str(fan),
                                   "media_collection_id": str(uuid.uuid4())}, user_id=creator)  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
 

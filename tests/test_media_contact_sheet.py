@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import io
 import itertools
-from pathlib import Path
 
 import asyncpg
-import pytest
-from arq.connections import ArqRedis
 from PIL import Image, ImageChops, ImageStat
 
 from geniehelper.db import Database
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
-from tests.media_harness import JOBS, Media, make_media, no_work_dirs_left, output_of, run_media_jobs, upload
+from tests.media_harness import Media, no_work_dirs_left, output_of, run_media_jobs, upload
 from tests.media_samples import jpeg_segments, video_with_metadata
-
-
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
 
 
 def cells(im: Image.Image, columns: int, rows: int) -> list[Image.Image]:
@@ -38,14 +25,14 @@ def mean_level(im: Image.Image) -> float:
 
 
 async def test_a_contact_sheet_tiles_frames_from_across_the_video_at_the_expected_size(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner, tier="creator")  # thumbnails are not in the starter tier
     clip = await upload(db, m, creator, video_with_metadata(m.samples / "clip.mp4", seconds=2), "video", "video/mp4")
-    six = await queue.enqueue("media_contact_sheet", {"asset_id": str(clip.id), "count": 6, "columns": 3,
+    six = await media_queue.enqueue("media_contact_sheet", {"asset_id": str(clip.id), "count": 6, "columns": 3,
                               "tile_width": 160}, user_id=creator)  # fmt: skip
-    five = await queue.enqueue("media_contact_sheet", {"asset_id": str(clip.id), "count": 5, "format": "png"},
+    five = await media_queue.enqueue("media_contact_sheet", {"asset_id": str(clip.id), "count": 5, "format": "png"},
                                user_id=creator)  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
 

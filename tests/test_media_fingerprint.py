@@ -7,11 +7,8 @@ from __future__ import annotations
 import io
 import math
 import uuid
-from pathlib import Path
 
 import asyncpg
-import pytest
-from arq.connections import ArqRedis
 from PIL import Image, ImageChops, ImageStat
 
 from geniehelper.db import Database
@@ -19,26 +16,14 @@ from geniehelper.media import fingerprint
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
 from tests.media_harness import (
-    JOBS,
     Media,
     job_record,
-    make_media,
     no_work_dirs_left,
     output_of,
     run_media_jobs,
     upload,
 )
 from tests.media_samples import photo_like
-
-
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
 
 
 def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
@@ -54,7 +39,7 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
 
 
 async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarked_image_names_nobody(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -67,7 +52,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     marking = {}
     for fan in fans:
         payload = {"asset_id": str(original.id), "fan_profile_id": str(fan)}
-        marking[fan] = await queue.enqueue("media_fingerprint", payload, user_id=creator)
+        marking[fan] = await media_queue.enqueue("media_fingerprint", payload, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     source_pixels = Image.open(m.store.path_for(original.storage_key))
@@ -92,7 +77,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     detecting = {}
     for name, (_, asset_id) in leaks.items():
         payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
-        detecting[name] = await queue.enqueue("media_watermark_detect", payload, user_id=creator)
+        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
     for name, job in detecting.items():
         record = await job_record(owner, job.id)
@@ -108,7 +93,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
 
 
 async def test_an_unknown_recipient_or_a_too_small_image_fails_saying_which_field_and_why(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -117,9 +102,10 @@ async def test_an_unknown_recipient_or_a_too_small_image_fails_saying_which_fiel
     Image.new("RGB", (100, 300), "gray").save(tiny)
     small = await upload(db, m, creator, tiny, "image", "image/png")
     big = await upload(db, m, creator, photo_like(m.samples / "big.jpg"), "image", "image/jpeg")
-    stranger = await queue.enqueue("media_fingerprint", {"asset_id": str(big.id), "fan_profile_id": str(uuid.uuid4())},
-                                   user_id=creator)  # fmt: skip
-    too_small = await queue.enqueue("media_fingerprint", {"asset_id": str(small.id), "fan_profile_id": str(fan)},
+    stranger = await media_queue.enqueue(
+        "media_fingerprint", {"asset_id": str(big.id), "fan_profile_id": str(uuid.uuid4())}, user_id=creator
+    )
+    too_small = await media_queue.enqueue("media_fingerprint", {"asset_id": str(small.id), "fan_profile_id": str(fan)},
                                     user_id=creator)  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
     for job, reason in ((stranger, "fan_profile_id: fan profile"), (too_small, "too small for a fingerprint")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import uuid
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -21,11 +20,9 @@ from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
 from tests.conftest import make_creator
 from tests.media_harness import (
-    JOBS,
     Media,
     in_bottom_right,
     job_record,
-    make_media,
     no_work_dirs_left,
     output_of,
     run_media_jobs,
@@ -45,19 +42,8 @@ from tests.media_samples import (
 )
 
 
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
-
-
-
 async def test_stripped_jpeg_has_no_exif_gps_xmp_iptc_or_comment_and_the_original_is_untouched(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -65,7 +51,7 @@ async def test_stripped_jpeg_has_no_exif_gps_xmp_iptc_or_comment_and_the_origina
     original = source.read_bytes()
     assert len(secrets_in(original)) >= 6 and {"APP1", "APP13", "COM"} <= set(jpeg_segments(original))
     asset = await upload(db, m, creator, source, "image", "image/jpeg")
-    job = await queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     row, data = await output_of(owner, m, job.id)
@@ -88,14 +74,14 @@ async def test_stripped_jpeg_has_no_exif_gps_xmp_iptc_or_comment_and_the_origina
 
 
 async def test_stripped_png_has_no_text_chunks_xmp_or_exif(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
     source = png_with_metadata(m.samples / "shot.png")
     assert {"tEXt", "zTXt", "iTXt", "eXIf"} <= set(png_chunks(source.read_bytes()))
     asset = await upload(db, m, creator, source, "image", "image/png")
-    job = await queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     row, data = await output_of(owner, m, job.id)
@@ -108,7 +94,7 @@ async def test_stripped_png_has_no_text_chunks_xmp_or_exif(
 
 
 async def test_convert_orients_then_crops_then_fits_and_writes_webp(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -116,11 +102,12 @@ async def test_convert_orients_then_crops_then_fits_and_writes_webp(
     asset = await upload(db, m, creator, jpeg_with_metadata(m.samples / "big.jpg", width=400, height=300),
                          "image", "image/jpeg")  # fmt: skip
     crop = {"left": 150, "top": 0, "width": 150, "height": 200}  # the shown top-right quarter
-    job = await queue.enqueue(
+    job = await media_queue.enqueue(
         "media_image_convert", {"asset_id": str(asset.id), "format": "webp", "crop": crop, "max_width": 60},
         user_id=creator,
     )  # fmt: skip
-    resize = await queue.enqueue("media_image_convert", {"asset_id": str(asset.id), "max_height": 100}, user_id=creator)
+    resize = await media_queue.enqueue("media_image_convert", {"asset_id": str(asset.id), "max_height": 100},
+        user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     row, data = await output_of(owner, m, job.id)
@@ -138,7 +125,7 @@ async def test_convert_orients_then_crops_then_fits_and_writes_webp(
 
 
 async def test_probe_records_size_hash_dimensions_and_duration(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -148,7 +135,7 @@ async def test_probe_records_size_hash_dimensions_and_duration(
     stored = await m.store.put(clip, f"{creator}/uploads/clip.mp4")
     async with db.creator_tx(creator) as conn:  # recorded with neither size nor hash
         vid = await media.create_asset(conn, creator, "video", stored.key, mime_type="video/mp4")
-    jobs = [await queue.enqueue("media_probe", {"asset_id": str(a.id)}, user_id=creator) for a in (image, vid)]
+    jobs = [await media_queue.enqueue("media_probe", {"asset_id": str(a.id)}, user_id=creator) for a in (image, vid)]
     await run_media_jobs(database_url, redis_url, m)
 
     for job in jobs:
@@ -164,7 +151,7 @@ async def test_probe_records_size_hash_dimensions_and_duration(
 
 
 async def test_stripped_video_has_no_tags_chapters_dates_or_extra_streams(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -173,7 +160,7 @@ async def test_stripped_video_has_no_tags_chapters_dates_or_extra_streams(
     assert "text" in mp4_handler_types(original)  # the chapter track
     assert any(t != (0, 0) for t in mp4_header_times(original).values())
     asset = await upload(db, m, creator, source, "video", "video/mp4")
-    job = await queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     row, data = await output_of(owner, m, job.id)
@@ -197,16 +184,16 @@ async def test_stripped_video_has_no_tags_chapters_dates_or_extra_streams(
 
 
 async def test_trim_is_frame_accurate_fitted_and_clean(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
     asset = await upload(db, m, creator, video_with_metadata(m.samples / "clip.mp4", seconds=3), "video", "video/mp4")
-    trim = await queue.enqueue(
+    trim = await media_queue.enqueue(
         "media_video_trim", {"asset_id": str(asset.id), "start_ms": 520, "duration_ms": 1000, "max_width": 160},
         user_id=creator,
     )  # fmt: skip
-    silent = await queue.enqueue(
+    silent = await media_queue.enqueue(
         "media_video_trim", {"asset_id": str(asset.id), "start_ms": 2000, "duration_ms": 5000, "audio": False},
         user_id=creator,
     )  # fmt: skip
@@ -229,7 +216,7 @@ async def test_trim_is_frame_accurate_fitted_and_clean(
 
 
 async def test_thumbnail_and_watermark_of_a_video_and_an_image(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner, tier="creator")  # thumbnails are not in the starter tier
@@ -242,9 +229,10 @@ async def test_thumbnail_and_watermark_of_a_video_and_an_image(
             "insert into media_presets (user_id, name, watermark, is_default) values ($1, 'brand', $2, true)",
             creator, {"text": "@gh_creator", "position": "bottom-right", "opacity": 1.0, "size_pct": 12},
         )  # fmt: skip
-    plain = await queue.enqueue("media_video_thumbnail", {"asset_id": str(clip.id), "at_ms": 1000}, user_id=creator)
-    marked_clip = await queue.enqueue("media_watermark", {"asset_id": str(clip.id)}, user_id=creator)
-    marked_photo = await queue.enqueue("media_watermark", {"asset_id": str(photo.id)}, user_id=creator)
+    plain = await media_queue.enqueue("media_video_thumbnail", {"asset_id": str(clip.id), "at_ms": 1000},
+        user_id=creator)
+    marked_clip = await media_queue.enqueue("media_watermark", {"asset_id": str(clip.id)}, user_id=creator)
+    marked_photo = await media_queue.enqueue("media_watermark", {"asset_id": str(photo.id)}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     thumb_row, thumb = await output_of(owner, m, plain.id)
@@ -271,7 +259,7 @@ async def test_thumbnail_and_watermark_of_a_video_and_an_image(
 
 
 async def test_a_storage_key_outside_the_root_fails_the_job_saying_so(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -280,7 +268,7 @@ async def test_a_storage_key_outside_the_root_fails_the_job_saying_so(
     async with db.creator_tx(creator) as conn:
         dotted = await media.create_asset(conn, creator, "image", "../outside.jpg")
         linked = await media.create_asset(conn, creator, "image", "evil/outside.jpg")
-    jobs = [await queue.enqueue("media_strip_metadata", {"asset_id": str(a.id)}, user_id=creator)
+    jobs = [await media_queue.enqueue("media_strip_metadata", {"asset_id": str(a.id)}, user_id=creator)
             for a in (dotted, linked)]  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
 
@@ -294,26 +282,26 @@ async def test_a_storage_key_outside_the_root_fails_the_job_saying_so(
 
 
 async def test_payloads_are_checked_at_enqueue_and_wrong_inputs_fail_with_a_reason(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
     with pytest.raises(InvalidPayload, match=r"crop\.width"):
-        await queue.enqueue("media_image_convert", {"asset_id": str(uuid.uuid4()), "crop": {"left": 0, "top": 0,
+        await media_queue.enqueue("media_image_convert", {"asset_id": str(uuid.uuid4()), "crop": {"left": 0, "top": 0,
                             "width": 0, "height": 5}}, user_id=creator)  # fmt: skip
     with pytest.raises(InvalidPayload, match="duration_ms"):
-        await queue.enqueue("media_video_trim", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+        await media_queue.enqueue("media_video_trim", {"asset_id": str(uuid.uuid4())}, user_id=creator)
     with pytest.raises(QuotaExceeded, match="thumbnail_operations"):  # not in the starter tier
-        await queue.enqueue("media_video_thumbnail", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+        await media_queue.enqueue("media_video_thumbnail", {"asset_id": str(uuid.uuid4())}, user_id=creator)
     image = await upload(db, m, creator, jpeg_with_metadata(m.samples / "p.jpg"), "image", "image/jpeg")
     junk = m.samples / "junk.mp4"
     junk.write_bytes(b"this is not a video")
     broken = await upload(db, m, creator, junk, "video", "video/mp4")
-    wrong_kind = await queue.enqueue("media_video_trim", {"asset_id": str(image.id), "duration_ms": 500},
+    wrong_kind = await media_queue.enqueue("media_video_trim", {"asset_id": str(image.id), "duration_ms": 500},
                                      user_id=creator)  # fmt: skip
-    not_video = await queue.enqueue("media_strip_metadata", {"asset_id": str(broken.id)}, user_id=creator)
-    no_preset = await queue.enqueue("media_watermark", {"asset_id": str(image.id)}, user_id=creator)
-    missing = await queue.enqueue("media_probe", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+    not_video = await media_queue.enqueue("media_strip_metadata", {"asset_id": str(broken.id)}, user_id=creator)
+    no_preset = await media_queue.enqueue("media_watermark", {"asset_id": str(image.id)}, user_id=creator)
+    missing = await media_queue.enqueue("media_probe", {"asset_id": str(uuid.uuid4())}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     reasons = {
@@ -328,13 +316,14 @@ async def test_payloads_are_checked_at_enqueue_and_wrong_inputs_fail_with_a_reas
 
 
 async def test_a_job_run_again_after_it_recorded_its_output_makes_nothing_twice(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, arq_redis: ArqRedis, database_url: str, redis_url: str,
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, arq_redis: ArqRedis, database_url: str,
+    redis_url: str,
     media_dirs: Media,
 ) -> None:  # fmt: skip
     m = media_dirs
     creator = await make_creator(owner)
     asset = await upload(db, m, creator, png_with_metadata(m.samples / "p.png"), "image", "image/png")
-    job = await queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
+    job = await media_queue.enqueue("media_strip_metadata", {"asset_id": str(asset.id)}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
     first, data = await output_of(owner, m, job.id)
     # As if its worker died after recording the output and before the outcome: processing, lease gone.
@@ -355,7 +344,7 @@ async def test_a_job_run_again_after_it_recorded_its_output_makes_nothing_twice(
 
 
 async def test_transcode_crops_fits_and_compresses_and_a_presets_teaser_is_short_small_and_marked(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -369,9 +358,9 @@ async def test_transcode_crops_fits_and_compresses_and_a_presets_teaser_is_short
             creator, {"text": "@gh_creator", "opacity": 1.0, "size_pct": 12},
         )  # fmt: skip
     crop = {"left": 0, "top": 0, "width": 160, "height": 120}
-    small = await queue.enqueue("media_video_transcode", {"asset_id": str(busy.id), "crop": crop, "crf": 40},
+    small = await media_queue.enqueue("media_video_transcode", {"asset_id": str(busy.id), "crop": crop, "crf": 40},
                                 user_id=creator)  # fmt: skip
-    teaser = await queue.enqueue("media_video_teaser", {"asset_id": str(flat.id), "preset_id": str(preset_id),
+    teaser = await media_queue.enqueue("media_video_teaser", {"asset_id": str(flat.id), "preset_id": str(preset_id),
                                  "start_ms": 500}, user_id=creator)  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
 

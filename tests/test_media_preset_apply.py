@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import asyncpg
-import pytest
-from arq.connections import ArqRedis
 from PIL import Image, ImageChops
 
 from geniehelper.db import Database
@@ -16,11 +13,9 @@ from geniehelper.media.probe import parse_description
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
 from tests.media_harness import (
-    JOBS,
     Media,
     in_bottom_right,
     job_record,
-    make_media,
     no_work_dirs_left,
     output_of,
     run_media_jobs,
@@ -29,18 +24,8 @@ from tests.media_harness import (
 from tests.media_samples import jpeg_with_metadata, photo_like, secrets_in, video_with_metadata
 
 
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
-
-
 async def test_one_job_applies_a_presets_size_format_watermark_clip_length_and_strip(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -56,13 +41,14 @@ async def test_one_job_applies_a_presets_size_format_watermark_clip_length_and_s
     tagged = await upload(db, m, creator, jpeg_with_metadata(m.samples / "t.jpg", width=640, height=480),
                           "image", "image/jpeg")  # fmt: skip
     clip = await upload(db, m, creator, video_with_metadata(m.samples / "c.mp4", seconds=2), "video", "video/mp4")
-    marked = await queue.enqueue("media_preset_apply", {"asset_id": str(photo.id), "fan_profile_id": str(fan)},
+    marked = await media_queue.enqueue("media_preset_apply", {"asset_id": str(photo.id), "fan_profile_id": str(fan)},
                                  user_id=creator)  # fmt: skip
-    plain = await queue.enqueue("media_preset_apply", {"asset_id": str(photo.id), "preset_id": str(preset_id)},
+    plain = await media_queue.enqueue("media_preset_apply", {"asset_id": str(photo.id), "preset_id": str(preset_id)},
                                 user_id=creator)  # fmt: skip
-    stripped = await queue.enqueue("media_preset_apply", {"asset_id": str(tagged.id)}, user_id=creator)
-    teaser = await queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "start_ms": 500}, user_id=creator)
-    mute_fan = await queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "fan_profile_id": str(fan)},
+    stripped = await media_queue.enqueue("media_preset_apply", {"asset_id": str(tagged.id)}, user_id=creator)
+    teaser = await media_queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "start_ms": 500},
+        user_id=creator)
+    mute_fan = await media_queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "fan_profile_id": str(fan)},
                                    user_id=creator)  # fmt: skip
     await run_media_jobs(database_url, redis_url, m)
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from arq.connections import ArqRedis
 from PIL import Image, ImageStat
 
 from geniehelper.db import Database
@@ -17,18 +16,8 @@ from geniehelper.media.tools import find_ffmpeg
 from geniehelper.runtime.definition import InvalidPayload
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
-from tests.media_harness import JOBS, Media, make_media, no_work_dirs_left, output_of, run_media_jobs, upload
+from tests.media_harness import Media, no_work_dirs_left, output_of, run_media_jobs, upload
 from tests.media_samples import video_with_metadata
-
-
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
-
-
-@pytest.fixture
-def queue(db: Database, arq_redis: ArqRedis) -> JobQueue:
-    return JobQueue(db, arq_redis, JOBS)
 
 
 def silent_clip(path: Path, *, seconds: float, size: str, fps: int) -> Path:
@@ -43,7 +32,7 @@ def silent_clip(path: Path, *, seconds: float, size: str, fps: int) -> Path:
 
 
 async def test_clips_of_other_sizes_and_rates_join_into_one_of_the_first_ones_size_lasting_their_sum(
-    db: Database, owner: asyncpg.Connection, queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
@@ -53,11 +42,11 @@ async def test_clips_of_other_sizes_and_rates_join_into_one_of_the_first_ones_si
     mute = await upload(db, m, creator, silent_clip(m.samples / "c.mp4", seconds=1, size="160x120", fps=15),
                         "video", "video/mp4")  # fmt: skip
     ids = [str(first.id), str(second.id), str(mute.id)]
-    job = await queue.enqueue("media_video_join", {"asset_ids": ids}, user_id=creator)
+    job = await media_queue.enqueue("media_video_join", {"asset_ids": ids}, user_id=creator)
     with pytest.raises(InvalidPayload, match="asset_ids"):
-        await queue.enqueue("media_video_join", {"asset_ids": [ids[0], ids[0]]}, user_id=creator)
+        await media_queue.enqueue("media_video_join", {"asset_ids": [ids[0], ids[0]]}, user_id=creator)
     with pytest.raises(InvalidPayload, match="asset_ids"):
-        await queue.enqueue("media_video_join", {"asset_ids": [ids[0]]}, user_id=creator)
+        await media_queue.enqueue("media_video_join", {"asset_ids": [ids[0]]}, user_id=creator)
     await run_media_jobs(database_url, redis_url, m)
 
     row, _ = await output_of(owner, m, job.id)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import asyncpg
 import psutil
-import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
@@ -25,18 +24,12 @@ from tests.media_harness import (
     JOBS,
     Media,
     job_record,
-    make_media,
     output_of,
     run_media_jobs,
     settings_for,
     upload,
 )
 from tests.media_samples import video_with_metadata
-
-
-@pytest.fixture
-def media_dirs(tmp_path: Path) -> Media:
-    return make_media(tmp_path)
 
 
 def _dead(pid: int) -> bool:
