@@ -14,10 +14,11 @@ from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 
 from bench.common import bench_settings, quiet_logs
 from bench.runtime_throughput import BARE_QUEUE, FAST_POLL_S, NOOP, bare_noop, go_key, ready_key
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 

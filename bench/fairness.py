@@ -31,7 +31,7 @@ import httpx
 from arq import func
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import job_key_prefix
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 from pydantic import Field
 
 from bench.common import (
@@ -56,6 +56,7 @@ from bench.runtime_throughput import in_parallel
 from geniehelper.db import Database, connect_owner
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
 from geniehelper.runtime.queue import JobQueue, JobRequest

@@ -36,7 +36,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 from arq.constants import job_key_prefix
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 
 from bench.common import (
     LogTally,
@@ -59,6 +59,7 @@ from geniehelper.db import Database, connect_owner
 from geniehelper.domain import platform as connections
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.transport import create_arq_redis

@@ -31,7 +31,7 @@ from uuid import UUID, uuid4
 import asyncpg
 from arq import func
 from arq.connections import ArqRedis, RedisSettings, create_pool
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 from pydantic import Field
 
 from bench.common import (
@@ -50,6 +50,7 @@ from bench.common import (
     write_results,
 )
 from geniehelper.db import Database, connect_owner
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, queue_key
 from geniehelper.runtime.queue import EnqueuedJob, JobQueue, JobRequest

@@ -16,9 +16,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import psutil
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 
 from geniehelper.embedded import free_port
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings

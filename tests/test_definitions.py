@@ -16,10 +16,10 @@ from typing import Any
 import asyncpg
 import pytest
 from arq.connections import ArqRedis
-from arq.worker import create_worker
 from pydantic import Field
 
 from geniehelper.db import Database
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import Concurrency, JobDefinition, JobPayload, Subject, queue_key
 from geniehelper.runtime.delivery import dispatch_fair

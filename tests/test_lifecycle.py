@@ -16,13 +16,14 @@ import asyncpg
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, retry_key_prefix
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 from structlog.testing import capture_logs
 
 from geniehelper.db import Database
 from geniehelper.embedded import free_port
 from geniehelper.runtime import store
 from geniehelper.runtime.attempt import UNKNOWN_JOB_MAX_TRIES
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.definition import JobDefinition, queue_key
 from geniehelper.runtime.delivery import LostDispatchFinder, prune_finished, relay_unpushed
 from geniehelper.runtime.outcome import OUTCOME_PREFIX

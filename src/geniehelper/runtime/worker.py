@@ -24,7 +24,7 @@ import structlog
 from arq import func
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix
-from arq.worker import Worker, create_worker
+from arq.worker import Worker
 
 from geniehelper import health
 from geniehelper.db import Database
@@ -33,6 +33,7 @@ from geniehelper.runtime.attempt import (
     make_rejected_function,
     make_unknown_job_function,
 )
+from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.metrics import WorkerMetrics

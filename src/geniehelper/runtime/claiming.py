@@ -1,0 +1,88 @@
+"""arq's worker, claiming the jobs of a poll in one Redis round trip instead of four each.
+
+arq starts the ids a poll read one at a time: for each, WATCH its in-progress key, EXISTS, ZSCORE,
+then MULTI/PSETEX/EXEC, four round trips in sequence before the next id is looked at. On a busy
+worker that serial loop is where the time goes (measured by `bench runtime_throughput`: arq's own
+share of a no-op job's cost), and it hands deliveries to the runtime one by one, so their record
+writes rarely share a statement.
+
+`ClaimingWorker.start_jobs` makes the same checks and the same marker for as many ids as the worker
+has free slots in one Lua script (atomic in Redis, which WATCH only approximated), then starts each
+claimed job exactly as arq does. Everything else is arq's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from arq.worker import Worker, get_kwargs
+
+# For each id: skip it if its in-progress marker exists, it left the queue, or it is not due yet
+# (arq's three checks); otherwise set the marker for the job's timeout. Returns id, score pairs.
+CLAIM_SCRIPT = """
+local claimed = {}
+local now = tonumber(ARGV[1])
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  local marker = ARGV[3] .. id
+  if redis.call('exists', marker) == 0 then
+    local score = redis.call('zscore', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('psetex', marker, ARGV[2], '1')
+      claimed[#claimed + 1] = id
+      claimed[#claimed + 1] = score
+    end
+  end
+end
+return claimed
+"""
+
+
+class ClaimingWorker(Worker):
+    """arq's Worker with a batched `start_jobs` (see the module's docstring)."""
+
+    _claim: Any = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        pending = [job_id.decode() for job_id in job_ids]
+        while pending:
+            await self.sem.acquire()  # wait for one slot, as arq does, then take every free one
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            slots = 1
+            while slots < min(len(pending), self.max_jobs - self.job_counter) and not self.sem.locked():
+                await self.sem.acquire()  # free: returns at once
+                slots += 1
+            batch, pending = pending[:slots], pending[slots:]
+            self.job_counter += slots
+            claimed = await self._claim_many(batch)
+            for _ in range(slots - len(claimed)):  # started elsewhere, finished, or not due
+                self.job_counter -= 1
+                self.sem.release()
+            for job_id, score in claimed:
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+
+    async def _claim_many(self, job_ids: list[str]) -> list[tuple[str, int]]:
+        if self._claim is None:  # arq opens its pool in main(): register the script on first use
+            self._claim = self.pool.register_script(CLAIM_SCRIPT)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        try:
+            raw = await self._claim(
+                keys=[self.queue_name], args=[timestamp_ms(), timeout_ms, in_progress_key_prefix, *job_ids]
+            )
+        except BaseException:
+            self.job_counter -= len(job_ids)
+            for _ in job_ids:
+                self.sem.release()
+            raise
+        return [(raw[i].decode(), int(float(raw[i + 1]))) for i in range(0, len(raw), 2)]
+
+
+def create_worker(settings_cls: Any, **kwargs: Any) -> ClaimingWorker:
+    """Like arq's `create_worker`, with the claiming worker."""
+    return ClaimingWorker(**{**get_kwargs(settings_cls), **kwargs})
