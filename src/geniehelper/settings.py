@@ -113,10 +113,11 @@ class JobRetentionSettings:
     older_than_s: float  # JOB_RETENTION_S
 
 
-# default: time-critical (publishing); bulk: sync, deliveries, imports; media: processing, which
-# the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
+# default: time-critical (publishing), waiting on platforms' HTTP answers: 50 at once, so that
+# concurrent deliveries' record writes share statements (docs/jobs.md); bulk: sync, deliveries,
+# imports; media: processing, which the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
 DEFAULT_QUEUES: dict[str, dict[str, object]] = {
-    "default": {"concurrency": 10},
+    "default": {"concurrency": 50},
     "bulk": {"concurrency": 10, "fair": True},
     "media": {"concurrency": 1},
 }
