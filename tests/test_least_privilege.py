@@ -81,6 +81,26 @@ async def test_a_role_set_on_a_pooled_connection_does_not_pass_to_its_next_user(
         await database.close()
 
 
+async def test_a_statement_connection_skips_only_its_own_reset(database_url: str, owner: asyncpg.Connection) -> None:
+    creator = await make_creator(owner)
+    database = await Database.open(database_url, min_size=1, max_size=1)
+    try:
+        async with database.statement() as conn:  # what enqueue() runs: record_jobs sets its creator locally
+            await conn.fetch(
+                "select * from record_jobs($1, 'x', 'default', 1, array['k'], array['{}'::jsonb],"
+                " array[null::timestamptz], array[null::text], array[null::uuid], array[null::text])",
+                creator,
+            )
+        async with database.app_pool.acquire() as conn:  # the same connection (max_size=1)
+            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
+            await conn.execute("set role geniehelper_system")
+        async with database.statement() as conn:  # an ordinary release before it was reset as usual
+            assert await conn.fetchval("select current_user") == "geniehelper_app"
+    finally:
+        await database.close()
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 1
+
+
 async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_creators(
     worker_database_url: str, owner: asyncpg.Connection
 ) -> None:

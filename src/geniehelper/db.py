@@ -13,6 +13,7 @@ A process logs in as a role that holds nothing itself and may only SET ROLE to t
 
 from __future__ import annotations
 
+import contextvars
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,9 +40,15 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
+# Set while `Database.statement` releases its connection: nothing there can have left session state.
+_RELEASING_CLEAN: contextvars.ContextVar[bool] = contextvars.ContextVar("releasing_clean", default=False)
+
+
 async def _reset_session(conn: asyncpg.Connection) -> None:
     """asyncpg's reset (RESET ALL, UNLISTEN, advisory locks, cursors) plus RESET ROLE, which RESET ALL
     leaves alone: a SET ROLE run by one user of a pooled connection must not pass to the next."""
+    if _RELEASING_CLEAN.get():
+        return  # asyncpg still rolls back a transaction left open (Connection._reset) before this
     await conn.execute("reset role;\n" + conn.get_reset_query())
 
 
@@ -173,6 +180,21 @@ class Database:
         async with self.app_pool.acquire() as conn, conn.transaction():
             await conn.execute("select set_config('app.user_id', $1, true)", str(UUID(str(user_id))))
             yield conn
+
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[Any]:
+        """An app connection for self-contained statements of our own (e.g. `record_jobs`, which
+        sets its creator transaction-locally): released without the session reset, a round trip
+        that would only undo what such statements cannot leave behind."""
+        conn = await self.app_pool.acquire()
+        try:
+            yield conn
+        finally:
+            token = _RELEASING_CLEAN.set(True)
+            try:
+                await self.app_pool.release(conn)
+            finally:
+                _RELEASING_CLEAN.reset(token)
 
     @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:

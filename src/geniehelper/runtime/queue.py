@@ -106,7 +106,7 @@ class JobQueue:
         if self.registry[job_name].quota_operation is not None or user is None:
             scope = self.db.scoped_tx(user)  # the quota is charged in the records' transaction
         else:  # one statement, its own transaction: record_jobs acts for the creator it is given
-            scope = self.db.app_pool.acquire()
+            scope = self.db.statement()
         async with scope as conn:
             job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
         await self.push(job)
