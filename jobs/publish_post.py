@@ -130,12 +130,10 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
     external_id = published.external_post_id if published else attempt.external_post_id
     posted_at = published.created_at if published else None
     async with ctx.creator_tx() as conn:
-        if published is not None:
-            await conn.execute(publishing.CONFIRM_ATTEMPT, attempt.id, external_id, None)
         await conn.execute(
-            publishing.MARK_POSTED, post.id, external_id, None, posted_at or post.scheduled_time, post.revision
-        )
-        await conn.execute(publishing.MARK_CONTENT_PUBLISHED, post.content_post_id, posted_at)
+            publishing.RECORD_POSTED, attempt.id if published is not None else None, external_id, None, post.id,
+            posted_at or post.scheduled_time, post.revision, post.content_post_id, posted_at,
+        )  # fmt: skip
     log.info("publish.posted", scheduled_post_id=str(post.id), external_post_id=external_id, platform=post.platform)
     return {"outcome": "posted", "external_post_id": external_id}
 

@@ -188,6 +188,14 @@ async def test_due_post_is_published_exactly_once(
     row = await post_row(owner, scheduled_id)
     assert row["status"] == "posted" and row["external_post_id"] == posts[0]["external_post_id"]
     assert row["posted_at"] is not None
+    attempt = await owner.fetchrow("select * from publish_attempts where scheduled_post_id = $1", scheduled_id)
+    assert attempt["external_post_id"] == row["external_post_id"] and attempt["confirmed_at"] is not None
+    content = await owner.fetchrow(
+        "select cp.status, cp.published_at from content_posts cp join scheduled_posts sp on sp.content_post_id = cp.id"
+        " where sp.id = $1",
+        scheduled_id,
+    )
+    assert content["status"] == "published" and content["published_at"] is not None
     assert (await post_row(owner, later_id))["status"] == "scheduled"
     job = await owner.fetchrow("select * from media_jobs where subject_id = $1", scheduled_id)
     assert job["status"] == "completed" and job["job_name"] == "publish_post"

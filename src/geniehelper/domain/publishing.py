@@ -125,20 +125,21 @@ on conflict (user_id, scheduled_post_id, platform, revision) do update
 returning id, idempotency_key, attempts, external_post_id, (xmax = 0) as created
 """
 
-CONFIRM_ATTEMPT = """
-update publish_attempts set external_post_id = $2, external_post_url = $3, confirmed_at = now()
- where id = $1
-"""
-
-MARK_POSTED = """
-update scheduled_posts
-   set status = 'posted', external_post_id = $2, external_post_url = $3, posted_at = $4, error_message = null
- where id = $1 and revision = $5
-"""
-
-MARK_CONTENT_PUBLISHED = """
-update content_posts set status = 'published', published_at = coalesce(published_at, $2)
- where id = $1 and status <> 'archived'
+# A published post, in one statement: its attempt confirmed ($1 NULL: an earlier attempt's id was
+# already confirmed), the scheduled post `posted` (its revision only), the content piece `published`.
+# $2 external id, $3 external url, $4 scheduled post, $5 posted at, $6 revision, $7 content post,
+# $8 when the platform says it was created (NULL: unknown).
+RECORD_POSTED = """
+with confirmed as (
+    update publish_attempts set external_post_id = $2, external_post_url = $3, confirmed_at = now()
+     where id = $1
+), posted as (
+    update scheduled_posts
+       set status = 'posted', external_post_id = $2, external_post_url = $3, posted_at = $5, error_message = null
+     where id = $4 and revision = $6
+)
+update content_posts set status = 'published', published_at = coalesce(published_at, $8)
+ where id = $7 and status <> 'archived'
 """
 
 # Overdue when its job runs (the job waited out an outage, or retries took it past the limit).
