@@ -62,10 +62,9 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         if late and await publishing.find_attempt(conn, post) is None:
             # Nothing of this revision was ever sent: too late to publish, nothing to verify.
             return await _mark_missed(conn, post, max_lateness_s, "")
-        started = await conn.execute(publishing.START_PUBLISHING, post.id, post.revision)
-        if started != "UPDATE 1":
+        attempt = await publishing.start_attempt(conn, post)
+        if attempt is None:
             return {"outcome": "not_publishable", "status": post.status}
-        attempt = await publishing.record_attempt(conn, post)
         connection = await connections.get(conn, post.platform_connection_id)
     if connection is None:
         await _fail(ctx, post, "the post's platform connection is missing")

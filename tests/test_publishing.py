@@ -496,7 +496,9 @@ async def test_time_and_content_changes_bump_the_revision_and_nothing_else_does(
     assert (await post_row(owner, posted_id))["revision"] == 1
     # A scheduled post is not the job's to start: only the post_scheduler's claim ('queued') is.
     async with db.creator_tx(creator.user_id) as conn:
-        assert await conn.execute(publishing.START_PUBLISHING, scheduled_id, 6) == "UPDATE 0"
+        post = await publishing.load_for_publish(conn, scheduled_id)
+        assert post is not None and post.revision == 6
+        assert await publishing.start_attempt(conn, post) is None
     assert (await post_row(owner, scheduled_id))["status"] == "scheduled"
 
 
@@ -509,7 +511,8 @@ async def test_changes_to_a_post_being_published_are_refused(
     await scheduler_tick(settings, db, arq_redis, database_url)
     content_id = (await post_row(owner, scheduled_id))["content_post_id"]
     async with db.creator_tx(creator.user_id) as conn:  # what publish_post does first
-        assert await conn.execute(publishing.START_PUBLISHING, scheduled_id, 1) == "UPDATE 1"
+        post = await publishing.load_for_publish(conn, scheduled_id)
+        assert post is not None and await publishing.start_attempt(conn, post) is not None
     edits = [
         ("update scheduled_posts set scheduled_time = now() + interval '1 day' where id = $1", scheduled_id,
          f"scheduled post {scheduled_id} is being published"),
@@ -621,8 +624,8 @@ async def test_a_post_stuck_publishing_without_a_job_is_claimed_again_and_settle
     async with db.creator_tx(creator.user_id) as conn:
         post = await publishing.load_for_publish(conn, scheduled_id)
         assert post is not None
-        assert await conn.execute(publishing.START_PUBLISHING, post.id, post.revision) == "UPDATE 1"
-        attempt = await publishing.record_attempt(conn, post)
+        attempt = await publishing.start_attempt(conn, post)
+        assert attempt is not None
         connection = await connections.get(conn, creator.connection_id)
     assert connection is not None
     if landed:

@@ -104,22 +104,24 @@ select sp.id, sp.user_id, sp.content_post_id, sp.platform_connection_id, sp.plat
    for update of sp
 """
 
-# Only a claimed post: a 'scheduled' one has not been dispatched by the post_scheduler (not due yet,
-# or its lateness not checked) and is not published by a job that finds it so.
-START_PUBLISHING = """
-update scheduled_posts
-   set status = 'publishing', publishing_started_at = now(), attempts = attempts + 1, error_message = null
- where id = $1 and revision = $2 and status in ('queued', 'publishing')
-"""
-
 FIND_ATTEMPT = """
 select id, idempotency_key, attempts, external_post_id, false as created from publish_attempts
  where user_id = $1 and scheduled_post_id = $2 and platform = $3 and revision = $4
 """
 
-RECORD_ATTEMPT = """
+# The post set `publishing` and its attempt row written (or counted again), in one statement. Only
+# a claimed post starts: a 'scheduled' one has not been dispatched by the post_scheduler (not due
+# yet, or its lateness not checked) and is not published by a job that finds it so; then no row.
+# $1 creator, $2 scheduled post, $3 platform, $4 revision, $5 idempotency key.
+START_ATTEMPT = """
+with started as (
+    update scheduled_posts
+       set status = 'publishing', publishing_started_at = now(), attempts = attempts + 1, error_message = null
+     where id = $2 and revision = $4 and status in ('queued', 'publishing')
+    returning id
+)
 insert into publish_attempts (user_id, scheduled_post_id, platform, revision, idempotency_key)
-values ($1, $2, $3, $4, $5)
+select $1, started.id, $3, $4, $5 from started
 on conflict (user_id, scheduled_post_id, platform, revision) do update
     set attempts = publish_attempts.attempts + 1
 returning id, idempotency_key, attempts, external_post_id, (xmax = 0) as created
@@ -181,9 +183,11 @@ async def find_attempt(conn: Any, post: PostToSend) -> PublishAttempt | None:
     return PublishAttempt(**dict(row)) if row else None
 
 
-async def record_attempt(conn: Any, post: PostToSend) -> PublishAttempt:
+async def start_attempt(conn: Any, post: PostToSend) -> PublishAttempt | None:
+    """Mark the post publishing and record this attempt; None when the post is not claimed for this
+    revision (START_ATTEMPT)."""
     row = await conn.fetchrow(
-        RECORD_ATTEMPT, post.user_id, post.id, post.platform, post.revision,
+        START_ATTEMPT, post.user_id, post.id, post.platform, post.revision,
         idempotency_key(post.id, post.platform, post.revision),
     )  # fmt: skip
-    return PublishAttempt(**dict(row))
+    return PublishAttempt(**dict(row)) if row else None
