@@ -101,35 +101,6 @@ async def test_a_statement_connection_skips_only_its_own_reset(database_url: str
     assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 1
 
 
-async def test_a_creator_transaction_resets_its_session_with_commit_or_rollback(
-    database_url: str, owner: asyncpg.Connection
-) -> None:
-    creator = await make_creator(owner)
-    record = (
-        "select * from record_jobs($1, 'x', 'default', 1, array[$2::text], array['{}'::jsonb],"
-        " array[null::timestamptz], array[null::text], array[null::uuid], array[null::text])"
-    )
-    database = await Database.open(database_url, min_size=1, max_size=1)
-    try:
-        async with database.creator_tx(creator) as conn:  # BEGIN with the creator, COMMIT with the reset
-            assert await conn.fetchval("select current_setting('app.user_id')") == str(creator)
-            await conn.execute("set application_name = 'left behind'")  # session-wide
-            await conn.fetch(record, creator, "kept")
-        with pytest.raises(RuntimeError, match="body failed"):
-            async with database.creator_tx(creator) as conn:  # ROLLBACK with the reset
-                await conn.execute("set application_name = 'left behind'")
-                await conn.fetch(record, creator, "rolled back")
-                raise RuntimeError("body failed")
-        async with database.app_pool.acquire() as conn:  # the same connection (max_size=1)
-            assert await conn.fetchval("select current_setting('application_name')") == "geniehelper"
-            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
-            assert not await conn.fetchval("select pg_catalog.pg_current_xact_id_if_assigned() is not null")
-    finally:
-        await database.close()
-    keys = await owner.fetch("select job_key from media_jobs where user_id = $1", creator)
-    assert [r["job_key"] for r in keys] == ["kept"]
-
-
 async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_creators(
     worker_database_url: str, owner: asyncpg.Connection
 ) -> None:

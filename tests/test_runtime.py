@@ -15,8 +15,7 @@ from arq.connections import ArqRedis
 
 from geniehelper.db import Database
 from geniehelper.runtime import store
-from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import InvalidPayload, JobDefinition, JobPayload, UnknownJob, queue_key
+from geniehelper.runtime.definition import InvalidPayload, UnknownJob, queue_key
 from geniehelper.runtime.delivery import relay_unpushed
 from geniehelper.runtime.queue import JobQueue
 from geniehelper.runtime.quotas import QuotaExceeded
@@ -375,37 +374,3 @@ async def test_shell_enqueue_records_the_job_or_names_the_bad_field(
     job_id = uuid.UUID(json.loads(good.stdout)["id"])
     row = await record(owner, job_id)
     assert row["status"] == "queued" and row["enqueued_at"] is not None and row["user_id"] == creator
-
-
-class TakeoverPayload(JobPayload):
-    owner_url: str
-
-
-async def taken_over(ctx: JobContext, payload: TakeoverPayload) -> None:
-    """Writes once, is taken over by another attempt (as a re-drive after its lease ran out would),
-    then tries to write again."""
-    async with ctx.creator_tx() as conn:
-        await conn.execute("update media_jobs set progress = 10 where id = $1", ctx.record_id)
-    owner = await asyncpg.connect(payload.owner_url)
-    try:
-        await owner.execute("update media_jobs set attempts = attempts + 1 where id = $1", ctx.record_id)
-    finally:
-        await owner.close()
-    async with ctx.creator_tx() as conn:
-        await conn.execute("update media_jobs set progress = 99 where id = $1", ctx.record_id)
-
-
-TAKEN_OVER = JobDefinition("t_taken_over", TakeoverPayload, taken_over)
-
-
-async def test_a_transaction_of_a_superseded_attempt_raises_lease_lost_and_writes_nothing(
-    db: Database, arq_redis: ArqRedis, owner: asyncpg.Connection, owner_url: str, database_url: str, redis_url: str
-) -> None:
-    creator = await make_creator(owner)
-    registry = JobRegistry([TAKEN_OVER])
-    job = await JobQueue(db, arq_redis, registry).enqueue(TAKEN_OVER.name, {"owner_url": owner_url}, user_id=creator)
-    await drain_queue(settings_for(database_url, redis_url), registry)
-    row = await record(owner, job.id)
-    # The first transaction landed; the second was refused when it opened (enter_job_tx, 0030), and
-    # the runtime, finding its attempt superseded, recorded no outcome over the new attempt's record.
-    assert (row["progress"], row["attempts"], row["status"]) == (10, 2, "processing")

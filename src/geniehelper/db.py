@@ -13,7 +13,6 @@ A process logs in as a role that holds nothing itself and may only SET ROLE to t
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import json
 from collections.abc import AsyncIterator
@@ -50,28 +49,7 @@ async def _reset_session(conn: asyncpg.Connection) -> None:
     leaves alone: a SET ROLE run by one user of a pooled connection must not pass to the next."""
     if _RELEASING_CLEAN.get():
         return  # asyncpg still rolls back a transaction left open (Connection._reset) before this
-    await conn.execute(_reset_sql(conn))
-
-
-def _reset_sql(conn: Any) -> str:  # a Connection, or a pool's proxy of one
-    return "reset role;\n" + str(conn.get_reset_query())
-
-
-# Statements that open a transaction, sent with BEGIN as one simple query: the simple protocol
-# takes no parameters, so the values are rendered here, and only from types whose text is safe
-# (a UUID's is hex digits and dashes, an int's digits).
-def set_creator_sql(user_id: UUID | str) -> str:
-    """Act for one creator until the transaction ends (set_config's `true`: transaction-local)."""
-    return f"select set_config('app.user_id', '{UUID(str(user_id))}', true)"
-
-
-def enter_job_tx_sql(user_id: UUID, record_id: UUID, attempt: int) -> str:
-    """Act for the job's creator, or raise SQLSTATE GHL01 if the attempt no longer owns the job (0030)."""
-    return f"select enter_job_tx('{UUID(str(user_id))}', '{UUID(str(record_id))}', {int(attempt)})"
-
-
-# enter_job_tx's refusal: another attempt took the job over.
-ATTEMPT_NOT_OWNER = "GHL01"
+    await conn.execute("reset role;\n" + conn.get_reset_query())
 
 
 async def create_pool(
@@ -199,35 +177,9 @@ class Database:
         `set_config(..., true)` is transaction-local, so the setting dies with COMMIT/ROLLBACK and
         never leaks to the next user of the pooled connection (a plain SET would).
         """
-        async with self.app_tx(set_creator_sql(user_id)) as conn:
+        async with self.app_pool.acquire() as conn, conn.transaction():
+            await conn.execute("select set_config('app.user_id', $1, true)", str(UUID(str(user_id))))
             yield conn
-
-    @asynccontextmanager
-    async def app_tx(self, opening: str) -> AsyncIterator[Any]:
-        """A transaction on the app pool in two round trips instead of four: BEGIN goes with its
-        `opening` statements (`set_creator_sql`, `enter_job_tx_sql`), and COMMIT with the session
-        reset that releasing the connection would otherwise send on its own. If the body raises,
-        ROLLBACK goes with the reset; if COMMIT fails, the connection is reset on release as usual."""
-        conn = await self.app_pool.acquire()
-        reset_done = False
-        try:
-            await conn.execute("begin;\n" + opening)
-            try:
-                yield conn
-            except BaseException:
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):  # a broken connection is terminated on release
-                        await conn.execute("rollback;\n" + _reset_sql(conn))
-                        reset_done = True
-                raise
-            await conn.execute("commit;\n" + _reset_sql(conn))
-            reset_done = True
-        finally:
-            token = _RELEASING_CLEAN.set(reset_done)
-            try:
-                await self.app_pool.release(conn)
-            finally:
-                _RELEASING_CLEAN.reset(token)
 
     @asynccontextmanager
     async def statement(self) -> AsyncIterator[Any]:

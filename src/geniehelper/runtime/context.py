@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 from uuid import UUID
 
-import asyncpg
 from arq.connections import ArqRedis
 
-from geniehelper.db import ATTEMPT_NOT_OWNER, Database, enter_job_tx_sql
+from geniehelper.db import Database
 from geniehelper.runtime import store
 from geniehelper.runtime.definition import AnyJob
 from geniehelper.runtime.metrics import WorkerMetrics
@@ -72,15 +71,10 @@ class JobContext:
             async with self._runtime.db.creator_tx(self.user_id) as conn:
                 yield conn
             return
-        opened = False
-        try:
-            async with self._runtime.db.app_tx(enter_job_tx_sql(self.user_id, self.record_id, self.attempt)) as conn:
-                opened = True
-                yield conn
-        except asyncpg.PostgresError as exc:
-            if not opened and exc.sqlstate == ATTEMPT_NOT_OWNER:
-                raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}") from None
-            raise
+        async with self._runtime.db.app_pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(store.BEGIN_JOB_TX, self.user_id, self.record_id, self.attempt):
+                raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
+            yield conn
 
     @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:

@@ -58,6 +58,7 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
 ATTEMPT_HOLDS = "select runtime_attempt_holds($1, $2, $3)"
 
 # Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
+BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
 BEGIN_SYSTEM_JOB_TX = "select begin_system_job_tx($1, $2)"
 
 # Outcomes of many attempts, each landing only while its attempt still owns the record:
