@@ -118,7 +118,7 @@ class JobRetentionSettings:
 DEFAULT_QUEUES: dict[str, dict[str, object]] = {
     "default": {"concurrency": 10},
     "bulk": {"concurrency": 10, "fair": True},
-    "media": {"concurrency": 1},
+    "media": {"concurrency": 4},
 }
 
 
@@ -479,6 +479,15 @@ class Settings(BaseSettings):
     )
     media_max_image_pixels: int = Field(
         default=100_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+    media_memory_budget_mb: float = Field(
+        default=2048.0, gt=0, le=1_048_576,
+        description="A media worker starts jobs while their estimated memory stays within this (README, "
+        "Admission by a memory budget); the media queue's concurrency is the upper bound.",
+    )
+    media_admission_wait_s: float = Field(
+        default=60.0, ge=0, le=3_600,
+        description="A media job waiting this long for memory is handed back to the queue (untouched) and comes again.",
     )
 
     # AI for media jobs (docs in README, AI descriptions and transcription).
