@@ -114,7 +114,8 @@ class JobRetentionSettings:
 
 
 # default: time-critical (publishing); bulk: sync, deliveries, imports; media: processing, which
-# the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
+# the original ran one at a time (its parallel jobs exhausted 16 GB of RAM): here 4 is an upper bound,
+# MEDIA_MEMORY_BUDGET_MB decides (runtime.admission).
 DEFAULT_QUEUES: dict[str, dict[str, object]] = {
     "default": {"concurrency": 10},
     "bulk": {"concurrency": 10, "fair": True},
