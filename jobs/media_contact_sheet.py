@@ -18,6 +18,7 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, sheet, video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
@@ -79,4 +80,5 @@ MEDIA_CONTACT_SHEET = JobDefinition(
     key=lambda p: payload_key("media_contact_sheet", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

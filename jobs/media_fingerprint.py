@@ -20,6 +20,7 @@ from pydantic import Field
 from geniehelper.domain import fan_crm
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
@@ -64,4 +65,5 @@ MEDIA_FINGERPRINT = JobDefinition(
     key=lambda p: payload_key("media_fingerprint", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

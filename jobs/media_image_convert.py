@@ -16,6 +16,7 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.images import CropBox
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
@@ -58,4 +59,5 @@ MEDIA_IMAGE_CONVERT = JobDefinition(
     key=lambda p: payload_key("media_image_convert", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

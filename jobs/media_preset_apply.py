@@ -21,6 +21,7 @@ from pydantic import Field
 from geniehelper.domain import fan_crm, media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
@@ -113,4 +114,5 @@ MEDIA_PRESET_APPLY = JobDefinition(
     key=lambda p: payload_key("media_preset_apply", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from geniehelper.ai.client import AI
 from geniehelper.domain import media
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import Progress, classify_media_error, load_source, payload_key, probe_video
 from geniehelper.media.tools import MEDIA, run_blocking
 from geniehelper.runtime.context import JobContext
@@ -81,4 +82,5 @@ MEDIA_TRANSCRIBE = JobDefinition(
     key=lambda p: payload_key("media_transcribe", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA, AI),
+    memory_estimate=estimate_media_memory,
 )

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
@@ -73,4 +74,5 @@ MEDIA_VIDEO_JOIN = JobDefinition(
     key=lambda p: payload_key("media_video_join", p, p.asset_ids[0]),
     subject=lambda p: Subject("media_asset", p.asset_ids[0]),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

@@ -17,6 +17,7 @@ from pydantic import Field
 from geniehelper.domain import media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
@@ -84,4 +85,5 @@ MEDIA_VIDEO_TEASER = JobDefinition(
     key=lambda p: payload_key("media_video_teaser", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

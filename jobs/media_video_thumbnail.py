@@ -15,6 +15,7 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
@@ -60,4 +61,5 @@ MEDIA_VIDEO_THUMBNAIL = JobDefinition(
     key=lambda p: payload_key("media_video_thumbnail", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

@@ -15,6 +15,7 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.images import CropBox
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools
@@ -56,4 +57,5 @@ MEDIA_VIDEO_TRANSCODE = JobDefinition(
     key=lambda p: payload_key("media_video_transcode", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

@@ -16,6 +16,7 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
 from geniehelper.media.tools import MEDIA, MediaTools
 from geniehelper.runtime.context import JobContext
@@ -55,4 +56,5 @@ MEDIA_VIDEO_TRIM = JobDefinition(
     key=lambda p: payload_key("media_video_trim", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

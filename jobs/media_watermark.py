@@ -15,6 +15,7 @@ from uuid import UUID
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
@@ -72,4 +73,5 @@ MEDIA_WATERMARK = JobDefinition(
     key=lambda p: payload_key("media_watermark", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

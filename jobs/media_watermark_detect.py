@@ -13,6 +13,7 @@ from uuid import UUID
 
 from geniehelper.domain import media
 from geniehelper.media import fingerprint, images
+from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import classify_media_error, load_source, payload_key
 from geniehelper.media.tools import MEDIA, run_blocking
 from geniehelper.runtime.context import JobContext
@@ -53,4 +54,5 @@ MEDIA_WATERMARK_DETECT = JobDefinition(
     key=lambda p: payload_key("media_watermark_detect", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),
+    memory_estimate=estimate_media_memory,
 )

@@ -181,6 +181,8 @@ class RowFactory:
             return 1
         if type_name.startswith("numeric"):
             return Decimal(1)
+        if type_name in ("double precision", "real"):
+            return 1.0
         if type_name == "boolean":
             return True
         if type_name == "timestamp with time zone":

@@ -86,7 +86,7 @@ async def test_a_bulk_job_runs_on_the_bulk_worker_with_its_configured_concurrenc
     settings = settings_for(database_url, redis_url, queues={"bulk": {"concurrency": 3}})
     cls = build_worker_settings("bulk", registry, settings=settings, database_url=database_url, redis_url=redis_url)
     assert (cls.max_jobs, cls.queue_name, cls.role) == (3, queue_key("bulk"), "bulk_worker")  # type: ignore[attr-defined]
-    assert settings.queue("media").concurrency == 1  # the other defaults stay
+    assert settings.queue("media").concurrency == 4  # the other defaults stay
     with pytest.raises(LookupError, match="configured queues: bulk, default, media"):
         settings.queue("nope")
     queue = JobQueue(db, arq_redis, registry)

@@ -115,11 +115,12 @@ class JobRetentionSettings:
 
 # default: time-critical (publishing), waiting on platforms' HTTP answers: 50 at once, so that
 # concurrent deliveries' record writes share statements (docs/jobs.md); bulk: sync, deliveries,
-# imports; media: processing, which the original ran one at a time (its parallel jobs exhausted 16 GB of RAM).
+# imports; media: processing, which the original ran one at a time (its parallel jobs exhausted
+# 16 GB of RAM): here 4 is an upper bound, MEDIA_MEMORY_BUDGET_MB decides (runtime.admission).
 DEFAULT_QUEUES: dict[str, dict[str, object]] = {
     "default": {"concurrency": 50},
     "bulk": {"concurrency": 10, "fair": True},
-    "media": {"concurrency": 1},
+    "media": {"concurrency": 4},
 }
 
 
@@ -480,6 +481,15 @@ class Settings(BaseSettings):
     )
     media_max_image_pixels: int = Field(
         default=100_000_000, ge=1, description="Images with more pixels are refused (decompression bombs)."
+    )
+    media_memory_budget_mb: float = Field(
+        default=2048.0, gt=0, le=1_048_576,
+        description="A media worker starts jobs while their estimated memory stays within this (README, "
+        "Admission by a memory budget); the media queue's concurrency is the upper bound.",
+    )
+    media_admission_wait_s: float = Field(
+        default=60.0, ge=0, le=3_600,
+        description="A media job waiting this long for memory is handed back to the queue (untouched) and comes again.",
     )
 
     # AI for media jobs (docs in README, AI descriptions and transcription).

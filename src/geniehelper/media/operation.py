@@ -24,8 +24,10 @@ import structlog
 from pydantic import ValidationError
 
 from geniehelper.domain import media
+from geniehelper.media.admission import record_measurement
 from geniehelper.media.fingerprint import FingerprintRejected
 from geniehelper.media.images import ImageRejected
+from geniehelper.media.memory import measuring
 from geniehelper.media.probe import MediaProbe, NotMedia, parse_description
 from geniehelper.media.store import ObjectMissing, StorageConflict, UnsafeStorageKey
 from geniehelper.media.tools import MEDIA, MediaTools, ToolFailed
@@ -135,7 +137,8 @@ async def run_operation(
     async with tools.work_dir(ctx.record_id, ctx.attempt) as work:
         source_file = await tools.store.fetch(source.storage_key, work)
         await ctx.progress(progress.low)
-        made = await make(tools, source, source_file, work, progress)
+        async with measuring() as meter:  # its peak memory, recorded with its output (media.admission)
+            made = await make(tools, source, source_file, work, progress)
         key = f"{ctx.user_id}/derived/{ctx.record_id}/{made.path.name}"
         await ctx.ensure_lease()  # a stale attempt stores nothing
         await tools.store.discard(key)  # an earlier attempt's unrecorded file, if any (no asset refers to it)
@@ -152,8 +155,11 @@ async def run_operation(
         )  # fmt: skip
         if collection_id is not None:
             await media.add_to_collection(conn, ctx.user_id, asset.id, collection_id)
+        await record_measurement(conn, ctx.job.name, ctx.record_id, source, meter)
     log.info("media.output_recorded", operation=operation, source_asset_id=str(source.id), asset_id=str(asset.id),
-             byte_size=stored.byte_size)  # fmt: skip
+             byte_size=stored.byte_size, peak_rss_mb=round(meter.peak_mb, 1),
+             tool_peak_rss_mb=round(meter.tool_peak_mb, 1),
+             process_growth_mb=round(meter.process_growth_mb, 1))  # fmt: skip
     return _result(asset, "created")
 
 

@@ -22,6 +22,7 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from uuid import UUID
 
 import structlog
 
+from geniehelper.media import memory
 from geniehelper.media.store import LocalMediaStore, MediaStore
 from geniehelper.runtime.resources import ResourceKey
 from geniehelper.settings import Settings
@@ -94,32 +96,39 @@ async def run_tool(
 ) -> tuple[int, str]:
     """Run a tool to completion: (exit code, the last `stderr_lines` of its stderr). ToolFailed on a
     non-zero exit when `check`; ToolTimeout after `timeout_s`. On timeout or cancel the process
-    group is SIGKILLed and reaped before this returns."""
+    group is SIGKILLed and reaped before this returns. The tool is reaped with wait4, and its peak
+    RSS goes to the job measuring its memory (`memory.tool_exited`)."""
     tool = Path(argv[0]).name
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    proc = subprocess.Popen(  # noqa: ASYNC220 (fork+exec returns at once) reaped here with wait4 (not by asyncio's child watcher): its rusage is wanted
+        list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         start_new_session=True, preexec_fn=_die_with_parent if _PRCTL is not None else None,
     )  # fmt: skip
     tail: collections.deque[str] = collections.deque(maxlen=stderr_lines)
+    loop = asyncio.get_running_loop()
 
-    async def read_stderr() -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
+    async def reader_of(pipe: Any) -> asyncio.StreamReader:
+        reader = asyncio.StreamReader(limit=2**20)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        return reader
+
+    async def read_stderr(stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
             tail.append(raw.decode(errors="replace").rstrip())
 
-    async def read_stdout() -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
+    async def read_stdout(stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
             if on_stdout_line is not None:
                 maybe = on_stdout_line(raw.decode(errors="replace").strip())
                 if maybe is not None:
                     await maybe
 
-    readers = asyncio.gather(read_stderr(), read_stdout())
+    readers: asyncio.Future[Any] | None = None
     try:
         async with asyncio.timeout(timeout_s):
+            stderr, stdout = await reader_of(proc.stderr), await reader_of(proc.stdout)
+            readers = asyncio.gather(read_stderr(stderr), read_stdout(stdout))
             await readers
-            returncode = await proc.wait()
+            returncode = await _wait4(proc)
     except BaseException as exc:
         _kill_group(proc)
         await asyncio.shield(_reap(proc, readers))
@@ -134,17 +143,57 @@ async def run_tool(
     return returncode, text
 
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
+async def _wait4(proc: subprocess.Popen[bytes]) -> int:
+    """Reap the tool and report its peak RSS (Linux: ru_maxrss in KiB) to the job measuring. Waits on
+    a pidfd (no thread held while the tool runs); wait4 itself then returns at once."""
+    while proc.returncode is None:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # noqa: ASYNC222 (WNOHANG: never blocks)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            memory.tool_exited(usage.ru_maxrss)
+            break
+        await _exited(proc.pid)
+    return proc.returncode
+
+
+async def _exited(pid: int) -> None:
+    """Until process `pid` exits (or a short while, where pidfds are not there)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        await asyncio.sleep(0.05)
+        return
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    try:
+        loop.add_reader(pidfd, on_exit)
+        await ready
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-async def _reap(proc: asyncio.subprocess.Process, readers: Awaitable[Any]) -> None:
+async def _reap(proc: subprocess.Popen[bytes], readers: Awaitable[Any] | None) -> None:
     with contextlib.suppress(Exception):
-        await proc.wait()
-    with contextlib.suppress(BaseException):
-        await readers
+        await _wait4(proc)
+    if readers is not None:
+        with contextlib.suppress(BaseException):
+            await readers
+    for pipe in (proc.stdout, proc.stderr):
+        with contextlib.suppress(Exception):
+            if pipe is not None:
+                pipe.close()
 
 
 async def run_blocking(fn: Callable[[], T]) -> T:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from geniehelper.runtime.resources import ResourceKey
 
 if TYPE_CHECKING:
+    from geniehelper.runtime.admission import EstimateContext, MemoryEstimate
     from geniehelper.runtime.context import JobContext
 
 # A payload carries ids and small values, never blobs or secrets.
@@ -118,6 +119,9 @@ class JobDefinition(Generic[P]):
     on_success: Callable[[JobContext, P, JobResult], Awaitable[None]] | None = None
     # What it uses beyond the database (runtime.resources): opened by the workers of its queue.
     resources: tuple[ResourceKey[Any], ...] = ()
+    # The memory it will take, asked before it starts: its worker admits it within a memory budget
+    # (runtime.admission; MEDIA_MEMORY_BUDGET_MB). None: admitted by the queue's concurrency alone.
+    memory_estimate: Callable[[EstimateContext, P], Awaitable[MemoryEstimate]] | None = None
 
     RESERVED_KWARGS: ClassVar[frozenset[str]] = frozenset({"record_id", "user_id", "payload"})
 

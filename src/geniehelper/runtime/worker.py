@@ -28,6 +28,7 @@ from arq.worker import Worker
 
 from geniehelper import health
 from geniehelper.db import Database
+from geniehelper.runtime.admission import MemoryAdmission, admitting
 from geniehelper.runtime.attempt import (
     make_arq_function,
     make_rejected_function,
@@ -84,6 +85,11 @@ def build_worker_settings(
         database_url, redis_url = database_url or urls.worker_url, redis_url or urls.redis_url
     db_url: str = database_url
     max_jobs = queue_settings.concurrency
+    # Jobs that estimate their memory start within the budget (max_jobs stays the upper bound).
+    admission = (
+        MemoryAdmission(settings.media_memory_budget_mb, settings.media_admission_wait_s)
+        if any(job.memory_estimate is not None for job in jobs) else None
+    )  # fmt: skip
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if "resources" in ctx:  # a rebuilt arq worker (see run_worker): the resources outlive it
@@ -122,7 +128,8 @@ def build_worker_settings(
                 lambda: {**details, "paused": bool(ctx.get("queue_pause") and ctx["queue_pause"].paused)},
             )
         )  # fmt: skip
-        log.info("process.ready", queue=queue, jobs=[j.name for j in jobs], max_jobs=max_jobs)
+        log.info("process.ready", queue=queue, jobs=[j.name for j in jobs], max_jobs=max_jobs,
+                 memory_budget_mb=admission.budget_mb if admission else None)  # fmt: skip
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         if ctx.get("keep_resources"):
@@ -132,7 +139,9 @@ def build_worker_settings(
 
     functions = [
         func(
-            make_arq_function(job),  # type: ignore[arg-type]
+            admitting(job, make_arq_function(job), admission)  # type: ignore[arg-type]
+            if admission is not None and job.memory_estimate is not None
+            else make_arq_function(job),
             name=job.name,
             timeout=job.policy.timeout_s + SETTLE_ALLOWANCE_S,
             max_tries=UNLIMITED_TRIES,
