@@ -134,11 +134,16 @@ def _pick(
 
 def _win_back_candidates(account: Account, rng: random.Random, touched: set[int], count: int) -> list[int]:
     picked: list[int] = []
-    while account.cancelled_by_advance and len(picked) < count:
-        position = account.cancelled_by_advance.pop(0)
-        if position not in touched and account.subscriptions.json_item(position)["status"] == "cancelled":
+    waiting: list[int] = []  # still cancelled, not won back in this step (cancelled in it, or beyond `count`)
+    for position in account.cancelled_by_advance:
+        if account.subscriptions.json_item(position)["status"] != "cancelled":
+            continue
+        if len(picked) < count and position not in touched:
             touched.add(position)
             picked.append(position)
+        else:
+            waiting.append(position)
+    account.cancelled_by_advance = waiting
     return picked + _pick(account, rng, touched, count - len(picked), live=False)
 
 
