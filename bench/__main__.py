@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import fairness, monitor, publishing, redrive, runtime_throughput, segments
+from bench import fairness, monitor, publishing, redrive, runtime_throughput, segments, sync
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "runtime_throughput": runtime_throughput.main,
@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "monitor": monitor.main,
     "redrive": redrive.main,
     "segments": segments.main,
+    "sync": sync.main,
 }
 
 
