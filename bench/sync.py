@@ -131,9 +131,10 @@ def free_port() -> int:
         return port
 
 
-async def start_sandbox(http: httpx.AsyncClient) -> tuple[asyncio.subprocess.Process, str]:
+async def start_sandbox(http: httpx.AsyncClient, max_page_size: int) -> tuple[asyncio.subprocess.Process, str]:
     port = free_port()
-    command = [str(Path(sys.executable).parent / "geniehelper"), "sandbox-platform", "--port", str(port)]
+    command = [str(Path(sys.executable).parent / "geniehelper"), "sandbox-platform", "--port", str(port),
+               "--max-page-size", str(max_page_size)]  # fmt: skip
     process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -225,7 +226,7 @@ async def run(args: argparse.Namespace) -> int:
             "before": load_of_machine(),
         })  # fmt: skip
         async with fresh_database(srv, NAME) as (database_url, owner_url), httpx.AsyncClient(timeout=60) as http:
-            process, sandbox_url = await start_sandbox(http)
+            process, sandbox_url = await start_sandbox(http, args.page_size)
             owner = await connect_owner(owner_url)
             db = await Database.open(database_url, min_size=1, max_size=2, system=False)
             try:
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fans", type=int, default=100_000)
     parser.add_argument("--transactions-per-fan", type=int, default=10)
     parser.add_argument("--messages-per-fan", type=int, default=0)
-    parser.add_argument("--page-size", type=int, default=200, help="items asked per page (the sandbox serves <= 200)")
+    parser.add_argument("--page-size", type=int, default=200, help="items per page, asked and served")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.fans < 400 or args.transactions_per_fan < 1 or args.messages_per_fan < 0:
