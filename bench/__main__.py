@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import fairness, media, monitor, publishing, redrive, runtime_throughput, segments
+from bench import fairness, media, monitor, publishing, redrive, runtime_throughput, segments, sync
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "runtime_throughput": runtime_throughput.main,
@@ -15,6 +15,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "redrive": redrive.main,
     "segments": segments.main,
     "media": media.main,
+    "sync": sync.main,
 }
 
 

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from geniehelper.db import Database
-from geniehelper.domain import analytics, automation, fan_crm, media
+from geniehelper.domain import analytics, automation, fan_crm, fan_identity, media
 from tests.conftest import make_creator
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -98,24 +98,24 @@ async def test_one_person_on_two_platforms_is_linked_once(db: Database, owner: a
         on_of = await fan_crm.upsert_platform_account(conn, creator, "onlyfans", "of-7", "bob")
         on_fs = await fan_crm.upsert_platform_account(conn, creator, "fansly", "fs-7", "bobby")
         assert on_of.fan_profile_id != on_fs.fan_profile_id  # separate people until linked
-        link = await fan_crm.link_identities(conn, creator, on_of.id, on_fs.id, confidence=Decimal("0.9"))
-        same = await fan_crm.link_identities(conn, creator, on_fs.id, on_of.id, status="suggested")
-        assert same == link
-        assert link.status == "confirmed" and link.confirmed_at is not None and link.confidence == Decimal("0.9")
-        assert (link.account_a_id, link.account_b_id) == tuple(sorted((on_of.id, on_fs.id)))
+        # Identity links are written one way: fan_identity (docs/sync.md); linking again changes nothing.
+        await fan_identity.link_accounts(conn, creator, on_of.id, on_fs.id)
+        await fan_identity.link_accounts(conn, creator, on_fs.id, on_of.id)
+        link = await conn.fetchrow("select * from fan_identity_links where user_id = $1", creator)
+        assert link["status"] == "confirmed" and link["confirmed_at"] is not None and link["source"] == "creator"
+        assert (link["account_a_id"], link["account_b_id"]) == tuple(sorted((on_of.id, on_fs.id)))
 
         raw = "insert into fan_identity_links (user_id, account_a_id, account_b_id) values ($1, $2, $3)"
         with pytest.raises(asyncpg.UniqueViolationError):
             async with conn.transaction():
-                await conn.execute(raw, creator, link.account_a_id, link.account_b_id)
+                await conn.execute(raw, creator, link["account_a_id"], link["account_b_id"])
         with pytest.raises(asyncpg.CheckViolationError):  # the reversed pair is the same pair
             async with conn.transaction():
-                await conn.execute(raw, creator, link.account_b_id, link.account_a_id)
+                await conn.execute(raw, creator, link["account_b_id"], link["account_a_id"])
         with pytest.raises(ValueError, match="itself"):
-            await fan_crm.link_identities(conn, creator, on_of.id, on_of.id)
-        with pytest.raises(asyncpg.ForeignKeyViolationError):  # another creator's account
-            async with conn.transaction():
-                await fan_crm.link_identities(conn, creator, on_of.id, foreign.id)
+            await fan_identity.link_accounts(conn, creator, on_of.id, on_of.id)
+        with pytest.raises(fan_identity.UnknownAccount):  # another creator's account: invisible under RLS
+            await fan_identity.link_accounts(conn, creator, on_of.id, foreign.id)
     assert await count(owner, "fan_identity_links", creator) == 1
 
 

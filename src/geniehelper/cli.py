@@ -220,9 +220,9 @@ def cmd_local_ai(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_sandbox_platform(args: argparse.Namespace, _settings: Settings) -> int:
-    from geniehelper.platforms.sandbox import serve_sandbox
+    from geniehelper.platforms.sandbox import SandboxPlatform, serve_sandbox
 
-    serve_sandbox(port=args.port)
+    serve_sandbox(port=args.port, platform=SandboxPlatform(max_page_size=args.max_page_size))
     return 0
 
 
@@ -449,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("web", help="serve the dashboard and the HTTP API (WEB_HOST:WEB_PORT, tokens from WEB_TOKENS)")
     sandbox = sub.add_parser("sandbox-platform", help="serve the sandbox creator platform (development and tests)")
     sandbox.add_argument("--port", type=int, default=8765)
+    sandbox.add_argument("--max-page-size", type=int, default=200, help="the largest page a listing serves")
     local_ai = sub.add_parser(
         "local-ai", help="serve the local Ollama-compatible vision and speech-to-text server (development and tests)"
     )

@@ -59,19 +59,6 @@ class FanPlatformAccount(BaseModel):
     last_seen_at: datetime | None
 
 
-class FanIdentityLink(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    id: UUID
-    user_id: UUID
-    account_a_id: UUID
-    account_b_id: UUID
-    status: LinkStatus
-    source: LinkSource
-    confidence: Decimal | None
-    confirmed_at: datetime | None
-
-
 class FanSubscriptionEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -111,7 +98,6 @@ PROFILE_COLUMNS = """id, user_id, display_name, status, merged_into_id, lifecycl
        platforms"""
 ACCOUNT_COLUMNS = """id, user_id, fan_profile_id, platform, platform_fan_id, platform_connection_id, username,
        display_name, first_seen_at, last_seen_at"""
-LINK_COLUMNS = "id, user_id, account_a_id, account_b_id, status, source, confidence, confirmed_at"
 EVENT_COLUMNS = """id, user_id, fan_platform_account_id, event_type, occurred_at, tier, amount, currency,
        external_event_id"""
 TRANSACTION_COLUMNS = """id, user_id, fan_profile_id, fan_platform_account_id, platform, kind, status, amount,
@@ -163,24 +149,6 @@ GET_ACCOUNT = (
 )
 
 GET_PROFILE = "select " + PROFILE_COLUMNS + " from fan_profiles where user_id = $1 and id = $2"
-
-# The pair is stored once, smaller id first (check account_a_id < account_b_id).
-INSERT_LINK = (
-    """
-insert into fan_identity_links (user_id, account_a_id, account_b_id, status, source, confidence, confirmed_at)
-values ($1, least($2::uuid, $3::uuid), greatest($2::uuid, $3::uuid), $4, $5, $6,
-        case when $4 = 'confirmed' then now() end)
-on conflict (user_id, account_a_id, account_b_id) do nothing
-returning """
-    + LINK_COLUMNS
-)
-
-GET_LINK = (
-    "select "
-    + LINK_COLUMNS
-    + """ from fan_identity_links
- where user_id = $1 and account_a_id = least($2::uuid, $3::uuid) and account_b_id = greatest($2::uuid, $3::uuid)"""
-)
 
 APPEND_SUBSCRIPTION_EVENT = (
     """
@@ -248,29 +216,6 @@ async def get_platform_account(
 async def get_fan_profile(conn: Any, user_id: UUID, fan_profile_id: UUID) -> FanProfile | None:
     row = await conn.fetchrow(GET_PROFILE, user_id, fan_profile_id)
     return FanProfile.model_validate(dict(row)) if row else None
-
-
-async def link_identities(
-    conn: Any,
-    user_id: UUID,
-    account_a: UUID,
-    account_b: UUID,
-    *,
-    status: LinkStatus = "confirmed",
-    source: LinkSource = "creator",
-    confidence: Decimal | None = None,
-) -> FanIdentityLink:
-    """Record that two platform accounts are one person. The pair is unordered and stored once:
-    linking it again (either way round) returns the existing link unchanged.
-
-    This records the link only; moving the accounts onto one profile is a fan merge.
-    """
-    if account_a == account_b:
-        raise ValueError("an account cannot be linked to itself")
-    row = await conn.fetchrow(INSERT_LINK, user_id, account_a, account_b, status, source, confidence)
-    if row is None:
-        row = await conn.fetchrow(GET_LINK, user_id, account_a, account_b)
-    return FanIdentityLink.model_validate(dict(row))
 
 
 async def append_subscription_event(
