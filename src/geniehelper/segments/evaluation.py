@@ -180,10 +180,13 @@ async def update_rules(conn: Any, user_id: UUID, segment_id: UUID, rules: Any) -
     return Segment.of(row) if row else None
 
 
-def refresh_statement(compiled: CompiledRule, segment_id: UUID, rules_version: int) -> tuple[str, list[Any]]:
-    """The one statement of a refresh by difference, and its parameters."""
-    params = [*compiled.params, segment_id, rules_version]
-    seg, version = f"${len(params) - 1}::uuid", f"${len(params)}::int"
+def refresh_statement(
+    compiled: CompiledRule, segment_id: UUID, rules_version: int, *, announce: bool = True
+) -> tuple[str, list[Any]]:
+    """The one statement of a refresh by difference, and its parameters. `announce`: write a
+    segment_join / segment_leave event per change (not for a segment's first evaluation, see `refresh`)."""
+    params = [*compiled.params, segment_id, rules_version, announce]
+    seg, version, events = f"${len(params) - 2}::uuid", f"${len(params) - 1}::int", f"${len(params)}::boolean"
     sql = f"""
 with wanted as materialized (
 {compiled.sql}
@@ -206,6 +209,7 @@ with wanted as materialized (
       from (select 'segment_join' as event_type, fan_profile_id from joined
             union all
             select 'segment_leave', fan_profile_id from gone) c
+     where {events}
 )
 update fan_segments s
    set member_count = (select count(*) from wanted), last_evaluated_at = now(),
@@ -228,7 +232,11 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
         return None
     segment = Segment.of(row)
     compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
-    sql, params = refresh_statement(compiled, segment_id, segment.rules_version)
+    # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
+    # (an automation on "joined" would otherwise fire for every member of a segment just created: at
+    # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
+    announce = segment.last_evaluated_at is not None
+    sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
     done = await conn.fetchrow(sql, *params)
     return Refresh(
         segment_id, done["joined"], done["left_count"], done["member_count"], segment.rules_version,
