@@ -23,6 +23,10 @@ from geniehelper.segments.compiler import CompiledRule, compile_rule
 from geniehelper.segments.rules import Rule, RuleError, RuleErrors, dump_rules, parse_rules, referenced_segments
 
 MAX_REFERENCED = 100  # segments one rule may reach through references
+# For a refresh's transaction only: the per-fan aggregate a spend rule tests (hundreds of thousands
+# of fans at 1,000,000) is kept as a hashed set in memory; at the default 4MB the planner may instead
+# re-run the aggregate per fan or spill it to disk.
+REFRESH_WORK_MEM = "64MB"
 SAMPLE_MAX = 1000
 
 # Serializes rule writes of one creator (first key: this lock's namespace), so two writes at once
@@ -231,6 +235,7 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
     if row is None:
         return None
     segment = Segment.of(row)
+    await conn.execute("select set_config('work_mem', $1, true)", REFRESH_WORK_MEM)
     compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
     # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
     # (an automation on "joined" would otherwise fire for every member of a segment just created: at
