@@ -88,6 +88,27 @@ async def test_stored_scores_are_the_documented_formulas(db: Database, owner: as
     assert stored == Decimal(str(engagement))
 
 
+async def test_the_top_three_are_the_largest_terms_ties_broken_by_name(db: Database, owner: asyncpg.Connection) -> None:
+    fans = Fans(await make_creator(owner))
+    async with db.creator_tx(fans.user_id) as conn:
+        # silent: no purchase, message or subscription: several terms are exactly 0 and tie.
+        await add_fan(conn, fans, "silent", first_seen_at=ago(50), last_seen_at=ago(45))
+        await add_fan(conn, fans, "buyer", first_seen_at=ago(300), last_seen_at=ago(1))
+        for days in (1, 2, 3, 20):
+            await buy(conn, fans, "buyer", "ppv", "15", days)
+        await message(conn, fans, "buyer", "inbound", "received", 1)
+        await subscribe(conn, fans, "buyer", "cancelled", "gold")
+    await score(db, fans)
+    for name, row in (await scores_of(owner, fans)).items():
+        for score_name in ("churn_risk", "upsell_readiness"):
+            part = row["explanation"][score_name]
+            expected = sorted(part["contributions"].items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:3]
+            assert [(t["feature"], t["contribution"]) for t in part["top"]] == expected, (name, score_name)
+    silent = (await scores_of(owner, fans))["silent"]["explanation"]["churn_risk"]["top"]
+    # recency (45 days) leads; then the zero terms in name order.
+    assert [t["feature"] for t in silent] == ["recency", "active_subscription", "cancel_signal"]
+
+
 async def test_scores_move_in_the_documented_direction(db: Database, owner: asyncpg.Connection) -> None:
     fans = Fans(await make_creator(owner))
     async with db.creator_tx(fans.user_id) as conn:

@@ -23,6 +23,10 @@ from geniehelper.segments.compiler import CompiledRule, compile_rule
 from geniehelper.segments.rules import Rule, RuleError, RuleErrors, dump_rules, parse_rules, referenced_segments
 
 MAX_REFERENCED = 100  # segments one rule may reach through references
+# For a refresh's transaction only: the per-fan aggregate a spend rule tests (hundreds of thousands
+# of fans at 1,000,000) is kept as a hashed set in memory; at the default 4MB the planner may instead
+# re-run the aggregate per fan or spill it to disk.
+REFRESH_WORK_MEM = "64MB"
 SAMPLE_MAX = 1000
 
 # Serializes rule writes of one creator (first key: this lock's namespace), so two writes at once
@@ -180,10 +184,13 @@ async def update_rules(conn: Any, user_id: UUID, segment_id: UUID, rules: Any) -
     return Segment.of(row) if row else None
 
 
-def refresh_statement(compiled: CompiledRule, segment_id: UUID, rules_version: int) -> tuple[str, list[Any]]:
-    """The one statement of a refresh by difference, and its parameters."""
-    params = [*compiled.params, segment_id, rules_version]
-    seg, version = f"${len(params) - 1}::uuid", f"${len(params)}::int"
+def refresh_statement(
+    compiled: CompiledRule, segment_id: UUID, rules_version: int, *, announce: bool = True
+) -> tuple[str, list[Any]]:
+    """The one statement of a refresh by difference, and its parameters. `announce`: write a
+    segment_join / segment_leave event per change (not for a segment's first evaluation, see `refresh`)."""
+    params = [*compiled.params, segment_id, rules_version, announce]
+    seg, version, events = f"${len(params) - 2}::uuid", f"${len(params) - 1}::int", f"${len(params)}::boolean"
     sql = f"""
 with wanted as materialized (
 {compiled.sql}
@@ -206,6 +213,7 @@ with wanted as materialized (
       from (select 'segment_join' as event_type, fan_profile_id from joined
             union all
             select 'segment_leave', fan_profile_id from gone) c
+     where {events}
 )
 update fan_segments s
    set member_count = (select count(*) from wanted), last_evaluated_at = now(),
@@ -227,8 +235,13 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
     if row is None:
         return None
     segment = Segment.of(row)
+    await conn.execute("select set_config('work_mem', $1, true)", REFRESH_WORK_MEM)
     compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
-    sql, params = refresh_statement(compiled, segment_id, segment.rules_version)
+    # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
+    # (an automation on "joined" would otherwise fire for every member of a segment just created: at
+    # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
+    announce = segment.last_evaluated_at is not None
+    sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
     done = await conn.fetchrow(sql, *params)
     return Refresh(
         segment_id, done["joined"], done["left_count"], done["member_count"], segment.rules_version,

@@ -64,12 +64,43 @@ _PARAMS: list[tuple[str, float]] = [
 ]  # fmt: skip
 _P = {name: f"${i}::float8" for i, (name, _) in enumerate(_PARAMS, start=3)}  # $1 creator, $2 model version
 
+# The logistic terms of each score, by name (the explanation's keys) and column; listed in name order,
+# which is how ties of size are broken (as `order by abs(c) desc, k` would).
+CHURN_TERMS = sorted(["recency", "frequency", "messages", "active_subscription", "cancel_signal"])
+UPSELL_TERMS = sorted(["recent_purchases", "messages", "active_subscription", "cancel_signal", "recency"])
+TOP_TERMS = 3
+
+
+def _ranks(score: str, terms: list[str]) -> str:
+    """A column `<score>_<term>_rank` per term: how many terms are larger (by absolute contribution),
+    or as large and earlier by name. Scalar comparisons, not a sorted subquery per fan."""
+    cols = []
+    for i, term in enumerate(terms):
+        mine = f"abs(v.{score}_{term})"
+        beaten = [f"(abs(v.{score}_{other}) {'>=' if j < i else '>'} {mine})::int"
+                  for j, other in enumerate(terms) if j != i]  # fmt: skip
+        cols.append(f"{' + '.join(beaten)} as {score}_{term}_rank")
+    return ",\n           ".join(cols)
+
+
+def _top(score: str, terms: list[str]) -> str:
+    """The TOP_TERMS largest terms as [{feature, contribution}], largest first."""
+    def place(rank: int) -> str:
+        whens = " ".join(f"when v.{score}_{t}_rank = {rank} then jsonb_build_object('feature', '{t}',"
+                         f" 'contribution', round(v.{score}_{t}::numeric, 3))" for t in terms)  # fmt: skip
+        return f"case {whens} end"
+    return "jsonb_build_array(" + ", ".join(place(r) for r in range(TOP_TERMS)) + ")"
+
+
 # Purchases, messages and renewals as the features count them.
 _RENEWALS = "('subscribe', 'rebill', 'trial_start', 'trial_conversion', 'win_back')"
 
 SCORE_FANS = f"""
 with fans as (
-    select f.id, coalesce(f.first_seen_at, f.created_at) as first_seen_at, f.last_seen_at
+    select f.id, coalesce(f.first_seen_at, f.created_at) as first_seen_at, f.last_seen_at,
+           f.engagement_score as stored_engagement,
+           f.lifetime_spend as stored_lifetime_spend, f.last_purchase_at as stored_last_purchase_at,
+           f.message_count as stored_message_count, f.last_message_at as stored_last_message_at
       from fan_profiles f
      where f.user_id = $1 and f.status <> 'merged'
 ), tx as (
@@ -78,20 +109,26 @@ with fans as (
            coalesce(sum(t.amount) filter (where t.occurred_at >= now() - interval '90 days'), 0) as spend_90d,
            count(*) filter (where t.occurred_at >= now() - interval '30 days') as purchases_30d,
            -- calendar months with a purchase: one bit per month back from this one (0..12), so the
-           -- aggregate stays one hashed pass (a count(distinct) would sort every transaction)
-           bit_count(bit_or(1 << (12 - ((extract(year from now()) - extract(year from t.occurred_at)) * 12
-                                          + extract(month from now()) - extract(month from t.occurred_at))::int))
+           -- aggregate stays one hashed pass (a count(distinct) would sort every transaction);
+           -- date_part (float8) rather than extract (numeric, several times slower per row): the
+           -- same whole numbers
+           bit_count(bit_or(1 << (12 - ((date_part('year', now()) - date_part('year', t.occurred_at)) * 12
+                                          + date_part('month', now()) - date_part('month', t.occurred_at))::int))
                          filter (where t.occurred_at >= now() - interval '365 days')::bit(13)) as purchase_months_12,
-           max(t.occurred_at) as last_purchase_at
+           max(t.occurred_at) as last_purchase_at,
+           sum(t.amount) as lifetime_spend
       from fan_transactions t
      where t.user_id = $1 and t.status = 'completed'
      group by 1
-), inbound as (
+), inbound as (  -- the messages that count for the profile's figures; the features read the inbound ones
     select m.fan_profile_id,
-           count(*) filter (where coalesce(m.occurred_at, m.created_at) >= now() - interval '30 days') as messages_30d,
-           max(coalesce(m.occurred_at, m.created_at)) as last_inbound_at
+           count(*) filter (where m.direction = 'inbound'
+                              and coalesce(m.occurred_at, m.created_at) >= now() - interval '30 days') as messages_30d,
+           max(coalesce(m.occurred_at, m.created_at)) filter (where m.direction = 'inbound') as last_inbound_at,
+           count(*)::int as message_count,
+           max(coalesce(m.occurred_at, m.created_at)) as last_message_at
       from fan_messages m
-     where m.user_id = $1 and m.direction = 'inbound'
+     where m.user_id = $1 and (m.direction = 'inbound' or m.status in ('sent', 'delivered'))
      group by 1
 ), subs as (
     select s.fan_profile_id,
@@ -110,7 +147,7 @@ with fans as (
       join fan_platform_accounts a on a.user_id = e.user_id and a.id = e.fan_platform_account_id
      where e.user_id = $1
      group by 1
-), features as (
+), features as materialized (  -- materialized: every term below reads these columns, not their expressions again
     select fans.id,
            least({_P["recency_cap"]}, greatest(0, extract(epoch from now() - coalesce(
                greatest(tx.last_purchase_at, inbound.last_inbound_at, events.last_renewal_at, fans.last_seen_at),
@@ -123,7 +160,14 @@ with fans as (
            (coalesce(subs.lapsing, false) or coalesce(events.cancelled_90d, false))::int::float8 as cancel_signal,
            least({_P["tenure_cap"]}, greatest(0, extract(epoch from now() - fans.first_seen_at) / 86400))::float8
                as tenure_days,
-           least(12, coalesce(tx.purchase_months_12, 0))::float8 as purchase_months_12
+           least(12, coalesce(tx.purchase_months_12, 0))::float8 as purchase_months_12,
+           fans.stored_engagement,
+           (coalesce(tx.lifetime_spend, 0), tx.last_purchase_at, coalesce(inbound.message_count, 0),
+            inbound.last_message_at) is distinct from (fans.stored_lifetime_spend, fans.stored_last_purchase_at,
+                                                        fans.stored_message_count, fans.stored_last_message_at)
+               as figures_changed,
+           coalesce(tx.lifetime_spend, 0) as lifetime_spend, tx.last_purchase_at,
+           coalesce(inbound.message_count, 0) as message_count, inbound.last_message_at
       from fans
       left join tx on tx.fan_profile_id = fans.id
       left join inbound on inbound.fan_profile_id = fans.id
@@ -157,7 +201,7 @@ with fans as (
            {_P["engagement_purchases"]} * least(1, ln(1 + t.purchases_30d) / ln(1 + {_P["engagement_purchases_full"]}))
                as engagement_purchases
       from terms t
-), valued as (
+), valued as materialized (  -- computed once per fan: the explanation and the ranks read the stored columns
     select s.*,
            s.spend_90d / 3 as monthly_spend,
            least({_P["ltv_max_months"]}, (1 - greatest(s.churn, {_P["ltv_min_churn"]}))
@@ -165,11 +209,18 @@ with fans as (
            round(least(1, greatest(0, s.engagement_recency + s.engagement_messages + s.engagement_purchases))::numeric,
                  3) as engagement
       from scored s
-), engaged as (  -- the profile's engagement_score, written only where it changes
-    update fan_profiles f set engagement_score = v.engagement
+), ranked as (  -- each logistic term's place by size (0 = largest), for the explanation's top three
+    select v.*, v.stored_engagement is distinct from v.engagement as engagement_changed,
+           {_ranks("churn", CHURN_TERMS)},
+           {_ranks("upsell", UPSELL_TERMS)}
       from valued v
-     where f.user_id = $1 and f.id = v.id and f.engagement_score is distinct from v.engagement
-    returning 1
+), profiled as (  -- engagement_score and the composite figures, one write per profile that changed
+    update fan_profiles f
+       set engagement_score = v.engagement, lifetime_spend = v.lifetime_spend, last_purchase_at = v.last_purchase_at,
+           message_count = v.message_count, last_message_at = v.last_message_at
+      from ranked v
+     where f.user_id = $1 and f.id = v.id and (v.engagement_changed or v.figures_changed)
+    returning v.engagement_changed, v.figures_changed
 ), upserted as (
     insert into fan_scores (user_id, fan_profile_id, churn_risk, predicted_ltv, upsell_readiness, loyalty,
                             model_version, explanation, computed_at)
@@ -188,13 +239,7 @@ with fans as (
                        'messages', round(v.churn_messages::numeric, 3),
                        'active_subscription', round(v.churn_active_subscription::numeric, 3),
                        'cancel_signal', round(v.churn_cancel_signal::numeric, 3)),
-                   'top', (select jsonb_agg(jsonb_build_object('feature', k, 'contribution', round(c::numeric, 3))
-                               order by abs(c) desc, k)
-                    from (select k, c from (values ('recency', v.churn_recency), ('frequency', v.churn_frequency),
-                                                   ('messages', v.churn_messages),
-                                                   ('active_subscription', v.churn_active_subscription),
-                                                   ('cancel_signal', v.churn_cancel_signal)) terms (k, c)
-                           order by abs(c) desc, k limit 3) x)),
+                   'top', {_top("churn", CHURN_TERMS)}),
                'upsell_readiness', jsonb_build_object(
                    'intercept', {_P["upsell_intercept"]}, 'contributions', jsonb_build_object(
                        'recent_purchases', round(v.upsell_recent_purchases::numeric, 3),
@@ -202,14 +247,7 @@ with fans as (
                        'active_subscription', round(v.upsell_active_subscription::numeric, 3),
                        'cancel_signal', round(v.upsell_cancel_signal::numeric, 3),
                        'recency', round(v.upsell_recency::numeric, 3)),
-                   'top', (select jsonb_agg(jsonb_build_object('feature', k, 'contribution', round(c::numeric, 3))
-                               order by abs(c) desc, k)
-                    from (select k, c from (values ('recent_purchases', v.upsell_recent_purchases),
-                                                   ('messages', v.upsell_messages),
-                                                   ('active_subscription', v.upsell_active_subscription),
-                                                   ('cancel_signal', v.upsell_cancel_signal),
-                                                   ('recency', v.upsell_recency)) terms (k, c)
-                           order by abs(c) desc, k limit 3) x)),
+                   'top', {_top("upsell", UPSELL_TERMS)}),
                'predicted_ltv', jsonb_build_object(
                    'monthly_spend', round(v.monthly_spend::numeric, 2),
                    'expected_months', round(v.expected_months::numeric, 2)),
@@ -221,7 +259,7 @@ with fans as (
                    'messages', round(v.engagement_messages::numeric, 3),
                    'purchases', round(v.engagement_purchases::numeric, 3))),
            now()
-      from valued v
+      from ranked v
     on conflict (user_id, fan_profile_id) do update
        set churn_risk = excluded.churn_risk, predicted_ltv = excluded.predicted_ltv,
            upsell_readiness = excluded.upsell_readiness, loyalty = excluded.loyalty,
@@ -229,35 +267,9 @@ with fans as (
            computed_at = excluded.computed_at
     returning 1
 )
-select (select count(*) from upserted)::int as scored, (select count(*) from engaged)::int as engagement_updated
-"""
-
-# The profile's composite figures, from the same ledgers: lifetime spend and last purchase (completed
-# transactions), message count and last message (inbound, and outbound once sent). Only profiles whose
-# figures differ are written.
-REFRESH_PROFILE_FIGURES = """
-with figures as (
-    select f.id,
-           coalesce(t.spend, 0) as lifetime_spend, t.last_purchase_at,
-           coalesce(m.messages, 0)::int as message_count, m.last_message_at
-      from fan_profiles f
-      left join (select fan_profile_id, sum(amount) as spend, max(occurred_at) as last_purchase_at
-                   from fan_transactions where user_id = $1 and status = 'completed' group by 1) t
-             on t.fan_profile_id = f.id
-      left join (select fan_profile_id, count(*) as messages, max(coalesce(occurred_at, created_at)) as last_message_at
-                   from fan_messages
-                  where user_id = $1 and (direction = 'inbound' or status in ('sent', 'delivered'))
-                  group by 1) m
-             on m.fan_profile_id = f.id
-     where f.user_id = $1 and f.status <> 'merged'
-)
-update fan_profiles f
-   set lifetime_spend = x.lifetime_spend, last_purchase_at = x.last_purchase_at,
-       message_count = x.message_count, last_message_at = x.last_message_at
-  from figures x
- where f.user_id = $1 and f.id = x.id
-   and (f.lifetime_spend, f.last_purchase_at, f.message_count, f.last_message_at)
-       is distinct from (x.lifetime_spend, x.last_purchase_at, x.message_count, x.last_message_at)
+select (select count(*) from upserted)::int as scored,
+       (select count(*) filter (where engagement_changed) from profiled)::int as engagement_updated,
+       (select count(*) filter (where figures_changed) from profiled)::int as profiles_updated
 """
 
 # score_fans, as the creator: the run recorded, the claim cleared.
@@ -308,12 +320,11 @@ def score_parameters(user_id: UUID) -> list[Any]:
 
 async def score_fans(conn: Any, user_id: UUID) -> ScoreRun:
     """Score every fan of the creator and refresh their profiles' figures, in the caller's creator
-    transaction: two set-based statements, whatever the number of fans (and the run noted in fan_scoring)."""
+    transaction: one set-based statement, whatever the number of fans (and the run noted in fan_scoring)."""
     started = time.monotonic()
     # For this transaction only: the per-fan aggregates hash a million groups without spilling to disk.
     await conn.execute("select set_config('work_mem', $1, true)", SCORE_WORK_MEM)
     done = await conn.fetchrow(SCORE_FANS, *score_parameters(user_id))
-    status: str = await conn.execute(REFRESH_PROFILE_FIGURES, user_id)
     await conn.execute(RECORD_RUN, user_id, done["scored"], MODEL_VERSION)
-    return ScoreRun(done["scored"], int(status.split()[-1]), done["engagement_updated"], MODEL_VERSION,
+    return ScoreRun(done["scored"], done["profiles_updated"], done["engagement_updated"], MODEL_VERSION,
                     round((time.monotonic() - started) * 1000))  # fmt: skip
