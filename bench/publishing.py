@@ -59,6 +59,7 @@ from geniehelper.db import Database, connect_owner
 from geniehelper.domain import platform as connections
 from geniehelper.platforms import HttpPlatformClient, PostToPublish
 from geniehelper.platforms.sandbox import NewAccount, SandboxPlatform, run_sandbox
+from geniehelper.platforms.transport import pooled_http_client
 from geniehelper.runtime.claiming import create_worker
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.registry import JobRegistry
@@ -357,7 +358,7 @@ async def run(
         db = await Database.open(database_url, min_size=1, max_size=10)
         try:
             platform = SandboxPlatform()
-            async with run_sandbox(platform=platform) as url, httpx.AsyncClient(timeout=30) as http:
+            async with run_sandbox(platform=platform) as url, pooled_http_client(httpx.Timeout(30.0)) as http:
                 settings = settings.model_copy(update={"platform_api_urls": {"sandbox": url}})
                 env = Env(settings, database_url, srv.redis_url, owner, db, platform, url, http)
                 main_stats = await job_system_run(env, main_spec, problems)

@@ -19,6 +19,7 @@ import httpx
 import structlog
 
 from geniehelper.crypto import CredentialCipher
+from geniehelper.platforms.transport import pooled_http_client
 from geniehelper.settings import Settings
 
 log = structlog.get_logger("geniehelper.worker")
@@ -74,7 +75,7 @@ class OpenResources:
 
 
 async def _open_http(settings: Settings) -> httpx.AsyncClient:
-    return httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0))
+    return pooled_http_client(httpx.Timeout(30.0, connect=5.0))
 
 
 async def _close_http(client: httpx.AsyncClient) -> None:
