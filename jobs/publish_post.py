@@ -65,7 +65,7 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
         attempt = await publishing.start_attempt(conn, post)
         if attempt is None:
             return {"outcome": "not_publishable", "status": post.status}
-        connection = await connections.get(conn, post.platform_connection_id)
+        connection = post.connection
     if connection is None:
         await _fail(ctx, post, "the post's platform connection is missing")
         raise PermanentJobError("platform connection missing")

@@ -8,6 +8,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 
+from geniehelper.domain.platform import PlatformConnection
+
 
 class PostToSend(BaseModel):
     """A scheduled post joined with the content it publishes."""
@@ -26,6 +28,8 @@ class PostToSend(BaseModel):
     caption: str
     hashtags: list[str]
     title: str | None
+    # Its platform connection, read in the same statement (None: the connection row is gone).
+    connection: PlatformConnection | None
     lateness_s: float  # how long past scheduled_time it is now (database clock)
 
 
@@ -97,9 +101,11 @@ returning sp.id, sp.user_id, sp.status, sp.revision, sp.scheduled_time, sp.platf
 LOAD_FOR_PUBLISH = """
 select sp.id, sp.user_id, sp.content_post_id, sp.platform_connection_id, sp.platform, sp.scheduled_time,
        sp.status, sp.revision, sp.external_post_id, cp.caption, cp.hashtags, cp.title,
-       extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s
+       extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s,
+       case when pc.id is not null then to_jsonb(pc) end as connection
   from scheduled_posts sp
   join content_posts cp on cp.user_id = sp.user_id and cp.id = sp.content_post_id
+  left join platform_connections pc on pc.user_id = sp.user_id and pc.id = sp.platform_connection_id
  where sp.id = $1
    for update of sp
 """
