@@ -105,7 +105,8 @@ def test_health_reports_missing_role_with_nonzero_exit(
 
 
 def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Path) -> None:
-    """README command 1: every Procfile process ready, the demo post published, health green, clean stop."""
+    """README command 1: every Procfile process ready, the demo post published and its image processed,
+    health green, clean stop."""
     data = tmp_path / "data"
     # scrape_scheduler looks for due connections every 2 s (60 s by default): the demo's comes soon.
     env = base_env(DATA_DIR=str(data), HEALTH_INTERVAL_S="1", SCRAPE_SCHEDULER_INTERVAL_S="2")
@@ -120,6 +121,10 @@ def test_up_runs_the_real_procfile_end_to_end_on_the_embedded_stack(tmp_path: Pa
         up.wait_for(r'"event": "scrape.done"', timeout_s=60)
         synced = r'"job_name": "sync_fans".*"event": "job.completed"|"event": "job.completed".*"job_name": "sync_fans"'
         up.wait_for(synced, timeout_s=60)
+        # The demo image: described through the local AI server `up` runs, and converted, by media_worker.
+        for job in ("media_describe", "media_image_convert"):
+            up.wait_for(rf'"job_name": "{job}".*"event": "job.completed"|"event": "job.completed".*"job_name": "{job}"',
+                        timeout_s=90)  # fmt: skip
         # `scheduler all` hosts every scheduler: each keeps a health role of its own beside the process's.
         health_roles = [*roles, *SCHEDULERS]
         health = subprocess.run(

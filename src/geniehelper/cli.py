@@ -165,7 +165,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 seeding = None
                 if demo:
                     seeding = asyncio.create_task(
-                        _seed_demo(urls.database_url, urls.owner_url, sandbox_url, env["CREDENTIALS_ENC_KEY_B64"])
+                        _seed_demo(urls, settings, sandbox_url, env["CREDENTIALS_ENC_KEY_B64"],
+                                   media=any(e.name == "media_worker" for e in entries))
                     )
                 await supervisor.run()
                 if seeding is not None:
@@ -183,18 +184,27 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _seed_demo(database_url: str, owner_url: str, sandbox_url: str, key_b64: str) -> None:
+async def _seed_demo(urls: Any, settings: Settings, sandbox_url: str, key_b64: str, *, media: bool) -> None:
     from geniehelper.crypto import CredentialCipher
-    from geniehelper.demo import seed_demo
+    from geniehelper.demo import DEMO_MEDIA_JOBS, seed_demo, seed_demo_media
 
     try:
         cipher = CredentialCipher.from_settings_values(key_b64, "k1", None)
-        user_id = await seed_demo(database_url, owner_url, sandbox_url, cipher)
+        user_id = await seed_demo(urls.database_url, urls.owner_url, sandbox_url, cipher)
     except Exception as exc:  # the demo is a convenience: never take the system down with it
         _say(f"demo: could not set up the demo creator: {type(exc).__name__}: {exc}")
         return
     _say(f"demo: creator {user_id} is connected to the sandbox platform at {sandbox_url}; 3 posts are due in "
          "15, 30 and 45 s: watch post_scheduler dispatch them and worker publish them")  # fmt: skip
+    if not media:
+        return
+    try:
+        await seed_demo_media(urls.database_url, urls.redis_url, settings, user_id)
+    except Exception as exc:
+        _say(f"demo: could not set up the demo image: {type(exc).__name__}: {exc}")
+        return
+    _say(f"demo: one image stored for the demo creator; media_worker runs {', '.join(n for n, _ in DEMO_MEDIA_JOBS)} "
+         "on it")
 
 
 def _local_ai_entry(settings: Settings, env: dict[str, str]) -> Any:

@@ -2,7 +2,9 @@
 
 A demo creator is connected to the sandbox platform (run by `up` beside the Procfile processes) and
 gets a few posts scheduled over the next minute: watch post_scheduler dispatch them and the worker
-publish them. Only for the embedded development stack; production never runs this.
+publish them. It also gets one image asset, which the media worker describes (through the local
+AI server `up` runs) and converts to WebP. Only for the embedded development stack; production
+never runs this.
 """
 
 from __future__ import annotations
@@ -11,16 +13,24 @@ import asyncio
 import base64
 import os
 import secrets
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
 import httpx
+from PIL import Image
 
 from geniehelper.crypto import CredentialCipher
 from geniehelper.db import Database, connect_owner
+from geniehelper.domain import media
 from geniehelper.domain import platform as connections
+from geniehelper.media.store import LocalMediaStore
+from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.registry import discover
+from geniehelper.runtime.transport import create_arq_redis
+from geniehelper.settings import Settings
 
 DEMO_EMAIL = "demo@geniehelper.local"
 
@@ -105,3 +115,43 @@ async def seed_demo(
     finally:
         await db.close()
     return user_id
+
+
+# What the media worker does with the demo asset: (job, payload beyond the asset id).
+DEMO_MEDIA_JOBS: list[tuple[str, dict[str, object]]] = [
+    ("media_describe", {}),
+    ("media_image_convert", {"format": "webp", "max_width": 320}),
+]
+
+
+def _demo_image(path: Path) -> None:
+    """A 640x360 gradient, made here so the demo needs no file of its own."""
+    image = Image.new("RGB", (640, 360))
+    image.putdata([(x * 255 // 639, y * 255 // 359, 160) for y in range(360) for x in range(640)])
+    image.save(path, format="PNG")
+
+
+async def seed_demo_media(database_url: str, redis_url: str, settings: Settings, user_id: UUID) -> list[UUID]:
+    """Store one demo image for the creator and enqueue DEMO_MEDIA_JOBS for it; their record ids."""
+    with tempfile.TemporaryDirectory() as work:
+        picture = Path(work) / "demo.png"
+        await asyncio.to_thread(_demo_image, picture)
+        # The same bytes every run: a second `up` finds the object stored already.
+        stored = await LocalMediaStore(settings.media_root_dir).put(picture, f"{user_id}/uploads/demo.png")
+    db = await Database.open(database_url, min_size=1, max_size=2)
+    redis = await create_arq_redis(redis_url)
+    try:
+        async with db.creator_tx(user_id) as conn:
+            asset = await media.create_asset(
+                conn, user_id, "image", stored.key, original_filename="demo.png", mime_type="image/png",
+                byte_size=stored.byte_size, checksum_sha256=stored.sha256, width=640, height=360,
+            )  # fmt: skip
+        queue = JobQueue(db, redis, discover(settings.job_packages))
+        jobs = [
+            await queue.enqueue(name, {"asset_id": str(asset.id), **extra}, user_id=user_id)
+            for name, extra in DEMO_MEDIA_JOBS
+        ]
+    finally:
+        await redis.aclose()
+        await db.close()
+    return [job.id for job in jobs]
