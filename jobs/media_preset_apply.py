@@ -1,7 +1,8 @@
 """media_preset_apply: a media_presets row's whole combination applied to one asset, one output.
 
 Images: fitted within the preset's output_width x output_height (never enlarged), its watermark
-if it has one, the invisible fingerprint of `fan_profile_id` if given (media_fingerprint), encoded
+if it has one, the invisible fingerprint of `fan_profile_id` if given (media_fingerprint; videos
+too), encoded
 as its output_format when that is jpeg/png/webp (else the source's format). Videos: from `start_ms`
 for its clip_duration_ms (the whole video when unset), fitted in the box, its watermark over every
 frame, always H.264/AAC MP4. An output_format other than jpeg, png, webp or mp4 fails the job.
@@ -44,7 +45,7 @@ class MediaPresetApplyPayload(JobPayload):
     asset_id: UUID
     preset_id: UUID | None = None  # None: the creator's default preset
     start_ms: int = Field(default=0, ge=0)  # videos: where the clip starts
-    fan_profile_id: UUID | None = None  # images: also fingerprint the copy for this recipient
+    fan_profile_id: UUID | None = None  # also fingerprint the copy for this recipient
     media_collection_id: UUID | None = None  # the output also becomes this collection's last member
 
 
@@ -76,8 +77,6 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
                 name="preset",
             ))  # fmt: skip
             return Made(out.path, "image", out.mime_type, out.width, out.height)
-        if payload.fan_profile_id is not None:
-            raise PermanentJobError("fan_profile_id: fingerprints are for images only")
         probe = await probe_video(tools, source)
         main = probe.video
         if main is None or not main.width or not main.height:
@@ -90,8 +89,8 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
         duration_s = preset.clip_duration_ms / 1000 if preset.clip_duration_ms else None
         clip = await video.encode(
             tools, source, work, probe, start_s=payload.start_ms / 1000, duration_s=duration_s,
-            max_width=preset.output_width, max_height=preset.output_height, watermark_layer=layer, name="preset",
-            on_progress=progress,
+            max_width=preset.output_width, max_height=preset.output_height, watermark_layer=layer,
+            fingerprint_for=payload.fan_profile_id, name="preset", on_progress=progress,
         )  # fmt: skip
         return Made(clip.path, "video", clip.mime_type, clip.width, clip.height, clip.duration_s)
 

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
 from PIL import Image, ImageChops, ImageStat
 
 from geniehelper.db import Database
 from geniehelper.media import fingerprint
+from geniehelper.media.tools import find_ffmpeg
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
 from tests.media_harness import (
@@ -23,7 +26,7 @@ from tests.media_harness import (
     run_media_jobs,
     upload,
 )
-from tests.media_samples import photo_like
+from tests.media_samples import photo_like, video_with_metadata
 
 
 def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
@@ -111,3 +114,59 @@ async def test_an_unknown_recipient_or_a_too_small_image_fails_saying_which_fiel
     for job, reason in ((stranger, "fan_profile_id: fan profile"), (too_small, "too small for a fingerprint")):
         record = await job_record(owner, job.id)
         assert record["status"] == "failed" and record["attempts"] == 1 and reason in record["error"], record
+
+
+def leaked_video(source: Path, out: Path) -> Path:
+    """What a fan might post: re-encoded with libx264 at CRF 28, downscaled to 75 %."""
+    subprocess.run(
+        [find_ffmpeg(None), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
+         "-vf", "scale=iw*3/4:ih*3/4", "-c:v", "libx264", "-crf", "28", "-c:a", "aac", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+async def test_each_fans_video_copy_is_named_after_a_crf_28_downscaled_re_encode_and_an_unmarked_one_names_nobody(
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+) -> None:
+    m = media_dirs
+    creator = await make_creator(owner)
+    fans = [
+        row["id"] for row in await owner.fetch(
+            "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, 4) g"
+            " returning id", creator)
+    ]  # fmt: skip
+    clip = video_with_metadata(m.samples / "ppv.mp4", seconds=2, width=640, height=360, pattern="testsrc2")
+    original = await upload(db, m, creator, clip, "video", "video/mp4")
+    marking = {}
+    for fan in fans:
+        payload = {"asset_id": str(original.id), "fan_profile_id": str(fan)}
+        marking[fan] = await media_queue.enqueue("media_fingerprint", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+
+    leaks: dict[str, tuple[uuid.UUID | None, uuid.UUID]] = {}
+    for fan, job in marking.items():
+        row, _ = await output_of(owner, m, job.id)
+        assert (row["kind"], row["mime_type"], row["width"], row["height"]) == ("video", "video/mp4", 640, 360)
+        assert row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        leak = leaked_video(m.store.path_for(row["storage_key"]), m.samples / f"{fan}-crf28.mp4")
+        leaks[leak.name] = (fan, (await upload(db, m, creator, leak, "video", "video/mp4")).id)
+    unmarked = leaked_video(clip, m.samples / "unmarked-crf28.mp4")
+    leaks[unmarked.name] = (None, (await upload(db, m, creator, unmarked, "video", "video/mp4")).id)
+
+    detecting = {}
+    for name, (_, asset_id) in leaks.items():
+        payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
+        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+    for name, job in detecting.items():
+        record = await job_record(owner, job.id)
+        assert record["status"] == "completed", record["error"]
+        result = record["result"]
+        expected = leaks[name][0]
+        assert result["candidates"] == len(fans)
+        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
+        if expected is not None:  # named by a wide margin over every other fan
+            others = [s for f, s in result["scores"].items() if f != str(expected)]
+            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+    assert no_work_dirs_left(m)

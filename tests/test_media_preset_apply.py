@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import io
+import uuid
 
 import asyncpg
 from PIL import Image, ImageChops
 
 from geniehelper.db import Database
-from geniehelper.media import fingerprint
+from geniehelper.media import fingerprint, video
 from geniehelper.media.probe import parse_description
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
 from tests.media_harness import (
     Media,
     in_bottom_right,
-    job_record,
     no_work_dirs_left,
     output_of,
     run_media_jobs,
@@ -48,8 +48,9 @@ async def test_one_job_applies_a_presets_size_format_watermark_clip_length_and_s
     stripped = await media_queue.enqueue("media_preset_apply", {"asset_id": str(tagged.id)}, user_id=creator)
     teaser = await media_queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "start_ms": 500},
         user_id=creator)
-    mute_fan = await media_queue.enqueue("media_preset_apply", {"asset_id": str(clip.id), "fan_profile_id": str(fan)},
-                                   user_id=creator)  # fmt: skip
+    video_for_fan = await media_queue.enqueue(
+        "media_preset_apply", {"asset_id": str(clip.id), "fan_profile_id": str(fan)}, user_id=creator
+    )
     await run_media_jobs(database_url, redis_url, m)
 
     row, data = await output_of(owner, m, marked.id)
@@ -73,6 +74,9 @@ async def test_one_job_applies_a_presets_size_format_watermark_clip_length_and_s
     assert probe.video is not None and (probe.video.width, probe.video.height) == (320, 240)  # never enlarged
     assert probe.duration_s is not None and abs(probe.duration_s - 1.0) < 0.1 and row["duration_ms"] == 1000
 
-    record = await job_record(owner, mute_fan.id)
-    assert record["status"] == "failed" and "fingerprints are for images only" in record["error"]
+    row, _ = await output_of(owner, m, video_for_fan.id)
+    path = m.store.path_for(row["storage_key"])
+    probe = parse_description(await m.tools.ffmpeg_describe(path))
+    found = await video.read_fingerprint(m.tools, path, m.samples, probe, [fan, uuid.uuid4()])
+    assert found.recipient == fan, found  # a video's preset copy carries the recipient's fingerprint too
     assert no_work_dirs_left(m)
