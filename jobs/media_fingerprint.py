@@ -60,7 +60,7 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
 
     params = {"fan_profile_id": str(payload.fan_profile_id), "quality": payload.quality}
     return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image", "video"), make, params=params,
-                               collection_id=payload.media_collection_id)  # fmt: skip
+                               collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
 MEDIA_FINGERPRINT = JobDefinition(

@@ -100,7 +100,7 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
         "strip_metadata_fields": preset.strip_metadata_fields,
     }  # fmt: skip
     return await run_operation(ctx, payload.asset_id, "preset", ("image", "video"), make, params=params,
-                               collection_id=payload.media_collection_id)  # fmt: skip
+                               collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
 MEDIA_PRESET_APPLY = JobDefinition(

@@ -35,6 +35,15 @@ def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
+async def usages_of(owner: asyncpg.Connection, asset_id: uuid.UUID) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
+    """(collection, fan) of each media_asset_usages row of the asset."""
+    rows = await owner.fetch(
+        "select media_collection_id, fan_profile_id from media_asset_usages where media_asset_id = $1"
+        " order by fan_profile_id nulls first", asset_id,
+    )  # fmt: skip
+    return [(r["media_collection_id"], r["fan_profile_id"]) for r in rows]
+
+
 def psnr(a: Image.Image, b: Image.Image) -> float:
     diff = ImageStat.Stat(ImageChops.difference(a.convert("L"), b.convert("L")))
     mse = diff.sum2[0] / (a.width * a.height)
@@ -63,6 +72,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     for fan, job in marking.items():
         row, data = await output_of(owner, m, job.id)
         assert row["derived_from_asset_id"] == original.id and row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        assert await usages_of(owner, row["id"]) == [(None, fan)]  # recorded as the copy made for that fan
         copy = Image.open(io.BytesIO(data))
         assert copy.size == (640, 480) and psnr(source_pixels, copy) > 38  # invisible: a few luma levels at most
         requantised = m.samples / f"{fan}-q75.jpg"
@@ -149,6 +159,7 @@ async def test_each_fans_video_copy_is_named_after_a_crf_28_downscaled_re_encode
         row, _ = await output_of(owner, m, job.id)
         assert (row["kind"], row["mime_type"], row["width"], row["height"]) == ("video", "video/mp4", 640, 360)
         assert row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        assert await usages_of(owner, row["id"]) == [(None, fan)]
         leak = leaked_video(m.store.path_for(row["storage_key"]), m.samples / f"{fan}-crf28.mp4")
         leaks[leak.name] = (fan, (await upload(db, m, creator, leak, "video", "video/mp4")).id)
     unmarked = leaked_video(clip, m.samples / "unmarked-crf28.mp4")

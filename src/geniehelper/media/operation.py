@@ -120,9 +120,11 @@ async def run_operation(
     *,
     params: dict[str, Any] | None = None,
     collection_id: UUID | None = None,
+    for_fan: UUID | None = None,
 ) -> dict[str, Any]:
-    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made
-    (as the last member of `collection_id` too, in the same transaction, when given)."""
+    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made, in
+    one transaction with: its usage as the last member of `collection_id`, and its usage as the copy
+    made for the fan `for_fan` (media_asset_usages.fan_profile_id), each when given."""
     assert ctx.user_id is not None
     tools = ctx.resource(MEDIA)
     source = await load_source(ctx, asset_id, kinds)
@@ -155,6 +157,8 @@ async def run_operation(
         )  # fmt: skip
         if collection_id is not None:
             await media.add_to_collection(conn, ctx.user_id, asset.id, collection_id)
+        if for_fan is not None:
+            await media.record_asset_usage(conn, ctx.user_id, asset.id, fan_profile_id=for_fan)
         await record_measurement(conn, ctx.job.name, ctx.record_id, source, meter)
     log.info("media.output_recorded", operation=operation, source_asset_id=str(source.id), asset_id=str(asset.id),
              byte_size=stored.byte_size, peak_rss_mb=round(meter.peak_mb, 1),
