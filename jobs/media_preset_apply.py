@@ -7,8 +7,10 @@ as its output_format when that is jpeg/png/webp (else the source's format). Vide
 for its clip_duration_ms (the whole video when unset), fitted in the box, its watermark over every
 frame, always H.264/AAC MP4. An output_format other than jpeg, png, webp or mp4 fails the job.
 Every output is written from pixels/streams only, so it carries none of the source's metadata: a
-superset of the preset's strip_metadata_fields, which the output records. Like media_video_teaser it
-counts against no quota.
+superset of the preset's strip_metadata_fields, which the output records.
+Counted against the creator's `watermark_operations` quota when enqueued, whatever the preset holds:
+a preset is the creator's branded-copy recipe (its watermark, size, fingerprint), and the quota is
+charged before the preset is read (docs/quotas.md).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ MEDIA_PRESET_APPLY = JobDefinition(
     queue="media",
     policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
     classify=classify_media_error,
+    quota_operation="watermark_operations",
     key=lambda p: payload_key("media_preset_apply", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),

@@ -4,6 +4,8 @@ From `start_ms` for the preset's `clip_duration_ms` (10 s if it has none), fitte
 `output_width` x `output_height`, with its watermark if it has one (the preset named by
 `preset_id`, else the creator's default). Re-encoded, frame-accurate, no metadata (as
 media_video_trim's output).
+Counted against the creator's `ai_clip_operations` quota when enqueued: a teaser is the tier's
+clip-making operation (the tier file has no separate teaser allowance; docs/quotas.md).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ MEDIA_VIDEO_TEASER = JobDefinition(
     queue="media",
     policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
     classify=classify_media_error,
+    quota_operation="ai_clip_operations",
     key=lambda p: payload_key("media_video_teaser", p, p.asset_id),
     subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA,),

@@ -6,12 +6,14 @@ import io
 import uuid
 
 import asyncpg
+import pytest
 from PIL import Image, ImageChops
 
 from geniehelper.db import Database
 from geniehelper.media import fingerprint, video
 from geniehelper.media.probe import parse_description
 from geniehelper.runtime.queue import JobQueue
+from geniehelper.runtime.quotas import QuotaExceeded
 from tests.conftest import make_creator
 from tests.media_harness import (
     Media,
@@ -80,3 +82,31 @@ async def test_one_job_applies_a_presets_size_format_watermark_clip_length_and_s
     found = await video.read_fingerprint(m.tools, path, m.samples, probe, [fan, uuid.uuid4()])
     assert found.recipient == fan, found  # a video's preset copy carries the recipient's fingerprint too
     assert no_work_dirs_left(m)
+
+
+async def test_presets_charge_watermark_operations_and_teasers_ai_clip_operations_refused_over_the_quota(
+    owner: asyncpg.Connection, media_queue: JobQueue
+) -> None:
+    starter = await make_creator(owner)  # ai_clip_operations: 0 (not in the tier); watermark_operations: -1
+    with pytest.raises(QuotaExceeded, match="ai_clip_operations") as refused:
+        await media_queue.enqueue("media_video_teaser", {"asset_id": str(uuid.uuid4())}, user_id=starter)
+    assert refused.value.reason == "not_in_tier"
+    preset = await media_queue.enqueue("media_preset_apply", {"asset_id": str(uuid.uuid4())}, user_id=starter)
+    charged = await owner.fetchrow("select quota_charged from media_jobs where id = $1", preset.id)
+    assert charged["quota_charged"] == "watermark_operations"
+    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", starter) == 1  # the preset's
+
+    creator = await make_creator(owner, tier="creator")  # 30 teasers a month
+    await owner.execute(
+        "insert into user_usage_counts (user_id, operation, period_start, used)"
+        " values ($1, 'ai_clip_operations', date_trunc('month', now() at time zone 'utc')::date, 29)", creator,
+    )  # fmt: skip
+    last = await media_queue.enqueue("media_video_teaser", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+    with pytest.raises(QuotaExceeded, match="ai_clip_operations") as over:
+        await media_queue.enqueue("media_video_teaser", {"asset_id": str(uuid.uuid4())}, user_id=creator)
+    assert over.value.reason == "limit_reached" and over.value.limit == 30
+    assert await owner.fetchval("select array_agg(id) from media_jobs where user_id = $1", creator) == [last.id]
+    used = await owner.fetchval(
+        "select used from user_usage_counts where user_id = $1 and operation = 'ai_clip_operations'", creator
+    )
+    assert used == 30
