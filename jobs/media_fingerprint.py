@@ -22,11 +22,10 @@ from pydantic import Field
 from geniehelper.domain import fan_crm
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media.operation import Made, Progress, media_job, probe_sized_video, run_operation
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 
@@ -46,9 +45,7 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
 
     async def make(tools: MediaTools, asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
         if asset.kind == "video":
-            probe = await probe_video(tools, source)
-            if probe.video is None or not probe.video.width or not probe.video.height:
-                raise video.VideoRejected("the input has no video stream with a known size")
+            probe, _, _ = await probe_sized_video(tools, source)
             clip = await video.encode(tools, source, work, probe, fingerprint_for=payload.fan_profile_id,
                                       name="fingerprinted", on_progress=progress)  # fmt: skip
             return Made(clip.path, "video", clip.mime_type, clip.width, clip.height, clip.duration_s)
@@ -63,16 +60,11 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
                                collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
-MEDIA_FINGERPRINT = JobDefinition(
+MEDIA_FINGERPRINT = media_job(
     "media_fingerprint",
     MediaFingerprintPayload,
     media_fingerprint,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=600.0,
     quota_operation="watermark_operations",
-    key=lambda p: payload_key("media_fingerprint", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

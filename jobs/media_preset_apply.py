@@ -24,20 +24,18 @@ from pydantic import Field
 from geniehelper.domain import fan_crm, media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
-    payload_key,
-    probe_video,
+    media_job,
+    probe_sized_video,
     run_operation,
+    watermark_layer,
     watermark_style,
 )
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
-from geniehelper.media.watermark import render_layer
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 _IMAGE_FORMATS = ("jpeg", "png", "webp")
@@ -79,15 +77,9 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
                 name="preset",
             ))  # fmt: skip
             return Made(out.path, "image", out.mime_type, out.width, out.height)
-        probe = await probe_video(tools, source)
-        main = probe.video
-        if main is None or not main.width or not main.height:
-            raise video.VideoRejected("the input has no video stream with a known size")
-        layer = None
-        if style is not None:
-            width, height = video.output_size(main.width, main.height, preset.output_width, preset.output_height)
-            layer = work / "watermark.png"
-            await run_blocking(lambda: render_layer(width, height, style).save(layer, "PNG"))
+        probe, width, height = await probe_sized_video(tools, source)
+        size = video.output_size(width, height, preset.output_width, preset.output_height)
+        layer = await watermark_layer(work, size, style)
         duration_s = preset.clip_duration_ms / 1000 if preset.clip_duration_ms else None
         clip = await video.encode(
             tools, source, work, probe, start_s=payload.start_ms / 1000, duration_s=duration_s,
@@ -105,16 +97,11 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
                                collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
-MEDIA_PRESET_APPLY = JobDefinition(
+MEDIA_PRESET_APPLY = media_job(
     "media_preset_apply",
     MediaPresetApplyPayload,
     media_preset_apply,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=1800.0,
     quota_operation="watermark_operations",
-    key=lambda p: payload_key("media_preset_apply", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

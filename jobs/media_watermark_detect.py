@@ -14,11 +14,10 @@ from uuid import UUID
 
 from geniehelper.domain import media
 from geniehelper.media import fingerprint, images, video
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import classify_media_error, load_source, payload_key, probe_video
+from geniehelper.media.operation import load_source, media_job, probe_video
 from geniehelper.media.tools import MEDIA, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaWatermarkDetectPayload(JobPayload):
@@ -48,15 +47,10 @@ async def media_watermark_detect(ctx: JobContext, payload: MediaWatermarkDetectP
     }  # fmt: skip
 
 
-MEDIA_WATERMARK_DETECT = JobDefinition(
+MEDIA_WATERMARK_DETECT = media_job(
     "media_watermark_detect",
     MediaWatermarkDetectPayload,
     media_watermark_detect,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_watermark_detect", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=600.0,
 )

@@ -35,6 +35,37 @@ def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
     return out.getvalue()
 
 
+async def make_fans(owner: asyncpg.Connection, creator: uuid.UUID, count: int) -> list[uuid.UUID]:
+    rows = await owner.fetch(
+        "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, $2) g"
+        " returning id", creator, count,
+    )  # fmt: skip
+    return [row["id"] for row in rows]
+
+
+async def each_leak_names_its_fan(
+    owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, m: Media,
+    creator: uuid.UUID, original_id: uuid.UUID, leaks: dict[str, tuple[uuid.UUID | None, uuid.UUID]], fans: int,
+) -> None:  # fmt: skip
+    """media_watermark_detect on each leak (file name -> (the fan it should name, its upload)) names
+    that fan, by a wide margin over every other, or nobody."""
+    detecting = {}
+    for name, (_, asset_id) in leaks.items():
+        payload = {"asset_id": str(asset_id), "source_asset_id": str(original_id)}
+        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+    for name, job in detecting.items():
+        record = await job_record(owner, job.id)
+        assert record["status"] == "completed", record["error"]
+        result = record["result"]
+        expected = leaks[name][0]
+        assert result["candidates"] == fans
+        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
+        if expected is not None:
+            others = [s for f, s in result["scores"].items() if f != str(expected)]
+            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+
+
 async def usages_of(owner: asyncpg.Connection, asset_id: uuid.UUID) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
     """(collection, fan) of each media_asset_usages row of the asset."""
     rows = await owner.fetch(
@@ -55,11 +86,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
-    fans = [
-        row["id"] for row in await owner.fetch(
-            "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, 4) g"
-            " returning id", creator)
-    ]  # fmt: skip
+    fans = await make_fans(owner, creator, 4)
     original = await upload(db, m, creator, photo_like(m.samples / "set.jpg"), "image", "image/jpeg")
     marking = {}
     for fan in fans:
@@ -87,21 +114,8 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     other = photo_like(m.samples / "other.jpg", seed=2)
     leaks[other.name] = (None, (await upload(db, m, creator, other, "image", "image/jpeg")).id)
 
-    detecting = {}
-    for name, (_, asset_id) in leaks.items():
-        payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
-        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
-    await run_media_jobs(database_url, redis_url, m)
-    for name, job in detecting.items():
-        record = await job_record(owner, job.id)
-        assert record["status"] == "completed", record["error"]
-        result = record["result"]
-        expected = leaks[name][0]
-        assert result["candidates"] == len(fans)
-        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
-        if expected is not None:  # named by a wide margin over every other fan
-            others = [s for f, s in result["scores"].items() if f != str(expected)]
-            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+    await each_leak_names_its_fan(owner, media_queue, database_url, redis_url, m, creator, original.id, leaks,
+                                  len(fans))  # fmt: skip
     assert no_work_dirs_left(m)
 
 
@@ -141,11 +155,7 @@ async def test_each_fans_video_copy_is_named_after_a_crf_28_downscaled_re_encode
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
-    fans = [
-        row["id"] for row in await owner.fetch(
-            "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, 4) g"
-            " returning id", creator)
-    ]  # fmt: skip
+    fans = await make_fans(owner, creator, 4)
     clip = video_with_metadata(m.samples / "ppv.mp4", seconds=2, width=640, height=360, pattern="testsrc2")
     original = await upload(db, m, creator, clip, "video", "video/mp4")
     marking = {}
@@ -165,19 +175,6 @@ async def test_each_fans_video_copy_is_named_after_a_crf_28_downscaled_re_encode
     unmarked = leaked_video(clip, m.samples / "unmarked-crf28.mp4")
     leaks[unmarked.name] = (None, (await upload(db, m, creator, unmarked, "video", "video/mp4")).id)
 
-    detecting = {}
-    for name, (_, asset_id) in leaks.items():
-        payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
-        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
-    await run_media_jobs(database_url, redis_url, m)
-    for name, job in detecting.items():
-        record = await job_record(owner, job.id)
-        assert record["status"] == "completed", record["error"]
-        result = record["result"]
-        expected = leaks[name][0]
-        assert result["candidates"] == len(fans)
-        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
-        if expected is not None:  # named by a wide margin over every other fan
-            others = [s for f, s in result["scores"].items() if f != str(expected)]
-            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+    await each_leak_names_its_fan(owner, media_queue, database_url, redis_url, m, creator, original.id, leaks,
+                                  len(fans))  # fmt: skip
     assert no_work_dirs_left(m)
