@@ -2,12 +2,14 @@
 and at what the memory budget admits, on a generated 1080p 10 s clip and a 12 MP photo.
 
     python -m bench media [--rounds 1] [--concurrency 4] [--budget-mb MEDIA_MEMORY_BUDGET_MB]
-                          [--small] [--data-dir DIR]
+                          [--threads N] [--small] [--data-dir DIR]
 
 Each phase runs a real `geniehelper worker media` process over the same batch (`--rounds` x the
 eight operations below): first with QUEUES media concurrency 1, then with `--concurrency` as the
 upper bound and the budget deciding (its estimates are made from the baseline phase's
-measurements). Printed per operation: the peak RSS each job recorded (media_job_measurements: ffmpeg's
+measurements), then the same again with MEDIA_FFMPEG_THREADS `--threads` (default cores //
+`--concurrency`, at least 1) so the jobs admitted together share the cores without oversubscribing.
+Printed per operation: the peak RSS each job recorded (media_job_measurements: ffmpeg's
 from wait4 plus the worker's own growth) and the estimate its admission logged; per phase: jobs/min,
 the most jobs seen running at once (from the records' start and finish times), and the 1-minute
 load average before and after (the machine is shared). `--small`: a 640x360 clip and a 1 MP image,
@@ -115,7 +117,7 @@ def most_at_once(rows: list[asyncpg.Record]) -> int:
 
 async def run_phase(
     db: Database, owner: asyncpg.Connection, queue: JobQueue, env: dict[str, str], creator: uuid.UUID,
-    assets: dict[str, Any], rounds: int, concurrency: int, budget_mb: float,
+    assets: dict[str, Any], rounds: int, concurrency: int, budget_mb: float, threads: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     ids: dict[uuid.UUID, str] = {}
     for round_no in range(rounds):
@@ -125,9 +127,9 @@ async def run_phase(
             ref = await queue.enqueue(job, payload, user_id=creator, key=f"bench:{uuid.uuid4().hex}:{round_no}")
             ids[ref.id] = label
     phase_env = dict(env, QUEUES=json.dumps({"media": {"concurrency": concurrency}}),
-                     MEDIA_MEMORY_BUDGET_MB=str(budget_mb))  # fmt: skip
+                     MEDIA_MEMORY_BUDGET_MB=str(budget_mb), MEDIA_FFMPEG_THREADS=str(threads))  # fmt: skip
     load_before = os.getloadavg()[0]
-    log_path = Path(env["MEDIA_TMP_DIR"]).parent / f"worker-{concurrency}.log"
+    log_path = Path(env["MEDIA_TMP_DIR"]).parent / f"worker-{concurrency}-t{threads}.log"
     with log_path.open("w") as log_file:
         worker = subprocess.Popen(  # noqa: ASYNC220 (starts it and returns)
             [str(BIN / "geniehelper"), "worker", "media"], env=phase_env, stdout=log_file,
@@ -162,7 +164,8 @@ async def run_phase(
         op["peak_rss_mb"] = max(op["peak_rss_mb"], row["peak_rss_mb"] or 0.0)
         op["estimate_mb"] = max(op["estimate_mb"], estimates.get(str(row["id"]), 0.0))
     return {
-        "concurrency": concurrency, "budget_mb": budget_mb, "jobs": len(ids), "seconds": round(seconds, 1),
+        "concurrency": concurrency, "ffmpeg_threads": threads, "budget_mb": budget_mb, "jobs": len(ids),
+        "seconds": round(seconds, 1),
         "jobs_per_min": round(len(ids) / seconds * 60, 2), "most_at_once": most_at_once(rows),
         "completed_in_one_attempt": sum(1 for r in rows if r["status"] == "completed" and r["attempts"] == 1),
         "errors": [r["error"] for r in rows if r["status"] != "completed"][:3],
@@ -199,31 +202,36 @@ async def run(args: argparse.Namespace) -> int:
                            MEDIA_ROOT=str(folder / "media"), MEDIA_TMP_DIR=str(folder / "media-tmp"))  # fmt: skip
                 env.pop("WORKER_DATABASE_URL", None)
                 phases = []
-                for concurrency in (1, args.concurrency):
+                threads = args.threads or max(1, (os.cpu_count() or 1) // args.concurrency)
+                for concurrency, phase_threads in ((1, 0), (args.concurrency, 0), (args.concurrency, threads)):
                     phases.append(await run_phase(db, owner, queue, env, creator, assets, args.rounds, concurrency,
-                                                  budget))  # fmt: skip
+                                                  budget, phase_threads))  # fmt: skip
             finally:
                 await db.close()
                 await owner.close()
                 await redis.aclose()
-    base, budgeted = phases
+    base, budgeted, threaded = phases
     rows = [[label, fmt(base["operations"][label]["peak_rss_mb"], 0), fmt(base["operations"][label]["estimate_mb"], 0),
              fmt(budgeted["operations"][label]["estimate_mb"], 0)] for label, *_ in OPERATIONS]  # fmt: skip
     print_table(["operation", "peak RSS MB", "estimate MB (no data)", "estimate MB (measured)"], rows)
     print()
     print_table(
         ["phase", "jobs", "seconds", "jobs/min", "most at once", "load before", "load after"],
-        [[f"concurrency {p['concurrency']}" + (" (baseline)" if p is base else f", budget {budget:g} MB"),
+        [[f"concurrency {p['concurrency']}" + (" (baseline)" if p is base else f", budget {budget:g} MB")
+          + (f", ffmpeg -threads {p['ffmpeg_threads']}" if p["ffmpeg_threads"] else ""),
           fmt(p["jobs"]), fmt(p["seconds"]), fmt(p["jobs_per_min"], 2), fmt(p["most_at_once"]),
           fmt(p["load_1min_before"], 2), fmt(p["load_1min_after"], 2)] for p in phases],
     )  # fmt: skip
     speedup = budgeted["jobs_per_min"] / base["jobs_per_min"]
-    print(f"throughput within the budget: {speedup:.2f}x concurrency 1's (aim: 2x)")
+    threaded_speedup = threaded["jobs_per_min"] / base["jobs_per_min"]
+    print(f"throughput within the budget: {speedup:.2f}x concurrency 1's, {threaded_speedup:.2f}x with ffmpeg "
+          f"-threads {threaded['ffmpeg_threads']} per job (aim: 2x)")  # fmt: skip
     ok = all(p["completed_in_one_attempt"] == p["jobs"] for p in phases)
     verified = " / ".join(f"{p['completed_in_one_attempt']}/{p['jobs']} completed in one attempt" for p in phases)
-    print("verified: " + verified + ("" if ok else f"  FAILED: {base['errors'] + budgeted['errors']}"))
+    print("verified: " + verified + ("" if ok else f"  FAILED: {[e for p in phases for e in p['errors']]}"))
     path = write_results(NAME, {"small": args.small, "rounds": args.rounds, "budget_mb": budget,
-                                "speedup": round(speedup, 2), "phases": phases})  # fmt: skip
+                                "speedup": round(speedup, 2),
+                                "speedup_threaded": round(threaded_speedup, 2), "phases": phases})  # fmt: skip
     print(f"results: {path}")
     return 0 if ok else 1
 
@@ -233,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=4, help="the media queue's upper bound in phase two")
     parser.add_argument("--budget-mb", type=float, default=None, help="default: MEDIA_MEMORY_BUDGET_MB")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ffmpeg -threads per job in phase three (default: cores // --concurrency, at least 1)")
     parser.add_argument("--small", action="store_true", help="small inputs, for trying it out")
     parser.add_argument("--data-dir", type=Path, default=None)
     return asyncio.run(run(parser.parse_args(argv)))

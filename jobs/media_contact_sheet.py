@@ -18,18 +18,16 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, sheet, video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
-    payload_key,
-    probe_video,
+    media_job,
+    probe_sized_video,
     run_operation,
 )
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaContactSheetPayload(JobPayload):
@@ -44,10 +42,7 @@ async def media_contact_sheet(ctx: JobContext, payload: MediaContactSheetPayload
     columns = min(payload.columns or math.ceil(math.sqrt(payload.count)), payload.count)
 
     async def make(tools: MediaTools, _asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
-        probe = await probe_video(tools, source)
-        main = probe.video
-        if main is None or not main.width or not main.height:
-            raise video.VideoRejected("the input has no video stream with a known size")
+        probe, width, height = await probe_sized_video(tools, source)
         if not probe.duration_s:
             raise video.VideoRejected("the video's duration is unknown")
         duration = probe.duration_s
@@ -56,7 +51,7 @@ async def media_contact_sheet(ctx: JobContext, payload: MediaContactSheetPayload
             at_s = duration * (index + 0.5) / payload.count
             frames.append(await video.frame_png(tools, source, work, at_s=at_s, name=f"frame-{index:02d}"))
             await progress((index + 1) / payload.count)
-        size = sheet.tile_size(main.width, main.height, payload.tile_width)
+        size = sheet.tile_size(width, height, payload.tile_width)
         tiled = await run_blocking(lambda: sheet.tile(frames, columns, size, work / "tiled.png"))
         out = await run_blocking(lambda: images.convert(
             tiled, work, max_pixels=tools.max_image_pixels, target=payload.format, keep_icc_profile=False,
@@ -69,16 +64,11 @@ async def media_contact_sheet(ctx: JobContext, payload: MediaContactSheetPayload
     return await run_operation(ctx, payload.asset_id, "contact-sheet", ("video",), make, params=params)
 
 
-MEDIA_CONTACT_SHEET = JobDefinition(
+MEDIA_CONTACT_SHEET = media_job(
     "media_contact_sheet",
     MediaContactSheetPayload,
     media_contact_sheet,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=600.0,
     quota_operation="thumbnail_operations",
-    key=lambda p: payload_key("media_contact_sheet", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

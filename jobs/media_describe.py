@@ -24,11 +24,10 @@ from pydantic import Field
 from geniehelper.ai.client import AI
 from geniehelper.domain import media
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import classify_media_error, load_source, payload_key, probe_video
+from geniehelper.media.operation import load_source, media_job, probe_video
 from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload, Policy
 from geniehelper.runtime.retry import PermanentJobError
 
 MODEL_EDGE_PX = 1024
@@ -104,16 +103,12 @@ async def media_describe(ctx: JobContext, payload: MediaDescribePayload) -> dict
     }  # fmt: skip
 
 
-MEDIA_DESCRIBE = JobDefinition(
+MEDIA_DESCRIBE = media_job(
     "media_describe",
     MediaDescribePayload,
     media_describe,
-    queue="media",
+    asset_of=lambda p: p.asset_id,
     policy=Policy(max_attempts=4, timeout_s=900.0, backoff_base_s=2.0, backoff_max_s=120.0),
-    classify=classify_media_error,
     quota_operation="ai_clip_operations",
-    key=lambda p: payload_key("media_describe", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA, AI),
-    memory_estimate=estimate_media_memory,
 )

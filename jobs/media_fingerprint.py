@@ -1,9 +1,11 @@
-"""media_fingerprint: a copy of an image asset carrying an invisible watermark naming one recipient.
+"""media_fingerprint: a copy of an image or video asset carrying an invisible watermark naming one recipient.
 
 The recipient is a fan_profiles id of the creator's; the mark (media.fingerprint) is in the
-luminance, survives JPEG re-encoding and resizing, and `media_watermark_detect` reads it back.
-The output is encoded from pixels only (as media_image_convert) in the source's format, JPEG at
-`quality`; its metadata.params records the recipient, which is how detection knows the candidates.
+luminance (of every frame, for a video), survives re-encoding and resizing, and
+`media_watermark_detect` reads it back. An image is encoded from pixels only (as
+media_image_convert) in the source's format, JPEG at `quality`; a video is re-encoded to H.264/AAC
+MP4 at its size (clean, as media_video_trim's output). The output's metadata.params records the
+recipient, which is how detection knows the candidates.
 With `media_collection_id` the copy is also added as that collection's last member (a PPV bundle
 made for the recipient).
 Counted against the creator's `watermark_operations` quota when enqueued.
@@ -19,12 +21,11 @@ from pydantic import Field
 
 from geniehelper.domain import fan_crm
 from geniehelper.domain.media import MediaAsset
-from geniehelper.media import images
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media import images, video
+from geniehelper.media.operation import Made, Progress, media_job, probe_sized_video, run_operation
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 
@@ -43,6 +44,11 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
         raise PermanentJobError(f"fan_profile_id: fan profile {payload.fan_profile_id} does not exist")
 
     async def make(tools: MediaTools, asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
+        if asset.kind == "video":
+            probe, _, _ = await probe_sized_video(tools, source)
+            clip = await video.encode(tools, source, work, probe, fingerprint_for=payload.fan_profile_id,
+                                      name="fingerprinted", on_progress=progress)  # fmt: skip
+            return Made(clip.path, "video", clip.mime_type, clip.width, clip.height, clip.duration_s)
         out = await run_blocking(lambda: images.convert(
             source, work, max_pixels=tools.max_image_pixels, quality=payload.quality,
             fingerprint_for=payload.fan_profile_id, name="fingerprinted",
@@ -50,20 +56,15 @@ async def media_fingerprint(ctx: JobContext, payload: MediaFingerprintPayload) -
         return Made(out.path, "image", out.mime_type, out.width, out.height)
 
     params = {"fan_profile_id": str(payload.fan_profile_id), "quality": payload.quality}
-    return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image",), make, params=params,
-                               collection_id=payload.media_collection_id)  # fmt: skip
+    return await run_operation(ctx, payload.asset_id, "fingerprinted", ("image", "video"), make, params=params,
+                               collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
-MEDIA_FINGERPRINT = JobDefinition(
+MEDIA_FINGERPRINT = media_job(
     "media_fingerprint",
     MediaFingerprintPayload,
     media_fingerprint,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=600.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=600.0,
     quota_operation="watermark_operations",
-    key=lambda p: payload_key("media_fingerprint", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

@@ -16,12 +16,11 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.images import CropBox
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media.operation import Made, Progress, media_job, run_operation
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaImageConvertPayload(JobPayload):
@@ -49,15 +48,10 @@ async def media_image_convert(ctx: JobContext, payload: MediaImageConvertPayload
     return await run_operation(ctx, payload.asset_id, "convert", ("image",), make, params=params)
 
 
-MEDIA_IMAGE_CONVERT = JobDefinition(
+MEDIA_IMAGE_CONVERT = media_job(
     "media_image_convert",
     MediaImageConvertPayload,
     media_image_convert,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=180.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_image_convert", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=180.0,
 )

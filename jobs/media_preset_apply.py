@@ -1,13 +1,16 @@
 """media_preset_apply: a media_presets row's whole combination applied to one asset, one output.
 
 Images: fitted within the preset's output_width x output_height (never enlarged), its watermark
-if it has one, the invisible fingerprint of `fan_profile_id` if given (media_fingerprint), encoded
+if it has one, the invisible fingerprint of `fan_profile_id` if given (media_fingerprint; videos
+too), encoded
 as its output_format when that is jpeg/png/webp (else the source's format). Videos: from `start_ms`
 for its clip_duration_ms (the whole video when unset), fitted in the box, its watermark over every
 frame, always H.264/AAC MP4. An output_format other than jpeg, png, webp or mp4 fails the job.
 Every output is written from pixels/streams only, so it carries none of the source's metadata: a
-superset of the preset's strip_metadata_fields, which the output records. Like media_video_teaser it
-counts against no quota.
+superset of the preset's strip_metadata_fields, which the output records.
+Counted against the creator's `watermark_operations` quota when enqueued, whatever the preset holds:
+a preset is the creator's branded-copy recipe (its watermark, size, fingerprint), and the quota is
+charged before the preset is read (docs/quotas.md).
 """
 
 from __future__ import annotations
@@ -21,20 +24,18 @@ from pydantic import Field
 from geniehelper.domain import fan_crm, media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
-    payload_key,
-    probe_video,
+    media_job,
+    probe_sized_video,
     run_operation,
+    watermark_layer,
     watermark_style,
 )
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
-from geniehelper.media.watermark import render_layer
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 _IMAGE_FORMATS = ("jpeg", "png", "webp")
@@ -44,7 +45,7 @@ class MediaPresetApplyPayload(JobPayload):
     asset_id: UUID
     preset_id: UUID | None = None  # None: the creator's default preset
     start_ms: int = Field(default=0, ge=0)  # videos: where the clip starts
-    fan_profile_id: UUID | None = None  # images: also fingerprint the copy for this recipient
+    fan_profile_id: UUID | None = None  # also fingerprint the copy for this recipient
     media_collection_id: UUID | None = None  # the output also becomes this collection's last member
 
 
@@ -76,22 +77,14 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
                 name="preset",
             ))  # fmt: skip
             return Made(out.path, "image", out.mime_type, out.width, out.height)
-        if payload.fan_profile_id is not None:
-            raise PermanentJobError("fan_profile_id: fingerprints are for images only")
-        probe = await probe_video(tools, source)
-        main = probe.video
-        if main is None or not main.width or not main.height:
-            raise video.VideoRejected("the input has no video stream with a known size")
-        layer = None
-        if style is not None:
-            width, height = video.output_size(main.width, main.height, preset.output_width, preset.output_height)
-            layer = work / "watermark.png"
-            await run_blocking(lambda: render_layer(width, height, style).save(layer, "PNG"))
+        probe, width, height = await probe_sized_video(tools, source)
+        size = video.output_size(width, height, preset.output_width, preset.output_height)
+        layer = await watermark_layer(work, size, style)
         duration_s = preset.clip_duration_ms / 1000 if preset.clip_duration_ms else None
         clip = await video.encode(
             tools, source, work, probe, start_s=payload.start_ms / 1000, duration_s=duration_s,
-            max_width=preset.output_width, max_height=preset.output_height, watermark_layer=layer, name="preset",
-            on_progress=progress,
+            max_width=preset.output_width, max_height=preset.output_height, watermark_layer=layer,
+            fingerprint_for=payload.fan_profile_id, name="preset", on_progress=progress,
         )  # fmt: skip
         return Made(clip.path, "video", clip.mime_type, clip.width, clip.height, clip.duration_s)
 
@@ -101,18 +94,14 @@ async def media_preset_apply(ctx: JobContext, payload: MediaPresetApplyPayload) 
         "strip_metadata_fields": preset.strip_metadata_fields,
     }  # fmt: skip
     return await run_operation(ctx, payload.asset_id, "preset", ("image", "video"), make, params=params,
-                               collection_id=payload.media_collection_id)  # fmt: skip
+                               collection_id=payload.media_collection_id, for_fan=payload.fan_profile_id)  # fmt: skip
 
 
-MEDIA_PRESET_APPLY = JobDefinition(
+MEDIA_PRESET_APPLY = media_job(
     "media_preset_apply",
     MediaPresetApplyPayload,
     media_preset_apply,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_preset_apply", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=1800.0,
+    quota_operation="watermark_operations",
 )

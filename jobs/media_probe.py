@@ -13,11 +13,10 @@ from uuid import UUID
 
 from geniehelper.domain import media
 from geniehelper.media import images
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import classify_media_error, load_source, payload_key, probe_video
+from geniehelper.media.operation import load_source, media_job, probe_video
 from geniehelper.media.tools import MEDIA, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 
@@ -63,15 +62,10 @@ async def media_probe(ctx: JobContext, payload: MediaProbePayload) -> dict[str, 
     return {"asset_id": str(asset.id), "sha256": stored.sha256, "byte_size": stored.byte_size, "probe": probe}
 
 
-MEDIA_PROBE = JobDefinition(
+MEDIA_PROBE = media_job(
     "media_probe",
     MediaProbePayload,
     media_probe,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=180.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_probe", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=180.0,
 )

@@ -16,11 +16,10 @@ from uuid import UUID
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media.operation import Made, Progress, media_job, probe_video, run_operation
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaStripMetadataPayload(JobPayload):
@@ -51,15 +50,10 @@ async def media_strip_metadata(ctx: JobContext, payload: MediaStripMetadataPaylo
     return await run_operation(ctx, payload.asset_id, "stripped", ("image", "video"), make, params=params)
 
 
-MEDIA_STRIP_METADATA = JobDefinition(
+MEDIA_STRIP_METADATA = media_job(
     "media_strip_metadata",
     MediaStripMetadataPayload,
     media_strip_metadata,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=900.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_strip_metadata", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=900.0,
 )

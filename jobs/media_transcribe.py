@@ -16,11 +16,10 @@ from pydantic import Field
 
 from geniehelper.ai.client import AI
 from geniehelper.domain import media
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import Progress, classify_media_error, load_source, payload_key, probe_video
+from geniehelper.media.operation import Progress, load_source, media_job, probe_video
 from geniehelper.media.tools import MEDIA, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload, Policy
 from geniehelper.runtime.retry import PermanentJobError
 
 SAMPLE_RATE = 16_000
@@ -71,16 +70,12 @@ async def media_transcribe(ctx: JobContext, payload: MediaTranscribePayload) -> 
     }  # fmt: skip
 
 
-MEDIA_TRANSCRIBE = JobDefinition(
+MEDIA_TRANSCRIBE = media_job(
     "media_transcribe",
     MediaTranscribePayload,
     media_transcribe,
-    queue="media",
+    asset_of=lambda p: p.asset_id,
     policy=Policy(max_attempts=4, timeout_s=1_800.0, backoff_base_s=2.0, backoff_max_s=120.0),
-    classify=classify_media_error,
     quota_operation="ai_clip_operations",
-    key=lambda p: payload_key("media_transcribe", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
     resources=(MEDIA, AI),
-    memory_estimate=estimate_media_memory,
 )

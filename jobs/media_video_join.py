@@ -16,20 +16,18 @@ from pydantic import Field, field_validator
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
     load_source,
-    payload_key,
+    media_job,
     probe_video,
     run_operation,
 )
 from geniehelper.media.probe import MediaProbe
-from geniehelper.media.tools import MEDIA, MediaTools
+from geniehelper.media.tools import MediaTools
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaVideoJoinPayload(JobPayload):
@@ -64,15 +62,10 @@ async def media_video_join(ctx: JobContext, payload: MediaVideoJoinPayload) -> d
     return await run_operation(ctx, payload.asset_ids[0], "joined", ("video",), make, params=params)
 
 
-MEDIA_VIDEO_JOIN = JobDefinition(
+MEDIA_VIDEO_JOIN = media_job(
     "media_video_join",
     MediaVideoJoinPayload,
     media_video_join,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_video_join", p, p.asset_ids[0]),
-    subject=lambda p: Subject("media_asset", p.asset_ids[0]),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_ids[0],
+    timeout_s=1800.0,
 )

@@ -4,6 +4,8 @@ From `start_ms` for the preset's `clip_duration_ms` (10 s if it has none), fitte
 `output_width` x `output_height`, with its watermark if it has one (the preset named by
 `preset_id`, else the creator's default). Re-encoded, frame-accurate, no metadata (as
 media_video_trim's output).
+Counted against the creator's `ai_clip_operations` quota when enqueued: a teaser is the tier's
+clip-making operation (the tier file has no separate teaser allowance; docs/quotas.md).
 """
 
 from __future__ import annotations
@@ -17,20 +19,18 @@ from pydantic import Field
 from geniehelper.domain import media
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
-    payload_key,
-    probe_video,
+    media_job,
+    probe_sized_video,
     run_operation,
+    watermark_layer,
     watermark_style,
 )
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
-from geniehelper.media.watermark import render_layer
+from geniehelper.media.tools import MediaTools
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 from geniehelper.runtime.retry import PermanentJobError
 
 DEFAULT_TEASER_MS = 10_000
@@ -54,15 +54,9 @@ async def media_video_teaser(ctx: JobContext, payload: MediaVideoTeaserPayload) 
     duration_ms = preset.clip_duration_ms or DEFAULT_TEASER_MS
 
     async def make(tools: MediaTools, _asset: MediaAsset, source: Path, work: Path, progress: Progress) -> Made:
-        probe = await probe_video(tools, source)
-        main = probe.video
-        if main is None or not main.width or not main.height:
-            raise video.VideoRejected("the input has no video stream with a known size")
-        layer = None
-        if style is not None:
-            width, height = video.output_size(main.width, main.height, preset.output_width, preset.output_height)
-            layer = work / "watermark.png"
-            await run_blocking(lambda: render_layer(width, height, style).save(layer, "PNG"))
+        probe, width, height = await probe_sized_video(tools, source)
+        size = video.output_size(width, height, preset.output_width, preset.output_height)
+        layer = await watermark_layer(work, size, style)
         clip = await video.encode(
             tools, source, work, probe, start_s=payload.start_ms / 1000, duration_s=duration_ms / 1000,
             max_width=preset.output_width, max_height=preset.output_height, watermark_layer=layer, name="teaser",
@@ -75,15 +69,11 @@ async def media_video_teaser(ctx: JobContext, payload: MediaVideoTeaserPayload) 
     return await run_operation(ctx, payload.asset_id, "teaser", ("video",), make, params=params)
 
 
-MEDIA_VIDEO_TEASER = JobDefinition(
+MEDIA_VIDEO_TEASER = media_job(
     "media_video_teaser",
     MediaVideoTeaserPayload,
     media_video_teaser,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_video_teaser", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=1800.0,
+    quota_operation="ai_clip_operations",
 )

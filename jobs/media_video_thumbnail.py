@@ -15,11 +15,10 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
+from geniehelper.media.operation import Made, Progress, media_job, probe_video, run_operation
+from geniehelper.media.tools import MediaTools, run_blocking
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaVideoThumbnailPayload(JobPayload):
@@ -50,16 +49,11 @@ async def media_video_thumbnail(ctx: JobContext, payload: MediaVideoThumbnailPay
     return await run_operation(ctx, payload.asset_id, "thumbnail", ("video",), make, params=params)
 
 
-MEDIA_VIDEO_THUMBNAIL = JobDefinition(
+MEDIA_VIDEO_THUMBNAIL = media_job(
     "media_video_thumbnail",
     MediaVideoThumbnailPayload,
     media_video_thumbnail,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=300.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=300.0,
     quota_operation="thumbnail_operations",
-    key=lambda p: payload_key("media_video_thumbnail", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

@@ -15,12 +15,11 @@ from pydantic import Field
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.images import CropBox
-from geniehelper.media.operation import Made, Progress, classify_media_error, payload_key, probe_video, run_operation
-from geniehelper.media.tools import MEDIA, MediaTools
+from geniehelper.media.operation import Made, Progress, media_job, probe_video, run_operation
+from geniehelper.media.tools import MediaTools
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaVideoTranscodePayload(JobPayload):
@@ -47,15 +46,10 @@ async def media_video_transcode(ctx: JobContext, payload: MediaVideoTranscodePay
     return await run_operation(ctx, payload.asset_id, "transcoded", ("video",), make, params=params)
 
 
-MEDIA_VIDEO_TRANSCODE = JobDefinition(
+MEDIA_VIDEO_TRANSCODE = media_job(
     "media_video_transcode",
     MediaVideoTranscodePayload,
     media_video_transcode,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=3600.0, backoff_base_s=5.0),
-    classify=classify_media_error,
-    key=lambda p: payload_key("media_video_transcode", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=3600.0,
 )

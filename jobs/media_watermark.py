@@ -15,20 +15,19 @@ from uuid import UUID
 
 from geniehelper.domain.media import MediaAsset
 from geniehelper.media import images, video
-from geniehelper.media.admission import estimate_media_memory
 from geniehelper.media.operation import (
     Made,
     Progress,
-    classify_media_error,
-    payload_key,
-    probe_video,
+    media_job,
+    probe_sized_video,
     run_operation,
+    watermark_layer,
     watermark_style,
 )
-from geniehelper.media.tools import MEDIA, MediaTools, run_blocking
-from geniehelper.media.watermark import WatermarkStyle, render_layer
+from geniehelper.media.tools import MediaTools, run_blocking
+from geniehelper.media.watermark import WatermarkStyle
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy, Subject
+from geniehelper.runtime.definition import JobPayload
 
 
 class MediaWatermarkPayload(JobPayload):
@@ -46,13 +45,8 @@ async def media_watermark(ctx: JobContext, payload: MediaWatermarkPayload) -> di
                 source, work, max_pixels=tools.max_image_pixels, quality=92, watermark=style, name="watermarked",
             ))  # fmt: skip
             return Made(out.path, "image", out.mime_type, out.width, out.height)
-        probe = await probe_video(tools, source)
-        main = probe.video
-        if main is None or not main.width or not main.height:
-            raise video.VideoRejected("the input has no video stream with a known size")
-        width, height = video.fitted_size(main.width, main.height, None, None)
-        layer = work / "watermark.png"
-        await run_blocking(lambda: render_layer(width, height, style).save(layer, "PNG"))
+        probe, width, height = await probe_sized_video(tools, source)
+        layer = await watermark_layer(work, video.fitted_size(width, height, None, None), style)
         clip = await video.encode(tools, source, work, probe, watermark_layer=layer, name="watermarked",
                                   on_progress=progress)  # fmt: skip
         return Made(clip.path, "video", clip.mime_type, clip.width, clip.height, clip.duration_s)
@@ -62,16 +56,11 @@ async def media_watermark(ctx: JobContext, payload: MediaWatermarkPayload) -> di
     return await run_operation(ctx, payload.asset_id, "watermarked", ("image", "video"), make, params=params)
 
 
-MEDIA_WATERMARK = JobDefinition(
+MEDIA_WATERMARK = media_job(
     "media_watermark",
     MediaWatermarkPayload,
     media_watermark,
-    queue="media",
-    policy=Policy(max_attempts=3, timeout_s=1800.0, backoff_base_s=5.0),
-    classify=classify_media_error,
+    asset_of=lambda p: p.asset_id,
+    timeout_s=1800.0,
     quota_operation="watermark_operations",
-    key=lambda p: payload_key("media_watermark", p, p.asset_id),
-    subject=lambda p: Subject("media_asset", p.asset_id),
-    resources=(MEDIA,),
-    memory_estimate=estimate_media_memory,
 )

@@ -183,12 +183,11 @@ title=GH-CHAPTER-TWO
 def video_with_metadata(
     path: Path, *, seconds: float = 2.0, width: int = 320, height: int = 240, fps: int = 25, pattern: str = "testsrc"
 ) -> Path:
-    """An H.264/AAC MP4 from lavfi test sources (`pattern`: testsrc, or a flat colour such as
+    """An H.264/AAC MP4 from lavfi test sources (`pattern`: testsrc, testsrc2, or a flat colour such as
     "color=c=gray"), with global tags (title, comment, GPS location, creation time), two chapters
     and a stream tag."""
-    source = f"{pattern}:size={width}x{height}:rate={fps}:duration={seconds}"
-    if pattern == "testsrc":
-        source = source.replace("testsrc:", "testsrc=", 1)
+    # "testsrc" -> testsrc=size=...; "color=c=gray" -> color=c=gray:size=...
+    source = f"{pattern}{':' if '=' in pattern else '='}size={width}x{height}:rate={fps}:duration={seconds}"
     meta = path.with_suffix(".ffmeta")
     meta.write_text(FFMETADATA)
     subprocess.run(

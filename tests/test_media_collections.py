@@ -69,6 +69,15 @@ async def test_a_fingerprinted_copy_and_a_preset_output_join_the_bundle_they_wer
     async with db.creator_tx(creator) as conn:
         members = await media.collection_members(conn, creator, bundle)
     assert members[0] == cover.id and set(members[1:]) == {marked_row["id"], small_row["id"]} and len(members) == 3
+    usages = await owner.fetch(  # the bundle member is also the copy made for its fan: two usage rows
+        "select media_collection_id, fan_profile_id from media_asset_usages where media_asset_id = $1"
+        " order by fan_profile_id nulls first", marked_row["id"],
+    )  # fmt: skip
+    assert [tuple(u) for u in usages] == [(bundle, None), (None, fan)]
+    async with db.creator_tx(creator) as conn:  # exactly one target per row, still
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("insert into media_asset_usages (user_id, media_asset_id, media_collection_id,"
+                               " fan_profile_id) values ($1, $2, $3, $4)", creator, photo.id, bundle, fan)  # fmt: skip
     record = await job_record(owner, nowhere.id)
     assert record["status"] == "failed" and "media_collection_id: media collection" in record["error"], record
     assert await owner.fetchval("select count(*) from media_assets where produced_by_job_id = $1", nowhere.id) == 0

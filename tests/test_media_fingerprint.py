@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
 import uuid
+from pathlib import Path
 
 import asyncpg
 from PIL import Image, ImageChops, ImageStat
 
 from geniehelper.db import Database
 from geniehelper.media import fingerprint
+from geniehelper.media.tools import find_ffmpeg
 from geniehelper.runtime.queue import JobQueue
 from tests.conftest import make_creator
 from tests.media_harness import (
@@ -23,13 +26,53 @@ from tests.media_harness import (
     run_media_jobs,
     upload,
 )
-from tests.media_samples import photo_like
+from tests.media_samples import photo_like, video_with_metadata
 
 
 def jpeg_bytes(im: Image.Image, quality: int) -> bytes:
     out = io.BytesIO()
     im.convert("RGB").save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+async def make_fans(owner: asyncpg.Connection, creator: uuid.UUID, count: int) -> list[uuid.UUID]:
+    rows = await owner.fetch(
+        "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, $2) g"
+        " returning id", creator, count,
+    )  # fmt: skip
+    return [row["id"] for row in rows]
+
+
+async def each_leak_names_its_fan(
+    owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, m: Media,
+    creator: uuid.UUID, original_id: uuid.UUID, leaks: dict[str, tuple[uuid.UUID | None, uuid.UUID]], fans: int,
+) -> None:  # fmt: skip
+    """media_watermark_detect on each leak (file name -> (the fan it should name, its upload)) names
+    that fan, by a wide margin over every other, or nobody."""
+    detecting = {}
+    for name, (_, asset_id) in leaks.items():
+        payload = {"asset_id": str(asset_id), "source_asset_id": str(original_id)}
+        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+    for name, job in detecting.items():
+        record = await job_record(owner, job.id)
+        assert record["status"] == "completed", record["error"]
+        result = record["result"]
+        expected = leaks[name][0]
+        assert result["candidates"] == fans
+        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
+        if expected is not None:
+            others = [s for f, s in result["scores"].items() if f != str(expected)]
+            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+
+
+async def usages_of(owner: asyncpg.Connection, asset_id: uuid.UUID) -> list[tuple[uuid.UUID | None, uuid.UUID | None]]:
+    """(collection, fan) of each media_asset_usages row of the asset."""
+    rows = await owner.fetch(
+        "select media_collection_id, fan_profile_id from media_asset_usages where media_asset_id = $1"
+        " order by fan_profile_id nulls first", asset_id,
+    )  # fmt: skip
+    return [(r["media_collection_id"], r["fan_profile_id"]) for r in rows]
 
 
 def psnr(a: Image.Image, b: Image.Image) -> float:
@@ -43,11 +86,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
 ) -> None:
     m = media_dirs
     creator = await make_creator(owner)
-    fans = [
-        row["id"] for row in await owner.fetch(
-            "insert into fan_profiles (user_id, display_name) select $1, 'fan ' || g from generate_series(1, 4) g"
-            " returning id", creator)
-    ]  # fmt: skip
+    fans = await make_fans(owner, creator, 4)
     original = await upload(db, m, creator, photo_like(m.samples / "set.jpg"), "image", "image/jpeg")
     marking = {}
     for fan in fans:
@@ -60,6 +99,7 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     for fan, job in marking.items():
         row, data = await output_of(owner, m, job.id)
         assert row["derived_from_asset_id"] == original.id and row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        assert await usages_of(owner, row["id"]) == [(None, fan)]  # recorded as the copy made for that fan
         copy = Image.open(io.BytesIO(data))
         assert copy.size == (640, 480) and psnr(source_pixels, copy) > 38  # invisible: a few luma levels at most
         requantised = m.samples / f"{fan}-q75.jpg"
@@ -74,21 +114,8 @@ async def test_each_fans_copy_is_named_after_jpeg_75_and_resizing_and_an_unmarke
     other = photo_like(m.samples / "other.jpg", seed=2)
     leaks[other.name] = (None, (await upload(db, m, creator, other, "image", "image/jpeg")).id)
 
-    detecting = {}
-    for name, (_, asset_id) in leaks.items():
-        payload = {"asset_id": str(asset_id), "source_asset_id": str(original.id)}
-        detecting[name] = await media_queue.enqueue("media_watermark_detect", payload, user_id=creator)
-    await run_media_jobs(database_url, redis_url, m)
-    for name, job in detecting.items():
-        record = await job_record(owner, job.id)
-        assert record["status"] == "completed", record["error"]
-        result = record["result"]
-        expected = leaks[name][0]
-        assert result["candidates"] == len(fans)
-        assert result["fan_profile_id"] == (str(expected) if expected else None), (name, result)
-        if expected is not None:  # named by a wide margin over every other fan
-            others = [s for f, s in result["scores"].items() if f != str(expected)]
-            assert result["score"] >= fingerprint.THRESHOLD > 2 * max(others), (name, result)
+    await each_leak_names_its_fan(owner, media_queue, database_url, redis_url, m, creator, original.id, leaks,
+                                  len(fans))  # fmt: skip
     assert no_work_dirs_left(m)
 
 
@@ -111,3 +138,43 @@ async def test_an_unknown_recipient_or_a_too_small_image_fails_saying_which_fiel
     for job, reason in ((stranger, "fan_profile_id: fan profile"), (too_small, "too small for a fingerprint")):
         record = await job_record(owner, job.id)
         assert record["status"] == "failed" and record["attempts"] == 1 and reason in record["error"], record
+
+
+def leaked_video(source: Path, out: Path) -> Path:
+    """What a fan might post: re-encoded with libx264 at CRF 28, downscaled to 75 %."""
+    subprocess.run(
+        [find_ffmpeg(None), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
+         "-vf", "scale=iw*3/4:ih*3/4", "-c:v", "libx264", "-crf", "28", "-c:a", "aac", str(out)],
+        check=True,
+    )  # fmt: skip
+    return out
+
+
+async def test_each_fans_video_copy_is_named_after_a_crf_28_downscaled_re_encode_and_an_unmarked_one_names_nobody(
+    db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
+) -> None:
+    m = media_dirs
+    creator = await make_creator(owner)
+    fans = await make_fans(owner, creator, 4)
+    clip = video_with_metadata(m.samples / "ppv.mp4", seconds=2, width=640, height=360, pattern="testsrc2")
+    original = await upload(db, m, creator, clip, "video", "video/mp4")
+    marking = {}
+    for fan in fans:
+        payload = {"asset_id": str(original.id), "fan_profile_id": str(fan)}
+        marking[fan] = await media_queue.enqueue("media_fingerprint", payload, user_id=creator)
+    await run_media_jobs(database_url, redis_url, m)
+
+    leaks: dict[str, tuple[uuid.UUID | None, uuid.UUID]] = {}
+    for fan, job in marking.items():
+        row, _ = await output_of(owner, m, job.id)
+        assert (row["kind"], row["mime_type"], row["width"], row["height"]) == ("video", "video/mp4", 640, 360)
+        assert row["metadata"]["params"]["fan_profile_id"] == str(fan)
+        assert await usages_of(owner, row["id"]) == [(None, fan)]
+        leak = leaked_video(m.store.path_for(row["storage_key"]), m.samples / f"{fan}-crf28.mp4")
+        leaks[leak.name] = (fan, (await upload(db, m, creator, leak, "video", "video/mp4")).id)
+    unmarked = leaked_video(clip, m.samples / "unmarked-crf28.mp4")
+    leaks[unmarked.name] = (None, (await upload(db, m, creator, unmarked, "video", "video/mp4")).id)
+
+    await each_leak_names_its_fan(owner, media_queue, database_url, redis_url, m, creator, original.id, leaks,
+                                  len(fans))  # fmt: skip
+    assert no_work_dirs_left(m)

@@ -347,7 +347,7 @@ async def test_transcode_crops_fits_and_compresses_and_a_presets_teaser_is_short
     db: Database, owner: asyncpg.Connection, media_queue: JobQueue, database_url: str, redis_url: str, media_dirs: Media
 ) -> None:
     m = media_dirs
-    creator = await make_creator(owner)
+    creator = await make_creator(owner, tier="creator")  # teasers: ai_clip_operations, not in starter
     busy = await upload(db, m, creator, video_with_metadata(m.samples / "busy.mp4", seconds=2), "video", "video/mp4")
     gray = video_with_metadata(m.samples / "gray.mp4", seconds=3, width=640, height=480, pattern="color=c=gray")
     flat = await upload(db, m, creator, gray, "video", "video/mp4")

@@ -146,3 +146,16 @@ async def test_probe_reads_a_real_video_and_image(tmp_path: Path) -> None:
     assert (found.format, found.width, found.height, found.orientation) == ("JPEG", 60, 80, 6)
     assert {"exif", "gps", "xmp", "iptc", "comment"} <= set(found.metadata)
     assert video.fitted_size(320, 240, 161, None) == (160, 120)
+
+
+async def test_an_encode_limited_to_one_ffmpeg_thread_still_makes_every_frame(tmp_path: Path) -> None:
+    """MEDIA_FFMPEG_THREADS puts -filter_threads and the encoder's -threads into every ffmpeg run;
+    ffmpeg accepts them where they go (their effect on speed is measured in `bench media`)."""
+    tools = tools_in(tmp_path)
+    tools.ffmpeg_threads = 1
+    source = video_with_metadata(tmp_path / "in.mp4", seconds=1, width=320, height=240)
+    probe = parse_description(await tools.ffmpeg_describe(source))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    made = await video.encode(tools, source, out_dir, probe, max_width=256, fingerprint_for=uuid.uuid4())
+    assert (made.width, made.height) == (256, 192) and await tools.count_frames(made.path) == 25

@@ -694,3 +694,32 @@ async def test_a_queued_post_whose_job_waits_for_a_retry_is_not_claimed_again(
     assert len(await sandbox.posts(post.creator.account_id)) == 1
     assert (await post_row(owner, post.scheduled_id))["status"] == "posted"
     assert [(j["status"], j["attempts"]) for j in await job_records(owner, post.scheduled_id)] == [("completed", 2)]
+
+
+async def test_a_published_posts_attached_assets_are_recorded_as_used_by_it_in_order(
+    db: Database, owner: asyncpg.Connection, sandbox: Sandbox, arq_redis: ArqRedis, database_url: str, redis_url: str
+) -> None:
+    settings = settings_for(database_url, redis_url)
+    creator = await make_connected_creator(db, owner, sandbox)
+    scheduled_id = await schedule_post(db, creator)
+    assets = [
+        row["id"] for row in await owner.fetch(
+            "insert into media_assets (user_id, kind, storage_key) select $1, 'image', 'k/' || g"
+            " from generate_series(1, 2) g returning id", creator.user_id)
+    ]  # fmt: skip
+    not_an_asset = uuid.uuid4()  # media_asset_ids has no FK: an id that is not an asset is skipped
+    content_id = await owner.fetchval(
+        "update content_posts cp set media_asset_ids = $2 from scheduled_posts sp"
+        " where sp.id = $1 and cp.id = sp.content_post_id returning cp.id",
+        scheduled_id, [assets[1], not_an_asset, assets[0]],
+    )  # fmt: skip
+    assert await owner.fetchval("select count(*) from media_asset_usages where content_post_id = $1", content_id) == 0
+    await scheduler_tick(settings, db, arq_redis, database_url)
+    await run_worker(settings)
+    assert (await post_row(owner, scheduled_id))["status"] == "posted"
+    usages = await owner.fetch(
+        "select user_id, media_asset_id, position, campaign_id, media_collection_id, fan_profile_id"
+        " from media_asset_usages where content_post_id = $1 order by position", content_id,
+    )  # fmt: skip
+    assert [(u["media_asset_id"], u["position"]) for u in usages] == [(assets[1], 0), (assets[0], 2)]
+    assert all(u["user_id"] == creator.user_id and u["fan_profile_id"] is None for u in usages)

@@ -476,6 +476,10 @@ class Settings(BaseSettings):
     media_ffmpeg: str | None = Field(
         default=None, description="The ffmpeg to run (unset: `ffmpeg` on PATH, else the imageio-ffmpeg wheel's)."
     )
+    media_ffmpeg_threads: int = Field(
+        default=0, ge=0, le=256,
+        description="Threads each ffmpeg run may use for its filters and encoder (0: ffmpeg's own choice, every core).",
+    )
     media_tool_timeout_s: float = Field(
         default=600.0, gt=0, le=86_400, description="An ffmpeg run taking longer is killed and the attempt fails."
     )

@@ -1,4 +1,5 @@
-"""Media: `media_assets` (the canonical record of every asset), presets, and where assets are used."""
+"""Media: `media_assets` (the canonical record of every asset), presets, and where assets are used
+(media_asset_usages: a post, campaign, collection, or the fan a copy was made for)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ class MediaAssetUsage(BaseModel):
     content_post_id: UUID | None
     campaign_id: UUID | None
     media_collection_id: UUID | None
+    fan_profile_id: UUID | None  # the fan a (fingerprinted) copy was made for
     position: int | None
 
 
@@ -74,7 +76,9 @@ ASSET_COLUMNS = """id, user_id, kind, status, storage_key, original_filename, mi
        produced_by_job_id, transcription_text, ai_description, ai_description_model, tags, metadata, created_at"""
 PRESET_COLUMNS = """id, user_id, name, watermark, output_format, output_width, output_height, clip_duration_ms,
        strip_metadata_fields, is_default"""
-USAGE_COLUMNS = "id, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position"
+USAGE_COLUMNS = """id, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, fan_profile_id,
+       position"""
+USAGE_TARGET = "(user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, fan_profile_id)"
 
 # Either unique key (storage key; platform + external id of a scraped item) makes a second create a
 # no-op: the caller then gets the asset already stored.
@@ -147,12 +151,15 @@ returning """
 GET_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and id = $2"
 GET_DEFAULT_PRESET = "select " + PRESET_COLUMNS + " from media_presets where user_id = $1 and is_default"
 
-# unique nulls not distinct (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id)
+# unique nulls not distinct USAGE_TARGET
 RECORD_USAGE = (
     """
-insert into media_asset_usages (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position)
-values ($1, $2, $3, $4, $5, $6)
-on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id) do update
+insert into media_asset_usages (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id,
+                                fan_profile_id, position)
+values ($1, $2, $3, $4, $5, $6, $7)
+on conflict """
+    + USAGE_TARGET
+    + """ do update
     set position = coalesce(excluded.position, media_asset_usages.position)
 returning """
     + USAGE_COLUMNS
@@ -231,15 +238,19 @@ async def record_asset_usage(
     content_post_id: UUID | None = None,
     campaign_id: UUID | None = None,
     media_collection_id: UUID | None = None,
+    fan_profile_id: UUID | None = None,
     position: int | None = None,
 ) -> MediaAssetUsage:
-    """Link an asset to exactly one post, campaign or collection (idempotent; a position updates)."""
-    targets = [t for t in (content_post_id, campaign_id, media_collection_id) if t is not None]
+    """Link an asset to exactly one post, campaign, collection or fan (idempotent; a position updates)."""
+    targets = [t for t in (content_post_id, campaign_id, media_collection_id, fan_profile_id) if t is not None]
     if len(targets) != 1:
-        raise ValueError("an asset usage needs exactly one of content_post_id, campaign_id, media_collection_id")
+        raise ValueError(
+            "an asset usage needs exactly one of content_post_id, campaign_id, media_collection_id, fan_profile_id"
+        )
     row = await conn.fetchrow(
-        RECORD_USAGE, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, position
-    )
+        RECORD_USAGE, user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, fan_profile_id,
+        position,
+    )  # fmt: skip
     return MediaAssetUsage.model_validate(dict(row))
 
 
@@ -334,7 +345,7 @@ COLLECTION_EXISTS = "select exists (select 1 from media_collections where user_i
 ADD_TO_COLLECTION = """insert into media_asset_usages (user_id, media_asset_id, media_collection_id, position)
 select $1, $2, $3, coalesce(max(position) + 1, 0)
   from media_asset_usages where user_id = $1 and media_collection_id = $3
-on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id) do nothing"""
+on conflict """ + USAGE_TARGET + " do nothing"
 
 
 async def collection_exists(conn: Any, user_id: UUID, collection_id: UUID) -> bool:

@@ -136,7 +136,9 @@ returning id, idempotency_key, attempts, external_post_id, (xmax = 0) as created
 # A published post, in one statement: its attempt confirmed ($1 NULL: an earlier attempt's id was
 # already confirmed), the scheduled post `posted` (its revision only), the content piece `published`.
 # $2 external id, $3 external url, $4 scheduled post, $5 posted at, $6 revision, $7 content post,
-# $8 when the platform says it was created (NULL: unknown).
+# $8 when the platform says it was created (NULL: unknown). The content post's attachments
+# (media_asset_ids, in order; ids that are not the creator's assets skipped, as the array has no FK)
+# are recorded as used by it in media_asset_usages (a second platform's post changes nothing).
 RECORD_POSTED = """
 with confirmed as (
     update publish_attempts set external_post_id = $2, external_post_url = $3, confirmed_at = now()
@@ -145,6 +147,15 @@ with confirmed as (
     update scheduled_posts
        set status = 'posted', external_post_id = $2, external_post_url = $3, posted_at = $5, error_message = null
      where id = $4 and revision = $6
+), used as (
+    insert into media_asset_usages (user_id, media_asset_id, content_post_id, position)
+    select cp.user_id, attached.id, cp.id, min(attached.ord) - 1
+      from content_posts cp, unnest(cp.media_asset_ids) with ordinality as attached (id, ord)
+     where cp.id = $7
+       and exists (select from media_assets a where a.user_id = cp.user_id and a.id = attached.id)
+     group by cp.user_id, attached.id, cp.id
+    on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, fan_profile_id)
+       do update set position = excluded.position
 )
 update content_posts set status = 'published', published_at = coalesce(published_at, $8)
  where id = $7 and status <> 'archived'

@@ -9,6 +9,9 @@ content with a 3x3 high-pass on the grid, and correlates the residue with each c
 (equally high-passed) pattern; the best candidate is named only when its correlation reaches
 THRESHOLD, far above what unrelated patterns reach (about 1/GRID). It does not survive cropping
 or heavy edits. These functions are blocking: jobs run them through `tools.run_blocking`.
+
+Videos (media.video_fingerprint) carry the same pattern, at VIDEO_STRENGTH, in every frame's luma;
+detection averages the frames' block means before the same high-pass and correlation.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from PIL import Image, ImageChops, ImageOps
 
 GRID = 64
 STRENGTH = 3  # luma levels added or removed per block
+# H.264 quantises small, fine luma changes away (at CRF 23, about half of a 3-level mark is gone
+# before any leak re-encode): videos get a stronger mark, still low-frequency and static.
+VIDEO_STRENGTH = 6
 THRESHOLD = 0.08  # about 5 standard deviations of an unrelated pattern's correlation (1/GRID)
 MIN_SIDE = 128  # smaller images have too few pixels per block to carry the mark
 
@@ -40,8 +46,14 @@ def pattern(recipient: UUID) -> list[int]:
 
 
 def _check_size(im: Image.Image) -> None:
-    if min(im.size) < MIN_SIDE:
-        raise FingerprintRejected(f"{im.width}x{im.height} is too small for a fingerprint (each side >= {MIN_SIDE})")
+    check_frame_size(im.width, im.height)
+
+
+def layer(size: tuple[int, int], recipient: UUID, strength: int = STRENGTH) -> Image.Image:
+    """The mark as an L image of `size`: 128 + strength x the pattern, smoothly upscaled."""
+    grid = Image.new("L", (GRID, GRID))
+    grid.putdata([128 + strength * s for s in pattern(recipient)])
+    return grid.resize(size, Image.Resampling.BILINEAR)
 
 
 def embed(im: Image.Image, recipient: UUID) -> Image.Image:
@@ -50,10 +62,8 @@ def embed(im: Image.Image, recipient: UUID) -> Image.Image:
     _check_size(im)
     alpha = im.getchannel("A") if im.mode in ("RGBA", "LA") else None
     y, cb, cr = im.convert("RGB").convert("YCbCr").split()
-    grid = Image.new("L", (GRID, GRID))
-    grid.putdata([128 + STRENGTH * s for s in pattern(recipient)])
-    layer = grid.resize(im.size, Image.Resampling.BILINEAR)
-    marked_y = ImageChops.add(y, layer, scale=1.0, offset=-128)  # y + (layer - 128), clipped to 0..255
+    # y + (layer - 128), clipped to 0..255
+    marked_y = ImageChops.add(y, layer(im.size, recipient), scale=1.0, offset=-128)
     out = Image.merge("YCbCr", (marked_y, cb, cr)).convert("RGB")
     if alpha is not None:
         out.putalpha(alpha)
@@ -89,11 +99,21 @@ class Detection:
     scores: dict[UUID, float]
 
 
+def check_frame_size(width: int, height: int) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise FingerprintRejected(f"{width}x{height} is too small for a fingerprint (each side >= {MIN_SIDE})")
+
+
 def detect(im: Image.Image, candidates: Iterable[UUID]) -> Detection:
     """Which of `candidates` (if any) the image's fingerprint names."""
     _check_size(im)
     luma = ImageOps.exif_transpose(im).convert("L").resize((GRID, GRID), Image.Resampling.BOX)
-    residue = _high_pass([float(v) for v in luma.tobytes()])  # mode L: one byte per cell
+    return detect_in_grid([float(v) for v in luma.tobytes()], candidates)  # mode L: one byte per cell
+
+
+def detect_in_grid(block_means: Sequence[float], candidates: Iterable[UUID]) -> Detection:
+    """Which of `candidates` the GRID x GRID luma block means (row by row) carry the mark of."""
+    residue = _high_pass(block_means)
     scores = {c: _correlation(residue, _high_pass([float(s) for s in pattern(c)])) for c in candidates}
     if not scores:
         return Detection(None, 0.0, {})

@@ -17,27 +17,30 @@ import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
 from pydantic import ValidationError
 
 from geniehelper.domain import media
-from geniehelper.media.admission import record_measurement
+from geniehelper.media.admission import estimate_media_memory, record_measurement
 from geniehelper.media.fingerprint import FingerprintRejected
 from geniehelper.media.images import ImageRejected
 from geniehelper.media.memory import measuring
 from geniehelper.media.probe import MediaProbe, NotMedia, parse_description
 from geniehelper.media.store import ObjectMissing, StorageConflict, UnsafeStorageKey
-from geniehelper.media.tools import MEDIA, MediaTools, ToolFailed
+from geniehelper.media.tools import MEDIA, MediaTools, ToolFailed, run_blocking
 from geniehelper.media.video import VideoRejected
-from geniehelper.media.watermark import WatermarkStyle
+from geniehelper.media.watermark import WatermarkStyle, render_layer
 from geniehelper.runtime.context import JobContext
-from geniehelper.runtime.definition import ErrorClass, JobPayload
+from geniehelper.runtime.definition import ErrorClass, JobDefinition, JobPayload, JobResult, Policy, Subject
+from geniehelper.runtime.resources import ResourceKey
 from geniehelper.runtime.retry import PermanentJobError
 
 log = structlog.get_logger("geniehelper.media")
+
+P = TypeVar("P", bound=JobPayload)
 
 # Retrying these will not help: the input, the request or the stored bytes are wrong.
 _PERMANENT = (
@@ -103,6 +106,46 @@ async def probe_video(tools: MediaTools, path: Path) -> MediaProbe:
     return parse_description(await tools.ffmpeg_describe(path))
 
 
+async def probe_sized_video(tools: MediaTools, path: Path) -> tuple[MediaProbe, int, int]:
+    """The probe and the frame size (width, height) of a video; VideoRejected when it has none."""
+    probe = await probe_video(tools, path)
+    main = probe.video
+    if main is None or not main.width or not main.height:
+        raise VideoRejected("the input has no video stream with a known size")
+    return probe, main.width, main.height
+
+
+async def watermark_layer(work: Path, size: tuple[int, int], style: WatermarkStyle | None) -> Path | None:
+    """The visible watermark as a PNG of the output frame's `size`, for video.encode (None: no style)."""
+    if style is None:
+        return None
+    layer = work / "watermark.png"
+    await run_blocking(lambda: render_layer(*size, style).save(layer, "PNG"))
+    return layer
+
+
+def media_job(
+    name: str,
+    payload: type[P],
+    run: Callable[[JobContext, P], Awaitable[JobResult]],
+    *,
+    asset_of: Callable[[P], UUID],
+    timeout_s: float = 600.0,
+    policy: Policy | None = None,
+    quota_operation: str | None = None,
+    resources: tuple[ResourceKey[Any], ...] = (MEDIA,),
+) -> JobDefinition[P]:
+    """A job of the media queue about the asset `asset_of(payload)`: one job per request and asset
+    while active (payload_key), media errors permanent, admitted by its memory estimate."""
+    return JobDefinition(
+        name, payload, run, queue="media",
+        policy=policy or Policy(max_attempts=3, timeout_s=timeout_s, backoff_base_s=5.0),
+        classify=classify_media_error, quota_operation=quota_operation,
+        key=lambda p: payload_key(name, p, asset_of(p)), subject=lambda p: Subject("media_asset", asset_of(p)),
+        resources=resources, memory_estimate=estimate_media_memory,
+    )  # fmt: skip
+
+
 def _result(asset: media.MediaAsset, outcome: str) -> dict[str, Any]:
     return {
         "outcome": outcome, "asset_id": str(asset.id), "storage_key": asset.storage_key,
@@ -120,9 +163,11 @@ async def run_operation(
     *,
     params: dict[str, Any] | None = None,
     collection_id: UUID | None = None,
+    for_fan: UUID | None = None,
 ) -> dict[str, Any]:
-    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made
-    (as the last member of `collection_id` too, in the same transaction, when given)."""
+    """Run `make(tools, source asset, source file, work dir, progress)` and record what it made, in
+    one transaction with: its usage as the last member of `collection_id`, and its usage as the copy
+    made for the fan `for_fan` (media_asset_usages.fan_profile_id), each when given."""
     assert ctx.user_id is not None
     tools = ctx.resource(MEDIA)
     source = await load_source(ctx, asset_id, kinds)
@@ -155,6 +200,8 @@ async def run_operation(
         )  # fmt: skip
         if collection_id is not None:
             await media.add_to_collection(conn, ctx.user_id, asset.id, collection_id)
+        if for_fan is not None:
+            await media.record_asset_usage(conn, ctx.user_id, asset.id, fan_profile_id=for_fan)
         await record_measurement(conn, ctx.job.name, ctx.record_id, source, meter)
     log.info("media.output_recorded", operation=operation, source_asset_id=str(source.id), asset_id=str(asset.id),
              byte_size=stored.byte_size, peak_rss_mb=round(meter.peak_mb, 1),

@@ -217,6 +217,7 @@ class MediaTools:
     tmp_root: Path
     tool_timeout_s: float
     max_image_pixels: int
+    ffmpeg_threads: int = 0  # MEDIA_FFMPEG_THREADS: 0 leaves it to ffmpeg (every core)
 
     @contextlib.asynccontextmanager
     async def work_dir(self, record_id: UUID, attempt: int) -> AsyncIterator[Path]:
@@ -248,6 +249,9 @@ class MediaTools:
             with contextlib.suppress(ValueError):
                 await on_progress(min(1.0, max(0.0, int(line.split("=", 1)[1]) / 1e6 / duration_s)))
 
+        if self.ffmpeg_threads:  # the output's encoder (options just before the output) and the filter graph
+            args = ["-filter_threads", str(self.ffmpeg_threads), *args[:-1], "-threads", str(self.ffmpeg_threads),
+                    args[-1]]  # fmt: skip
         argv = [self.ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-y",
                 "-progress", "pipe:1", *args]  # fmt: skip
         _, stderr = await run_tool(argv, timeout_s=self.tool_timeout_s, on_stdout_line=progress_line)
@@ -283,6 +287,7 @@ async def open_media_tools(settings: Settings) -> MediaTools:
     tools = MediaTools(
         store=LocalMediaStore(settings.media_root_dir), ffmpeg=ffmpeg, tmp_root=settings.media_work_dir.resolve(),
         tool_timeout_s=settings.media_tool_timeout_s, max_image_pixels=settings.media_max_image_pixels,
+        ffmpeg_threads=settings.media_ffmpeg_threads,
     )  # fmt: skip
     log.info("media.tools_ready", ffmpeg=ffmpeg, media_root=str(settings.media_root_dir), tmp_dir=str(tools.tmp_root))
     return tools

@@ -7,6 +7,10 @@ chapter track, no subtitles, no cover art), and for H.264/HEVC no SEI units (whe
 their settings and some cameras their GPS track). Streams are copied when nothing else changes
 (strip); trims are re-encoded, so they start and end on the exact frame (the one nearest the
 asked start; as many frames as the asked duration holds at the video's frame rate).
+
+The invisible per-recipient watermark (media.fingerprint) goes into every frame's luma as part of
+an encode (ffmpeg `blend` grain-merge of a raw Y layer: y + layer - 128, chroma untouched), and
+`read_fingerprint` averages a suspect video's frames' block means to name the recipient.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
+from geniehelper.media import fingerprint
 from geniehelper.media.probe import MediaProbe
-from geniehelper.media.tools import MediaTools
+from geniehelper.media.tools import MediaTools, run_blocking
 
 ProgressFn = Callable[[float], Awaitable[None]]
 
@@ -121,14 +127,15 @@ async def encode(
     watermark_layer: Path | None = None,
     crop: tuple[int, int, int, int] | None = None,
     crf: int = 23,
+    fingerprint_for: UUID | None = None,
     name: str = "output",
     on_progress: ProgressFn | None = None,
 ) -> VideoOutput:
     """Re-encode to H.264/AAC MP4: from `start_s` for `duration_s` (frame-accurate: from the frame
     nearest `start_s`, round(duration_s x fps) frames; less if the video ends first), cropped to
     `crop` (left, top, width, height), fitted within max_width x max_height, with a watermark layer
-    (a PNG of the output's size: `output_size`) over every frame; `crf` sets the quality (lower:
-    better, larger)."""
+    (a PNG of the output's size: `output_size`) over every frame, and the invisible fingerprint of
+    `fingerprint_for` in every frame; `crf` sets the quality (lower: better, larger)."""
     _, audio_codec = _main_streams(probe)
     video = probe.video
     assert video is not None and video.width and video.height
@@ -152,10 +159,23 @@ async def encode(
             frame = f"{video.width}x{video.height}"
             raise VideoRejected(f"crop {crop_w}x{crop_h}+{left}+{top} is outside the {frame} video")
         scale = f"crop={crop_w}:{crop_h}:{left}:{top},{scale}"
-    if watermark_layer is not None:
-        args += ["-i", str(watermark_layer)]
-        graph = f"[0:V:0]{scale},format=yuv420p[base];[base][1:v]overlay=0:0:format=auto,format=yuv420p[v]"
-        args += ["-filter_complex", graph, "-map", "[v]", *(["-map", "0:a:0"] if with_audio else [])]
+    width, height = output_size(video.width, video.height, max_width, max_height, crop)
+    if watermark_layer is not None or fingerprint_for is not None:
+        graph = f"[0:V:0]{scale},format=yuv420p[v0]"
+        last, inputs = "v0", 1
+        if watermark_layer is not None:
+            args += ["-i", str(watermark_layer)]
+            graph += f";[{last}][{inputs}:v]overlay=0:0:format=auto,format=yuv420p[v1]"
+            last, inputs = "v1", inputs + 1
+        if fingerprint_for is not None:
+            fingerprint.check_frame_size(width, height)
+            mark = out_dir / "fingerprint.yuv"
+            await run_blocking(lambda: _write_fingerprint_layer(mark, width, height, fingerprint_for))
+            args += ["-f", "rawvideo", "-pix_fmt", "yuv420p", "-video_size", f"{width}x{height}", "-i", str(mark)]
+            # one layer frame, repeated under every frame (blend repeats a finished input's last frame)
+            graph += f";[{last}][{inputs}:v]blend=c0_mode=grainmerge:c1_mode=normal:c2_mode=normal[v2]"
+            last = "v2"
+        args += ["-filter_complex", graph, "-map", f"[{last}]", *(["-map", "0:a:0"] if with_audio else [])]
     else:
         args += [*_map_main(with_audio), "-vf", f"{scale},format=yuv420p"]
     if length is not None:
@@ -166,8 +186,46 @@ async def encode(
     args += ["-c:a", "aac", "-b:a", "128k"] if with_audio else ["-an"]
     args += [*CLEAN_OUTPUT, "-movflags", "+faststart", "-f", "mp4", str(out)]
     await tools.ffmpeg_run(args, duration_s=length or total, on_progress=on_progress)
-    width, height = output_size(video.width, video.height, max_width, max_height, crop)
     return VideoOutput(out, "video/mp4", width, height, length if length is not None else total)
+
+
+def _write_fingerprint_layer(path: Path, width: int, height: int, recipient: UUID) -> None:
+    """One raw yuv420p frame: Y = the mark (128 +- VIDEO_STRENGTH), U and V neutral (blend keeps the video's)."""
+    luma = fingerprint.layer((width, height), recipient, fingerprint.VIDEO_STRENGTH).tobytes()
+    path.write_bytes(luma + bytes([128]) * (width * height // 2))
+
+
+FINGERPRINT_FRAMES = 750  # frames averaged when reading a fingerprint (30 s at 25 fps)
+
+
+async def read_fingerprint(
+    tools: MediaTools, source: Path, out_dir: Path, probe: MediaProbe, candidates: list[UUID]
+) -> fingerprint.Detection:
+    """Which of `candidates` the video's invisible watermark names: its first FINGERPRINT_FRAMES
+    frames' luma, each reduced to GRID x GRID block means by ffmpeg (area scaling), averaged."""
+    main = probe.video
+    if main is None or not main.width or not main.height:
+        raise VideoRejected("the input has no video stream with a known size")
+    fingerprint.check_frame_size(main.width, main.height)
+    grid = fingerprint.GRID
+    out = out_dir / "blocks.gray"
+    await tools.ffmpeg_run(
+        ["-i", str(source), "-map", "0:V:0", "-frames:v", str(FINGERPRINT_FRAMES),
+         "-vf", f"scale={grid}:{grid}:flags=area,format=gray", "-f", "rawvideo", str(out)]
+    )  # fmt: skip
+
+    def detect() -> fingerprint.Detection:
+        data = out.read_bytes()
+        cells = grid * grid
+        frames = len(data) // cells
+        if frames == 0:
+            raise VideoRejected("the video has no frames to read a fingerprint from")
+        sums = [0] * cells
+        for start in range(0, frames * cells, cells):
+            sums = [a + b for a, b in zip(sums, data[start : start + cells], strict=True)]
+        return fingerprint.detect_in_grid([total / frames for total in sums], candidates)
+
+    return await run_blocking(detect)
 
 
 def output_size(
