@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from geniehelper.segments import incremental
 from geniehelper.segments.compiler import CompiledRule, compile_rule
 from geniehelper.segments.rules import Rule, RuleError, RuleErrors, dump_rules, parse_rules, referenced_segments
 
@@ -35,7 +36,7 @@ RULES_LOCK_NAMESPACE = 0x534547  # "SEG"
 LOCK_CREATOR_RULES = "select pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
 
 SEGMENT_COLUMNS = """id, user_id, name, description, status, rules, rules_version, member_count, last_evaluated_at,
-       evaluated_rules_version, evaluation_error"""
+       evaluated_rules_version, evaluation_error, evaluated_snapshot_xmin::text::bigint as evaluated_snapshot_xmin"""
 GET_SEGMENT = "select " + SEGMENT_COLUMNS + " from fan_segments where user_id = $1 and id = $2"
 LOCK_SEGMENT = GET_SEGMENT + " for update"
 LOAD_RULES = "select id, rules from fan_segments where user_id = $1 and id = any($2::uuid[])"
@@ -98,6 +99,7 @@ class Segment:
     last_evaluated_at: datetime | None
     evaluated_rules_version: int | None
     evaluation_error: str | None
+    evaluated_snapshot_xmin: int | None  # the xmin of the snapshot the last evaluation read
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Segment:
@@ -114,11 +116,17 @@ class Refresh:
     member_count: int
     rules_version: int
     duration_ms: int
+    # "full" (every fan evaluated) or "incremental" (only `evaluated` changed fans); `why`: the reason
+    # for a full one (first, rules_changed, references_changed, no_snapshot, too_many_changes)
+    mode: str = "full"
+    evaluated: int | None = None
+    why: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "segment_id": str(self.segment_id), "joined": self.joined, "left": self.left,
             "member_count": self.member_count, "rules_version": self.rules_version, "duration_ms": self.duration_ms,
+            "mode": self.mode, "evaluated": self.evaluated, "why": self.why,
         }  # fmt: skip
 
 
@@ -226,10 +234,27 @@ returning (select count(*) from joined)::int as joined, (select count(*) from go
     return sql, params
 
 
-async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
+async def _full_reason(conn: Any, segment: Segment, compiled: CompiledRule) -> str | None:
+    """Why this refresh must evaluate every fan (None: the changed fans are known)."""
+    if segment.last_evaluated_at is None:
+        return "first"
+    if segment.evaluated_rules_version != segment.rules_version:
+        return "rules_changed"
+    if segment.evaluated_snapshot_xmin is None:
+        return "no_snapshot"  # before migration 0030, or forgotten while paused (incremental.prune)
+    if compiled.segments and await conn.fetchval(
+        incremental.REFERENCES_CHANGED, segment.user_id, compiled.segments, segment.last_evaluated_at
+    ):
+        return "references_changed"
+    return None
+
+
+async def refresh(conn: Any, user_id: UUID, segment_id: UUID, *, full: bool = False) -> Refresh | None:
     """Refresh one segment's membership by difference, in the caller's transaction (which holds the
-    segment's row lock until it ends). None: no such segment. RuleErrors: its stored rules (or a
-    segment they refer to) cannot be evaluated; nothing was written (see `record_refusal`)."""
+    segment's row lock until it ends): incrementally (only the fans whose inputs changed, or whom time
+    moved across a window edge) when those are known and few, else over every fan (`full`: always).
+    None: no such segment. RuleErrors: its stored rules (or a segment they refer to) cannot be
+    evaluated; nothing was written (see `record_refusal`)."""
     started = time.monotonic()
     row = await conn.fetchrow(LOCK_SEGMENT, user_id, segment_id)
     if row is None:
@@ -237,15 +262,29 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
     segment = Segment.of(row)
     await conn.execute("select set_config('work_mem', $1, true)", REFRESH_WORK_MEM)
     compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
-    # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
-    # (an automation on "joined" would otherwise fire for every member of a segment just created: at
-    # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
-    announce = segment.last_evaluated_at is not None
-    sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
+    why = "requested" if full else await _full_reason(conn, segment, compiled)
+    evaluated: int | None = None
+    if why is None:
+        assert segment.evaluated_snapshot_xmin is not None
+        changed = await incremental.changed_fans(conn, compiled, segment.evaluated_snapshot_xmin,
+                                                 segment.last_evaluated_at)  # fmt: skip
+        if await incremental.worth_it(conn, user_id, len(changed.fans)):
+            evaluated = len(changed.fans)
+            sql, params = incremental.incremental_statement(compiled, segment_id, segment.rules_version,
+                                                            changed.fans, changed.snapshot_xmin)  # fmt: skip
+        else:
+            why = "too_many_changes"
+    if why is not None:
+        # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
+        # (an automation on "joined" would otherwise fire for every member of a segment just created: at
+        # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
+        announce = segment.last_evaluated_at is not None
+        sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
     done = await conn.fetchrow(sql, *params)
+    await incremental.prune(conn, user_id)
     return Refresh(
         segment_id, done["joined"], done["left_count"], done["member_count"], segment.rules_version,
-        round((time.monotonic() - started) * 1000),
+        round((time.monotonic() - started) * 1000), "full" if why is not None else "incremental", evaluated, why,
     )  # fmt: skip
 
 
