@@ -31,7 +31,9 @@ async def score(db: Database, fans: Fans) -> scoring.ScoreRun:
 
 async def scores_of(owner: asyncpg.Connection, fans: Fans) -> dict[str, dict[str, Any]]:
     rows = await owner.fetch("select * from fan_scores where user_id = $1", fans.user_id)
-    return {fans.names([r["fan_profile_id"]]).pop(): dict(r) for r in rows}
+    # the explanation with its names (stored in the compact form: scoring.explain)
+    return {fans.names([r["fan_profile_id"]]).pop(): {**dict(r), "explanation": scoring.explain(r["explanation"])}
+            for r in rows}  # fmt: skip
 
 
 def logistic(z: float) -> float:
