@@ -17,8 +17,9 @@ days), tenure (days since first seen, capped at 730) and the months of the last 
   messages in 30 days) / ln(11)) + 0.3 * min(1, ln(1 + purchases in 30 days) / ln(6))
 
 Each score row keeps `model_version` and an `explanation`: the features, every term's
-contribution, and the three largest contributions (by size) of each logistic score. Each term is a
-column of its own (no per-fan jsonb walking): scoring 1,000,000 fans is `bench segments`' figure.
+contribution, and the three largest contributions (by size) of each logistic score, stored as one
+flat array of numbers (`EXPLANATION` names the positions, `explain` gives the names back). A fan
+whose values are what is stored is not rewritten. Scoring 1,000,000 fans is `bench segments`' figure.
 """
 
 from __future__ import annotations
