@@ -4,15 +4,16 @@
 
 Generated in SQL (bench/segments_data.py), then scored (`score_fans`, timed), then 20 segments
 created with the rule language and fully evaluated (`evaluation.refresh`, timed per segment). Then 1 %
-of the fans change and every segment is refreshed again by difference (ours), beside, in the same
-run and on the same changed data, two naive approaches, each rolled back: delete-all + insert-all
-per segment, and fetching the fans' rows to evaluate the rules in Python (on the first
---python-fans fans, with the figure scaled linearly to all fans and labelled so).
+of the fans change and every segment is refreshed again, incrementally (ours), beside, in the same
+run and on the same changed data, three baselines, each rolled back: the full refresh by difference
+(every fan re-evaluated), delete-all + insert-all per segment, and fetching the fans' rows to
+evaluate the rules in Python (on the first --python-fans fans, with the figure scaled linearly to
+all fans and labelled so).
 
-Correctness, checked (exit 1 if not): after each evaluation a segment's membership is exactly what
-its compiled query selects; a refresh writes exactly the symmetric difference between the old and
-the new membership (counted before it, in its transaction); the Python baseline selects the same
-fans as the SQL.
+Correctness, checked (exit 1 if not): after each evaluation (the incremental refresh included) a
+segment's membership is exactly what its compiled query selects over every fan; a refresh writes
+exactly the symmetric difference between the old and the new membership (counted before it, in its
+transaction); the Python baseline selects the same fans as the SQL.
 """
 
 from __future__ import annotations
