@@ -179,3 +179,11 @@ create index fan_messages_effective_time_idx on fan_messages (user_id, (coalesce
 alter table fan_scores drop constraint fan_scores_user_id_fkey;
 drop index fan_scores_churn_idx;
 drop index fan_scores_computed_idx;
+
+-- The rules version of each segment the last evaluation inlined (its references'): a refresh whose
+-- inlined rules differ is a full one. Versions, not times: a rules change committed after the
+-- evaluation began may carry an earlier rules_changed_at than it.
+alter table fan_segments add column evaluated_references jsonb;
+
+comment on column fan_segments.evaluated_references is
+    'The rules_version of each segment (by id) whose rules the last evaluation inlined through references.';

@@ -36,10 +36,11 @@ RULES_LOCK_NAMESPACE = 0x534547  # "SEG"
 LOCK_CREATOR_RULES = "select pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
 
 SEGMENT_COLUMNS = """id, user_id, name, description, status, rules, rules_version, member_count, last_evaluated_at,
-       evaluated_rules_version, evaluation_error, evaluated_snapshot_xmin::text::bigint as evaluated_snapshot_xmin"""
+       evaluated_rules_version, evaluation_error, evaluated_snapshot_xmin::text::bigint as evaluated_snapshot_xmin,
+       evaluated_references"""
 GET_SEGMENT = "select " + SEGMENT_COLUMNS + " from fan_segments where user_id = $1 and id = $2"
 LOCK_SEGMENT = GET_SEGMENT + " for update"
-LOAD_RULES = "select id, rules from fan_segments where user_id = $1 and id = any($2::uuid[])"
+LOAD_RULES = "select id, rules, rules_version from fan_segments where user_id = $1 and id = any($2::uuid[])"
 INSERT_SEGMENT = (
     "insert into fan_segments (user_id, name, description, rules, status) values ($1, $2, $3, $4, $5) returning "
     + SEGMENT_COLUMNS
@@ -51,6 +52,9 @@ RECORD_REFUSAL = """
 update fan_segments set evaluation_error = $3, evaluated_rules_version = $4
  where user_id = $1 and id = $2
 """
+
+# The rules versions of the segments an evaluation inlined (under its row lock, in its transaction).
+RECORD_REFERENCES = "update fan_segments set evaluated_references = $3 where user_id = $1 and id = $2"
 
 # --- segment_evaluator (system role) --------------------------------------------------------------
 
@@ -100,6 +104,7 @@ class Segment:
     evaluated_rules_version: int | None
     evaluation_error: str | None
     evaluated_snapshot_xmin: int | None  # the xmin of the snapshot the last evaluation read
+    evaluated_references: dict[str, int] | None  # rules_version of each segment it inlined
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Segment:
@@ -136,7 +141,9 @@ class Preview:
     sample: list[dict[str, Any]]  # id, display_name, lifecycle_stage of up to `sample` fans, by id
 
 
-async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Rule | RuleErrors]:
+async def load_references(
+    conn: Any, user_id: UUID, rule: Rule, versions: dict[UUID, int] | None = None
+) -> dict[UUID, Rule | RuleErrors]:
     """The parsed rules of every segment `rule` reaches through references (one query per level).
 
     A segment missing here does not exist for this creator; stored rules that no longer validate are
@@ -150,6 +157,8 @@ async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Ru
         rows = await conn.fetch(LOAD_RULES, user_id, sorted(wanted))
         wanted = set()
         for row in rows:
+            if versions is not None:  # read with the rules, from the same row version
+                versions[row["id"]] = row["rules_version"]
             try:
                 parsed = parse_rules(row["rules"])
             except RuleErrors as exc:
@@ -161,10 +170,13 @@ async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Ru
     return found
 
 
-async def compile_for(conn: Any, user_id: UUID, rule: Rule, *, own_id: UUID | None = None) -> CompiledRule:
+async def compile_for(
+    conn: Any, user_id: UUID, rule: Rule, *, own_id: UUID | None = None, versions: dict[UUID, int] | None = None
+) -> CompiledRule:
     """`rule` compiled for `user_id` with the segments it refers to resolved; RuleErrors for a reference
-    to a segment that does not exist (or is another creator's), is invalid, or leads back (a cycle)."""
-    return compile_rule(rule, user_id, await load_references(conn, user_id, rule), own_id=own_id)
+    to a segment that does not exist (or is another creator's), is invalid, or leads back (a cycle).
+    `versions`: filled with the rules version of each segment read."""
+    return compile_rule(rule, user_id, await load_references(conn, user_id, rule, versions), own_id=own_id)
 
 
 async def get_segment(conn: Any, user_id: UUID, segment_id: UUID) -> Segment | None:
@@ -234,7 +246,7 @@ returning (select count(*) from joined)::int as joined, (select count(*) from go
     return sql, params
 
 
-async def _full_reason(conn: Any, segment: Segment, compiled: CompiledRule) -> str | None:
+def _full_reason(segment: Segment, references: dict[str, int]) -> str | None:
     """Why this refresh must evaluate every fan (None: the changed fans are known)."""
     if segment.last_evaluated_at is None:
         return "first"
@@ -242,10 +254,8 @@ async def _full_reason(conn: Any, segment: Segment, compiled: CompiledRule) -> s
         return "rules_changed"
     if segment.evaluated_snapshot_xmin is None:
         return "no_snapshot"  # before migration 0030, or forgotten while paused (incremental.prune)
-    if compiled.segments and await conn.fetchval(
-        incremental.REFERENCES_CHANGED, segment.user_id, compiled.segments, segment.last_evaluated_at
-    ):
-        return "references_changed"
+    if (segment.evaluated_references or {}) != references:
+        return "references_changed"  # an inlined segment's rules are not the ones last evaluated
     return None
 
 
@@ -261,8 +271,10 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID, *, full: bool = Fa
         return None
     segment = Segment.of(row)
     await conn.execute("select set_config('work_mem', $1, true)", REFRESH_WORK_MEM)
-    compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
-    why = "requested" if full else await _full_reason(conn, segment, compiled)
+    versions: dict[UUID, int] = {}
+    compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id, versions=versions)
+    references = {str(s): versions[s] for s in compiled.segments}
+    why = "requested" if full else _full_reason(segment, references)
     evaluated: int | None = None
     if why is None:
         assert segment.evaluated_snapshot_xmin is not None
@@ -281,6 +293,7 @@ async def refresh(conn: Any, user_id: UUID, segment_id: UUID, *, full: bool = Fa
         announce = segment.last_evaluated_at is not None
         sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
     done = await conn.fetchrow(sql, *params)
+    await conn.execute(RECORD_REFERENCES, user_id, segment_id, references)
     await incremental.prune(conn, user_id)
     return Refresh(
         segment_id, done["joined"], done["left_count"], done["member_count"], segment.rules_version,

@@ -26,12 +26,6 @@ INCREMENTAL_SMALL = 1000
 # Beyond this share of the creator's fans changed, one full pass is cheaper than per-fan lookups.
 INCREMENTAL_MAX_SHARE = 0.10
 
-# Referenced segments whose rules changed after this segment's last evaluation: its inlined rule is
-# not the one it last evaluated, so every fan may have moved.
-REFERENCES_CHANGED = """
-select exists (select from fan_segments where user_id = $1 and id = any($2::uuid[])
-                                          and rules_changed_at >= $3::timestamptz)
-"""
 COUNT_FANS = "select count(*)::int from fan_profiles where user_id = $1 and status <> 'merged'"
 
 # Change-log entries below the oldest snapshot xmin an active segment's next refresh will read are
