@@ -1,11 +1,11 @@
 """score_fans: score every fan of one creator (docs/scoring.md) and keep their profiles' figures current.
 
-Two set-based statements in the creator's transaction (`geniehelper.segments.scoring`): every fan's
+One set-based statement in the creator's transaction (`geniehelper.segments.scoring`): every fan's
 churn risk, predicted LTV, upsell readiness and loyalty upserted into fan_scores with the model
-version and a per-fan explanation, then the profiles whose lifetime spend, last purchase, message
-count or last message differ from their ledgers. The result records how many fans were scored, how
-many profiles changed, the model version and duration_ms.
-"""
+version and a per-fan explanation (rows whose values did not change are not rewritten), and the
+profiles whose engagement score, lifetime spend, last purchase, message count or last message differ
+from their ledgers. The result records how many fans were scored and rows written, how many profiles
+changed, the model version and duration_ms."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import pytest
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database
@@ -31,7 +32,9 @@ async def score(db: Database, fans: Fans) -> scoring.ScoreRun:
 
 async def scores_of(owner: asyncpg.Connection, fans: Fans) -> dict[str, dict[str, Any]]:
     rows = await owner.fetch("select * from fan_scores where user_id = $1", fans.user_id)
-    return {fans.names([r["fan_profile_id"]]).pop(): dict(r) for r in rows}
+    # the explanation with its names (stored in the compact form: scoring.explain)
+    return {fans.names([r["fan_profile_id"]]).pop(): {**dict(r), "explanation": scoring.explain(r["explanation"])}
+            for r in rows}  # fmt: skip
 
 
 def logistic(z: float) -> float:
@@ -257,3 +260,40 @@ async def test_thousands_of_fans_are_scored_in_one_call(db: Database, owner: asy
                              fans.user_id)  # fmt: skip
     assert len(rows) == 3000 and {r["model_version"] for r in rows} == {scoring.MODEL_VERSION}
     assert all(Decimal(0) <= r["churn_risk"] <= Decimal(1) and r["predicted_ltv"] >= 0 for r in rows)
+
+
+async def test_the_stored_explanation_is_the_compact_layout_and_unchanged_scores_are_not_rewritten(
+    db: Database, owner: asyncpg.Connection
+) -> None:
+    fans = await build_cast(db, await make_creator(owner))
+    await score(db, fans)
+    raw = await owner.fetch("select fan_profile_id, explanation, xmin::text as xmin, churn_risk, predicted_ltv,"
+                            " upsell_readiness, loyalty from fan_scores where user_id = $1", fans.user_id)  # fmt: skip
+    # The stored form: the layout's name and one number per entry of scoring.EXPLANATION, in its order.
+    for row in raw:
+        stored = row["explanation"]
+        assert stored["layout"] == scoring.EXPLANATION_LAYOUT and len(stored["values"]) == len(scoring.EXPLANATION)
+        named = scoring.explain(stored)
+        assert set(named) == {"features", "churn_risk", "upsell_readiness", "predicted_ltv", "loyalty",
+                              "engagement_score"}  # fmt: skip
+        assert set(named["churn_risk"]["contributions"]) == set(scoring.CHURN_TERMS)
+    with pytest.raises(ValueError, match="unknown layout"):
+        scoring.explain({"features": {}})
+
+    # cara buys: her row is rewritten; every other fan's row is rewritten exactly when a value of it
+    # differs from what was stored (time alone can move recency by a rounding step), never otherwise.
+    async with db.creator_tx(fans.user_id) as conn:
+        await buy(conn, fans, "cara", "tip", "80", 0)
+    again = await score(db, fans)
+    after = {r["fan_profile_id"]: r for r in await owner.fetch(
+        "select fan_profile_id, explanation, xmin::text as xmin, churn_risk, predicted_ltv, upsell_readiness, loyalty"
+        " from fan_scores where user_id = $1", fans.user_id)}  # fmt: skip
+    values = ("explanation", "churn_risk", "predicted_ltv", "upsell_readiness", "loyalty")
+    rewritten = 0
+    for row in raw:
+        new = after[row["fan_profile_id"]]
+        changed = any(row[k] != new[k] for k in values)
+        assert (row["xmin"] != new["xmin"]) == changed, fans.names([row["fan_profile_id"]])
+        rewritten += changed
+    assert after[fans.ids["cara"]]["xmin"] != {r["fan_profile_id"]: r for r in raw}[fans.ids["cara"]]["xmin"]
+    assert again.scored == len(raw) and again.written == rewritten >= 1

@@ -13,6 +13,7 @@ selects exactly the fans its rule does not.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -56,23 +57,61 @@ class Params:
 
     def __init__(self, user_id: UUID) -> None:
         self.values: list[Any] = [user_id]
+        self.casts: list[str] = ["uuid"]
 
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
+        self.casts.append(cast)
         return f"${len(self.values)}::{cast}"
+
+
+# Where a grouped pass (spend, messages) may be narrowed to some fans: a marker the full query drops
+# and `CompiledRule.restricted_sql` replaces (an incremental refresh: only the changed fans' rows).
+_NARROW = "/*narrow:{alias}*/"
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A time-window edge of a rule: `column >= now() - days` for the rows of `table` (`sql`: selects
+    the fan ids whose `column` lies between `{lo}` and `{hi}`, each less the day count `days`)."""
+
+    sql: str
+    days: str  # the rule's `$n::int` parameter
 
 
 @dataclass
 class CompiledRule:
-    """`sql` selects the matching fans' ids (`id`) with `params` (`$1` the creator)."""
+    """`sql` selects the matching fans' ids (`id`) with `params` (`$1` the creator).
+
+    `sources`: the input tables the rule reads (fan_segment_input_changes.source); `edges`: its time
+    windows, so an incremental refresh can find the fans that time alone moved across one."""
 
     predicate: str
     params: list[Any]
     segments: list[UUID] = field(default_factory=list)  # segments whose rules were inlined
+    sources: set[str] = field(default_factory=set)
+    edges: list[Edge] = field(default_factory=list)
+    casts: list[str] = field(default_factory=list)  # each parameter's type, `$1` first
+
+    def typed_params(self) -> str:
+        """Every parameter named once with its type: for a statement that uses only some of them
+        (PostgreSQL must know the type of each)."""
+        return ", ".join(f"${i}::{cast}" for i, cast in enumerate(self.casts, start=1))
 
     @property
     def sql(self) -> str:
-        return f"{BASE}\n   and {self.predicate}"
+        return _strip_narrow(f"{BASE}\n   and {self.predicate}")
+
+    def restricted_sql(self, fans: str) -> str:
+        """The query over the fans of `fans` (a `$n::uuid[]` placeholder) only, every grouped pass
+        narrowed to their rows (so an all-time spend rule reads 13,000 fans' rows, not 10,000,000)."""
+        predicate = re.sub(r"/\*narrow:(\w+)\*/", lambda m: f" and {m.group(1)}.fan_profile_id = any({fans})",
+                           self.predicate)  # fmt: skip
+        return f"{BASE}\n   and f.id = any({fans})\n   and {predicate}"
+
+
+def _strip_narrow(sql: str) -> str:
+    return re.sub(r"/\*narrow:\w+\*/", "", sql)
 
 
 def _within(days_param: str, column: str) -> str:
@@ -103,11 +142,21 @@ class Compiler:
         self.params = Params(user_id)
         self.segments = segments
         self.inlined: list[UUID] = []
+        self.sources: set[str] = {"profile"}  # every rule reads the profiles (which fans, merged or not)
+        self.edges: list[Edge] = []
         self._stack: list[UUID] = [own_id] if own_id is not None else []
 
     def compile(self, rule: r.Rule) -> CompiledRule:
         predicate = self._node(rule, ())
-        return CompiledRule(predicate, self.params.values, self.inlined)
+        return CompiledRule(predicate, self.params.values, self.inlined, self.sources, self.edges, self.params.casts)
+
+    def _edge(self, table_sql: str, column: str, days: str) -> None:
+        """Note a `column >= now() - days` test: the fans whose `column` is in [lo - days, hi - days]."""
+        window = f"{column} between {{lo}} - make_interval(days => {days}) and {{hi}} - make_interval(days => {days})"
+        self.edges.append(Edge(f"{table_sql} and {window}", days))
+
+    def _profile_edge(self, column: str, days: str) -> None:
+        self._edge("select f.id as fan_profile_id from fan_profiles f where f.user_id = $1", column, days)
 
     def _node(self, rule: r.Rule, path: tuple[str | int, ...]) -> str:
         p = self.params
@@ -125,16 +174,17 @@ class Compiler:
             return f"f.lifecycle_stage = any({p.add(list(rule.lifecycle.in_), 'text[]')})"
         if isinstance(rule, r.LastActivityRule):
             body = rule.last_activity
-            if body.within_days is not None:
-                return f"coalesce({_within(p.add(body.within_days, 'int'), LAST_ACTIVITY)}, false)"
-            assert body.not_within_days is not None
-            return f"not coalesce({_within(p.add(body.not_within_days, 'int'), LAST_ACTIVITY)}, false)"
+            days = p.add(body.within_days if body.within_days is not None else body.not_within_days, "int")
+            self._profile_edge(LAST_ACTIVITY, days)
+            test = f"coalesce({_within(days, LAST_ACTIVITY)}, false)"
+            return test if body.within_days is not None else f"not {test}"
         if isinstance(rule, r.SpendRule):
             return self._spend(rule.spend)
         if isinstance(rule, r.MessagesRule):
             return self._messages(rule.messages)
         if isinstance(rule, r.SubscriptionRule):
             sub = rule.subscription
+            self.sources.add("subscription")
             where = ["s.user_id = f.user_id", "s.fan_profile_id = f.id"]
             for name, values in (("status", sub.status), ("tier", sub.tier), ("platform", sub.platform)):
                 if values is not None:
@@ -142,21 +192,29 @@ class Compiler:
             return "exists (select from fan_subscriptions s where " + " and ".join(where) + ")"
         if isinstance(rule, r.SubscriptionEventRule):
             ev = rule.subscription_event
+            self.sources |= {"subscription_event", "account"}
             where = ["e.user_id = a.user_id", "e.fan_platform_account_id = a.id",
                      f"e.event_type = any({p.add(list(ev.types), 'text[]')})"]  # fmt: skip
             if ev.days is not None:
-                where.append(_within(p.add(ev.days, "int"), "e.occurred_at"))
+                days = p.add(ev.days, "int")
+                where.append(_within(days, "e.occurred_at"))
+                self._edge("select a.fan_profile_id from fan_subscription_events e join fan_platform_accounts a"
+                           " on a.user_id = e.user_id and a.id = e.fan_platform_account_id where e.user_id = $1",
+                           "e.occurred_at", days)  # fmt: skip
             return ("exists (select from fan_platform_accounts a join fan_subscription_events e on "
                     + " and ".join(where) + " where a.user_id = f.user_id and a.fan_profile_id = f.id)")  # fmt: skip
         if isinstance(rule, r.TagRule):
+            self.sources.add("tag")
             where = ["tv.user_id = f.user_id", "tv.fan_profile_id = f.id", f"tv.tag = {p.add(rule.tag.name, 'text')}"]
             if rule.tag.values is not None:
                 where.append(f"tv.value = any({p.add(list(rule.tag.values), 'text[]')})")
             return "exists (select from fan_tag_values tv where " + " and ".join(where) + ")"
         if isinstance(rule, r.PlatformRule):
+            self.sources.add("account")
             return ("exists (select from fan_platform_accounts pa where pa.user_id = f.user_id"
                     f" and pa.fan_profile_id = f.id and pa.platform = any({p.add(list(rule.platform.in_), 'text[]')}))")
         if isinstance(rule, r.ScoreRule):
+            self.sources.add("score")
             column = SCORE_COLUMNS[rule.score.name]
             bound = p.add(rule.score.value, "numeric")
             return ("exists (select from fan_scores sc where sc.user_id = f.user_id and sc.fan_profile_id = f.id"
@@ -170,7 +228,9 @@ class Compiler:
         if isinstance(body, r.NumberAttribute):
             return f"coalesce({column} {COMPARISONS[body.op]} {p.add(body.value, 'numeric')}, false)"
         if isinstance(body, r.TimeAttribute):
-            test = f"coalesce({_within(p.add(body.value, 'int'), column)}, false)"
+            days = p.add(body.value, "int")
+            self._profile_edge(column, days)
+            test = f"coalesce({_within(days, column)}, false)"
             return test if body.op == "within_days" else f"not {test}"
         if body.op in ("in", "not_in"):
             test = f"coalesce({column} = any({p.add(list(body.value), 'text[]')}), false)"
@@ -180,20 +240,30 @@ class Compiler:
 
     def _spend(self, body: r.SpendBody) -> str:
         p = self.params
+        self.sources.add("transaction")
         where = ["t.user_id = $1", "t.status = 'completed'"]
         if body.days is not None:
-            where.append(_within(p.add(body.days, "int"), "t.occurred_at"))
+            days = p.add(body.days, "int")
+            where.append(_within(days, "t.occurred_at"))
+            self._edge("select t.fan_profile_id from fan_transactions t where t.user_id = $1"
+                       " and t.status = 'completed'", "t.occurred_at", days)  # fmt: skip
         if body.kinds is not None:
             where.append(f"t.kind = any({p.add(list(body.kinds), 'text[]')})")
         grouped = "select t.fan_profile_id from fan_transactions t where " + " and ".join(where)
+        grouped += _NARROW.format(alias="t")
         return _aggregate_condition(grouped, MEASURES[body.measure], body.op, body.value, p)
 
     def _messages(self, body: r.MessagesBody) -> str:
         p = self.params
+        self.sources.add("message")
         where = ["m.user_id = $1", MESSAGE_DIRECTIONS[body.direction]]
         if body.days is not None:
-            where.append(_within(p.add(body.days, "int"), "coalesce(m.occurred_at, m.created_at)"))
+            days = p.add(body.days, "int")
+            where.append(_within(days, "coalesce(m.occurred_at, m.created_at)"))
+            self._edge("select m.fan_profile_id from fan_messages m where m.user_id = $1",
+                       "coalesce(m.occurred_at, m.created_at)", days)
         grouped = "select m.fan_profile_id from fan_messages m where " + " and ".join(where)
+        grouped += _NARROW.format(alias="m")
         return _aggregate_condition(grouped, "count(*)", body.op, body.value, p)
 
     def _segment(self, segment_id: UUID, path: tuple[str | int, ...]) -> str:

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from geniehelper.segments import incremental
 from geniehelper.segments.compiler import CompiledRule, compile_rule
 from geniehelper.segments.rules import Rule, RuleError, RuleErrors, dump_rules, parse_rules, referenced_segments
 
@@ -35,10 +36,11 @@ RULES_LOCK_NAMESPACE = 0x534547  # "SEG"
 LOCK_CREATOR_RULES = "select pg_advisory_xact_lock($1, hashtext($2::uuid::text))"
 
 SEGMENT_COLUMNS = """id, user_id, name, description, status, rules, rules_version, member_count, last_evaluated_at,
-       evaluated_rules_version, evaluation_error"""
+       evaluated_rules_version, evaluation_error, evaluated_snapshot_xmin::text::bigint as evaluated_snapshot_xmin,
+       evaluated_references"""
 GET_SEGMENT = "select " + SEGMENT_COLUMNS + " from fan_segments where user_id = $1 and id = $2"
 LOCK_SEGMENT = GET_SEGMENT + " for update"
-LOAD_RULES = "select id, rules from fan_segments where user_id = $1 and id = any($2::uuid[])"
+LOAD_RULES = "select id, rules, rules_version from fan_segments where user_id = $1 and id = any($2::uuid[])"
 INSERT_SEGMENT = (
     "insert into fan_segments (user_id, name, description, rules, status) values ($1, $2, $3, $4, $5) returning "
     + SEGMENT_COLUMNS
@@ -50,6 +52,9 @@ RECORD_REFUSAL = """
 update fan_segments set evaluation_error = $3, evaluated_rules_version = $4
  where user_id = $1 and id = $2
 """
+
+# The rules versions of the segments an evaluation inlined (under its row lock, in its transaction).
+RECORD_REFERENCES = "update fan_segments set evaluated_references = $3 where user_id = $1 and id = $2"
 
 # --- segment_evaluator (system role) --------------------------------------------------------------
 
@@ -98,6 +103,8 @@ class Segment:
     last_evaluated_at: datetime | None
     evaluated_rules_version: int | None
     evaluation_error: str | None
+    evaluated_snapshot_xmin: int | None  # the xmin of the snapshot the last evaluation read
+    evaluated_references: dict[str, int] | None  # rules_version of each segment it inlined
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> Segment:
@@ -114,11 +121,17 @@ class Refresh:
     member_count: int
     rules_version: int
     duration_ms: int
+    # "full" (every fan evaluated) or "incremental" (only `evaluated` changed fans); `why`: the reason
+    # for a full one (first, rules_changed, references_changed, no_snapshot, too_many_changes)
+    mode: str = "full"
+    evaluated: int | None = None
+    why: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "segment_id": str(self.segment_id), "joined": self.joined, "left": self.left,
             "member_count": self.member_count, "rules_version": self.rules_version, "duration_ms": self.duration_ms,
+            "mode": self.mode, "evaluated": self.evaluated, "why": self.why,
         }  # fmt: skip
 
 
@@ -128,7 +141,9 @@ class Preview:
     sample: list[dict[str, Any]]  # id, display_name, lifecycle_stage of up to `sample` fans, by id
 
 
-async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Rule | RuleErrors]:
+async def load_references(
+    conn: Any, user_id: UUID, rule: Rule, versions: dict[UUID, int] | None = None
+) -> dict[UUID, Rule | RuleErrors]:
     """The parsed rules of every segment `rule` reaches through references (one query per level).
 
     A segment missing here does not exist for this creator; stored rules that no longer validate are
@@ -142,6 +157,8 @@ async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Ru
         rows = await conn.fetch(LOAD_RULES, user_id, sorted(wanted))
         wanted = set()
         for row in rows:
+            if versions is not None:  # read with the rules, from the same row version
+                versions[row["id"]] = row["rules_version"]
             try:
                 parsed = parse_rules(row["rules"])
             except RuleErrors as exc:
@@ -153,10 +170,13 @@ async def load_references(conn: Any, user_id: UUID, rule: Rule) -> dict[UUID, Ru
     return found
 
 
-async def compile_for(conn: Any, user_id: UUID, rule: Rule, *, own_id: UUID | None = None) -> CompiledRule:
+async def compile_for(
+    conn: Any, user_id: UUID, rule: Rule, *, own_id: UUID | None = None, versions: dict[UUID, int] | None = None
+) -> CompiledRule:
     """`rule` compiled for `user_id` with the segments it refers to resolved; RuleErrors for a reference
-    to a segment that does not exist (or is another creator's), is invalid, or leads back (a cycle)."""
-    return compile_rule(rule, user_id, await load_references(conn, user_id, rule), own_id=own_id)
+    to a segment that does not exist (or is another creator's), is invalid, or leads back (a cycle).
+    `versions`: filled with the rules version of each segment read."""
+    return compile_rule(rule, user_id, await load_references(conn, user_id, rule, versions), own_id=own_id)
 
 
 async def get_segment(conn: Any, user_id: UUID, segment_id: UUID) -> Segment | None:
@@ -226,26 +246,58 @@ returning (select count(*) from joined)::int as joined, (select count(*) from go
     return sql, params
 
 
-async def refresh(conn: Any, user_id: UUID, segment_id: UUID) -> Refresh | None:
+def _full_reason(segment: Segment, references: dict[str, int]) -> str | None:
+    """Why this refresh must evaluate every fan (None: the changed fans are known)."""
+    if segment.last_evaluated_at is None:
+        return "first"
+    if segment.evaluated_rules_version != segment.rules_version:
+        return "rules_changed"
+    if segment.evaluated_snapshot_xmin is None:
+        return "no_snapshot"  # before migration 0030, or forgotten while paused (incremental.prune)
+    if (segment.evaluated_references or {}) != references:
+        return "references_changed"  # an inlined segment's rules are not the ones last evaluated
+    return None
+
+
+async def refresh(conn: Any, user_id: UUID, segment_id: UUID, *, full: bool = False) -> Refresh | None:
     """Refresh one segment's membership by difference, in the caller's transaction (which holds the
-    segment's row lock until it ends). None: no such segment. RuleErrors: its stored rules (or a
-    segment they refer to) cannot be evaluated; nothing was written (see `record_refusal`)."""
+    segment's row lock until it ends): incrementally (only the fans whose inputs changed, or whom time
+    moved across a window edge) when those are known and few, else over every fan (`full`: always).
+    None: no such segment. RuleErrors: its stored rules (or a segment they refer to) cannot be
+    evaluated; nothing was written (see `record_refusal`)."""
     started = time.monotonic()
     row = await conn.fetchrow(LOCK_SEGMENT, user_id, segment_id)
     if row is None:
         return None
     segment = Segment.of(row)
     await conn.execute("select set_config('work_mem', $1, true)", REFRESH_WORK_MEM)
-    compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id)
-    # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
-    # (an automation on "joined" would otherwise fire for every member of a segment just created: at
-    # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
-    announce = segment.last_evaluated_at is not None
-    sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
+    versions: dict[UUID, int] = {}
+    compiled = await compile_for(conn, user_id, parse_rules(segment.rules), own_id=segment_id, versions=versions)
+    references = {str(s): versions[s] for s in compiled.segments}
+    why = "requested" if full else _full_reason(segment, references)
+    evaluated: int | None = None
+    if why is None:
+        assert segment.evaluated_snapshot_xmin is not None
+        changed = await incremental.changed_fans(conn, compiled, segment.evaluated_snapshot_xmin,
+                                                 segment.last_evaluated_at)  # fmt: skip
+        if await incremental.worth_it(conn, user_id, len(changed.fans)):
+            evaluated = len(changed.fans)
+            sql, params = incremental.incremental_statement(compiled, segment_id, segment.rules_version,
+                                                            changed.fans, changed.snapshot_xmin)  # fmt: skip
+        else:
+            why = "too_many_changes"
+    if why is not None:
+        # A segment's first evaluation populates it: its fans did nothing to join it, so no join events
+        # (an automation on "joined" would otherwise fire for every member of a segment just created: at
+        # 1,000,000 fans, millions of events). Later evaluations announce every join and leave.
+        announce = segment.last_evaluated_at is not None
+        sql, params = refresh_statement(compiled, segment_id, segment.rules_version, announce=announce)
     done = await conn.fetchrow(sql, *params)
+    await conn.execute(RECORD_REFERENCES, user_id, segment_id, references)
+    await incremental.prune(conn, user_id)
     return Refresh(
         segment_id, done["joined"], done["left_count"], done["member_count"], segment.rules_version,
-        round((time.monotonic() - started) * 1000),
+        round((time.monotonic() - started) * 1000), "full" if why is not None else "incremental", evaluated, why,
     )  # fmt: skip
 
 

@@ -17,8 +17,9 @@ days), tenure (days since first seen, capped at 730) and the months of the last 
   messages in 30 days) / ln(11)) + 0.3 * min(1, ln(1 + purchases in 30 days) / ln(6))
 
 Each score row keeps `model_version` and an `explanation`: the features, every term's
-contribution, and the three largest contributions (by size) of each logistic score. Each term is a
-column of its own (no per-fan jsonb walking): scoring 1,000,000 fans is `bench segments`' figure.
+contribution, and the three largest contributions (by size) of each logistic score, stored as one
+flat array of numbers (`EXPLANATION` names the positions, `explain` gives the names back). A fan
+whose values are what is stored is not rewritten. Scoring 1,000,000 fans is `bench segments`' figure.
 """
 
 from __future__ import annotations
@@ -83,13 +84,65 @@ def _ranks(score: str, terms: list[str]) -> str:
     return ",\n           ".join(cols)
 
 
-def _top(score: str, terms: list[str]) -> str:
-    """The TOP_TERMS largest terms as [{feature, contribution}], largest first."""
-    def place(rank: int) -> str:
-        whens = " ".join(f"when v.{score}_{t}_rank = {rank} then jsonb_build_object('feature', '{t}',"
-                         f" 'contribution', round(v.{score}_{t}::numeric, 3))" for t in terms)  # fmt: skip
-        return f"case {whens} end"
-    return "jsonb_build_array(" + ", ".join(place(r) for r in range(TOP_TERMS)) + ")"
+def _top_positions(score: str, terms: list[str]) -> list[str]:
+    """The TOP_TERMS largest terms, largest first, each as its position in `terms` (0-based)."""
+    return [f"case {' '.join(f'when v.{score}_{t}_rank = {rank} then {i}' for i, t in enumerate(terms))} end"
+            for rank in range(TOP_TERMS)]  # fmt: skip
+
+
+def _r(expr: str, places: int) -> str:
+    """Rounded as a float (round of float8 is several times cheaper than a numeric round per value)."""
+    return f"round(({expr}) * {10**places}) / {10**places}"
+
+
+# The explanation's compact form (docs/scoring.md, "Explanation"): {"layout": EXPLANATION_LAYOUT,
+# "values": [...]}, one number per entry below, in this order; `explain` turns it back into names.
+# A flat float array costs a fifth of a nested jsonb object per fan (bench/README.md, "segments").
+EXPLANATION_LAYOUT = "compact-v1"
+EXPLANATION: list[tuple[str, str, str]] = [
+    ("features", "recency_days", _r("v.recency_days", 1)), ("features", "purchases_90d", "v.purchases_90d"),
+    ("features", "spend_90d", _r("v.spend_90d", 2)), ("features", "purchases_30d", "v.purchases_30d"),
+    ("features", "inbound_messages_30d", "v.messages_30d"),
+    ("features", "active_subscription", "v.active_subscription"), ("features", "cancel_signal", "v.cancel_signal"),
+    ("features", "tenure_days", _r("v.tenure_days", 1)), ("features", "purchase_months_12", "v.purchase_months_12"),
+    ("churn_risk", "intercept", _P["churn_intercept"]),
+    *(("churn_risk", t, _r(f"v.churn_{t}", 3)) for t in CHURN_TERMS),
+    *(("churn_risk", f"top_{i}", sql) for i, sql in enumerate(_top_positions("churn", CHURN_TERMS))),
+    ("upsell_readiness", "intercept", _P["upsell_intercept"]),
+    *(("upsell_readiness", t, _r(f"v.upsell_{t}", 3)) for t in UPSELL_TERMS),
+    *(("upsell_readiness", f"top_{i}", sql) for i, sql in enumerate(_top_positions("upsell", UPSELL_TERMS))),
+    ("predicted_ltv", "monthly_spend", _r("v.monthly_spend", 2)),
+    ("predicted_ltv", "expected_months", _r("v.expected_months", 2)),
+    ("loyalty", "tenure", _r(f"0.5 * v.tenure_days / {_P['tenure_cap']}", 3)),
+    ("loyalty", "purchase_months", _r("0.5 * v.purchase_months_12 / 12", 3)),
+    ("engagement_score", "value", "v.engagement::float8"),
+    ("engagement_score", "recency", _r("v.engagement_recency", 3)),
+    ("engagement_score", "messages", _r("v.engagement_messages", 3)),
+    ("engagement_score", "purchases", _r("v.engagement_purchases", 3)),
+]  # fmt: skip
+_EXPLANATION_SQL = (f"jsonb_build_object('layout', '{EXPLANATION_LAYOUT}', 'values', to_jsonb(array["
+                    + ", ".join(sql for _, _, sql in EXPLANATION) + "]::float8[]))")  # fmt: skip
+_TERMS = {"churn_risk": CHURN_TERMS, "upsell_readiness": UPSELL_TERMS}
+
+
+def explain(explanation: dict[str, Any]) -> dict[str, Any]:
+    """A stored explanation with its names: features, each logistic score's intercept, contributions
+    and top three ([{feature, contribution}], largest first), the LTV, loyalty and engagement parts."""
+    if explanation.get("layout") != EXPLANATION_LAYOUT:
+        raise ValueError(f"explanation: unknown layout {explanation.get('layout')!r}")
+    values = explanation["values"]
+    if len(values) != len(EXPLANATION):
+        raise ValueError(f"explanation: {len(values)} values, the layout has {len(EXPLANATION)}")
+    out: dict[str, dict[str, Any]] = {}
+    for (part, name, _), value in zip(EXPLANATION, values, strict=True):
+        out.setdefault(part, {})[name] = value
+    for score, terms in _TERMS.items():
+        flat = out[score]
+        contributions = {t: flat[t] for t in terms}
+        top = [terms[int(flat[f"top_{i}"])] for i in range(TOP_TERMS)]
+        out[score] = {"intercept": flat["intercept"], "contributions": contributions,
+                      "top": [{"feature": t, "contribution": contributions[t]} for t in top]}  # fmt: skip
+    return out
 
 
 # Purchases, messages and renewals as the features count them.
@@ -226,38 +279,7 @@ with fans as (
                             model_version, explanation, computed_at)
     select $1, v.id, round(v.churn::numeric, 3), round((v.monthly_spend * v.expected_months)::numeric, 2),
            round(v.upsell::numeric, 3), round(v.loyalty::numeric, 3), $2,
-           jsonb_build_object(
-               'features', jsonb_build_object(
-                   'recency_days', round(v.recency_days::numeric, 1), 'purchases_90d', v.purchases_90d,
-                   'spend_90d', round(v.spend_90d::numeric, 2), 'purchases_30d', v.purchases_30d,
-                   'inbound_messages_30d', v.messages_30d, 'active_subscription', v.active_subscription,
-                   'cancel_signal', v.cancel_signal, 'tenure_days', round(v.tenure_days::numeric, 1),
-                   'purchase_months_12', v.purchase_months_12),
-               'churn_risk', jsonb_build_object(
-                   'intercept', {_P["churn_intercept"]}, 'contributions', jsonb_build_object(
-                       'recency', round(v.churn_recency::numeric, 3), 'frequency', round(v.churn_frequency::numeric, 3),
-                       'messages', round(v.churn_messages::numeric, 3),
-                       'active_subscription', round(v.churn_active_subscription::numeric, 3),
-                       'cancel_signal', round(v.churn_cancel_signal::numeric, 3)),
-                   'top', {_top("churn", CHURN_TERMS)}),
-               'upsell_readiness', jsonb_build_object(
-                   'intercept', {_P["upsell_intercept"]}, 'contributions', jsonb_build_object(
-                       'recent_purchases', round(v.upsell_recent_purchases::numeric, 3),
-                       'messages', round(v.upsell_messages::numeric, 3),
-                       'active_subscription', round(v.upsell_active_subscription::numeric, 3),
-                       'cancel_signal', round(v.upsell_cancel_signal::numeric, 3),
-                       'recency', round(v.upsell_recency::numeric, 3)),
-                   'top', {_top("upsell", UPSELL_TERMS)}),
-               'predicted_ltv', jsonb_build_object(
-                   'monthly_spend', round(v.monthly_spend::numeric, 2),
-                   'expected_months', round(v.expected_months::numeric, 2)),
-               'loyalty', jsonb_build_object(
-                   'tenure', round((0.5 * v.tenure_days / {_P["tenure_cap"]})::numeric, 3),
-                   'purchase_months', round((0.5 * v.purchase_months_12 / 12)::numeric, 3)),
-               'engagement_score', jsonb_build_object(
-                   'value', v.engagement, 'recency', round(v.engagement_recency::numeric, 3),
-                   'messages', round(v.engagement_messages::numeric, 3),
-                   'purchases', round(v.engagement_purchases::numeric, 3))),
+           {_EXPLANATION_SQL},
            now()
       from ranked v
     on conflict (user_id, fan_profile_id) do update
@@ -265,9 +287,15 @@ with fans as (
            upsell_readiness = excluded.upsell_readiness, loyalty = excluded.loyalty,
            model_version = excluded.model_version, explanation = excluded.explanation,
            computed_at = excluded.computed_at
+     -- a fan whose scores and explanation are what is stored is not written (computed_at: when its
+     -- values last changed; fan_scoring.last_scored_at: the run)
+     where (fan_scores.churn_risk, fan_scores.predicted_ltv, fan_scores.upsell_readiness, fan_scores.loyalty,
+            fan_scores.model_version, fan_scores.explanation)
+           is distinct from (excluded.churn_risk, excluded.predicted_ltv, excluded.upsell_readiness, excluded.loyalty,
+                             excluded.model_version, excluded.explanation)
     returning 1
 )
-select (select count(*) from upserted)::int as scored,
+select (select count(*) from ranked)::int as scored, (select count(*) from upserted)::int as written,
        (select count(*) filter (where engagement_changed) from profiled)::int as engagement_updated,
        (select count(*) filter (where figures_changed) from profiled)::int as profiles_updated
 """
@@ -307,9 +335,10 @@ class ScoreRun:
     engagement_updated: int  # engagement_score changed
     model_version: str
     duration_ms: int
+    written: int = 0  # score rows inserted or changed (a fan whose values are as stored is not written)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"scored": self.scored, "profiles_updated": self.profiles_updated,
+        return {"scored": self.scored, "written": self.written, "profiles_updated": self.profiles_updated,
                 "engagement_updated": self.engagement_updated, "model_version": self.model_version,
                 "duration_ms": self.duration_ms}  # fmt: skip
 
@@ -327,4 +356,4 @@ async def score_fans(conn: Any, user_id: UUID) -> ScoreRun:
     done = await conn.fetchrow(SCORE_FANS, *score_parameters(user_id))
     await conn.execute(RECORD_RUN, user_id, done["scored"], MODEL_VERSION)
     return ScoreRun(done["scored"], done["profiles_updated"], done["engagement_updated"], MODEL_VERSION,
-                    round((time.monotonic() - started) * 1000))  # fmt: skip
+                    round((time.monotonic() - started) * 1000), done["written"])  # fmt: skip
