@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geniehelper import __version__
 from geniehelper.ops import cli as ops_cli  # argparse only: the commands import what they use
@@ -22,6 +22,9 @@ from geniehelper.ops import cli_queues as ops_cli_queues
 from geniehelper.segments import cli as segments_cli
 from geniehelper.settings import Settings, load_settings, mask_url
 from geniehelper.sync import cli as fans_cli
+
+if TYPE_CHECKING:
+    from geniehelper.embedded import StackUrls
 
 
 def _say(message: str) -> None:
@@ -184,7 +187,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def _seed_demo(urls: Any, settings: Settings, sandbox_url: str, key_b64: str, *, media: bool) -> None:
+async def _seed_demo(urls: StackUrls, settings: Settings, sandbox_url: str, key_b64: str, *, media: bool) -> None:
     from geniehelper.crypto import CredentialCipher
     from geniehelper.demo import DEMO_MEDIA_JOBS, seed_demo, seed_demo_media
 

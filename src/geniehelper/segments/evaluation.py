@@ -212,29 +212,7 @@ def refresh_statement(
     params = [*compiled.params, segment_id, rules_version, announce]
     seg, version, events = f"${len(params) - 2}::uuid", f"${len(params) - 1}::int", f"${len(params)}::boolean"
     sql = f"""
-with wanted as materialized (
-{compiled.sql}
-), gone as (
-    delete from fan_segment_members m
-     where m.user_id = $1 and m.fan_segment_id = {seg}
-       and not exists (select from wanted w where w.id = m.fan_profile_id)
-    returning m.fan_profile_id
-), joined as (
-    insert into fan_segment_members (user_id, fan_segment_id, fan_profile_id)
-    select $1, {seg}, w.id from wanted w
-     where not exists (select from fan_segment_members m
-                        where m.user_id = $1 and m.fan_segment_id = {seg} and m.fan_profile_id = w.id)
-    returning fan_profile_id
-), outbox as (  -- a segment_join / segment_leave event per changed member, with the change (docs/events.md)
-    insert into domain_events (user_id, event_type, fan_profile_id, source_key, occurred_at, payload)
-    select $1, c.event_type, c.fan_profile_id,
-           'fan_segment_members:' || {seg} || ':' || c.fan_profile_id || ':' || pg_current_xact_id(), now(),
-           jsonb_build_object('segment_id', {seg}, 'rules_version', {version})
-      from (select 'segment_join' as event_type, fan_profile_id from joined
-            union all
-            select 'segment_leave', fan_profile_id from gone) c
-     where {events}
-)
+{incremental.membership_difference(compiled.sql, seg, version, announce=events)}
 update fan_segments s
    set member_count = (select count(*) from wanted), last_evaluated_at = now(),
        evaluated_rules_version = {version}, evaluation_claimed_at = null, evaluation_error = null,

@@ -83,6 +83,39 @@ async def worth_it(conn: Any, user_id: UUID, changed: int) -> bool:
     return changed <= INCREMENTAL_MAX_SHARE * fans
 
 
+def membership_difference(
+    wanted_sql: str, seg: str, version: str, *, among: str | None = None, announce: str = "true"
+) -> str:
+    """The CTEs of a refresh by difference, shared by the full and the incremental refresh: `wanted`
+    (the fans the rule selects), `gone` (members no longer wanted, only those in `among` when given),
+    `joined` (wanted fans not yet members) and their segment_join / segment_leave events (docs/events.md)
+    when `announce` (SQL) holds. `seg`, `version`, `among`: SQL parameter references."""
+    scope = f"\n       and m.fan_profile_id = any({among})" if among else ""
+    return f"""with wanted as materialized (
+{wanted_sql}
+), gone as (
+    delete from fan_segment_members m
+     where m.user_id = $1 and m.fan_segment_id = {seg}{scope}
+       and not exists (select from wanted w where w.id = m.fan_profile_id)
+    returning m.fan_profile_id
+), joined as (
+    insert into fan_segment_members (user_id, fan_segment_id, fan_profile_id)
+    select $1, {seg}, w.id from wanted w
+     where not exists (select from fan_segment_members m
+                        where m.user_id = $1 and m.fan_segment_id = {seg} and m.fan_profile_id = w.id)
+    returning fan_profile_id
+), outbox as (
+    insert into domain_events (user_id, event_type, fan_profile_id, source_key, occurred_at, payload)
+    select $1, c.event_type, c.fan_profile_id,
+           'fan_segment_members:' || {seg} || ':' || c.fan_profile_id || ':' || pg_current_xact_id(), now(),
+           jsonb_build_object('segment_id', {seg}, 'rules_version', {version})
+      from (select 'segment_join' as event_type, fan_profile_id from joined
+            union all
+            select 'segment_leave', fan_profile_id from gone) c
+     where {announce}
+)"""
+
+
 def incremental_statement(
     compiled: CompiledRule, segment_id: UUID, rules_version: int, fans: list[UUID], snapshot_xmin: int
 ) -> tuple[str, list[Any]]:
@@ -92,28 +125,7 @@ def incremental_statement(
     n = len(params)
     seg, version, changed, xmin = f"${n - 3}::uuid", f"${n - 2}::int", f"${n - 1}::uuid[]", f"${n}::text::xid8"
     sql = f"""
-with wanted as materialized (
-{compiled.restricted_sql(changed)}
-), gone as (
-    delete from fan_segment_members m
-     where m.user_id = $1 and m.fan_segment_id = {seg} and m.fan_profile_id = any({changed})
-       and not exists (select from wanted w where w.id = m.fan_profile_id)
-    returning m.fan_profile_id
-), joined as (
-    insert into fan_segment_members (user_id, fan_segment_id, fan_profile_id)
-    select $1, {seg}, w.id from wanted w
-     where not exists (select from fan_segment_members m
-                        where m.user_id = $1 and m.fan_segment_id = {seg} and m.fan_profile_id = w.id)
-    returning fan_profile_id
-), outbox as (  -- a segment_join / segment_leave event per changed member (docs/events.md)
-    insert into domain_events (user_id, event_type, fan_profile_id, source_key, occurred_at, payload)
-    select $1, c.event_type, c.fan_profile_id,
-           'fan_segment_members:' || {seg} || ':' || c.fan_profile_id || ':' || pg_current_xact_id(), now(),
-           jsonb_build_object('segment_id', {seg}, 'rules_version', {version})
-      from (select 'segment_join' as event_type, fan_profile_id from joined
-            union all
-            select 'segment_leave', fan_profile_id from gone) c
-)
+{membership_difference(compiled.restricted_sql(changed), seg, version, among=changed)}
 update fan_segments s
    -- the members before this statement (a deleted fan's membership went with it) moved by the difference
    set member_count = (select count(*) from fan_segment_members m where m.user_id = $1 and m.fan_segment_id = {seg})
