@@ -408,6 +408,11 @@ async def test_a_paused_queue_starts_nothing_until_resumed_and_both_actions_are_
         paused = await cli(env, "queues", "pause", "default", "--reason", "platform outage, INC-42", "--actor", "alice")
         assert paused.returncode == 0 and "paused queue default" in paused.stdout, paused.stderr
         await asyncio.to_thread(out.wait_for, r'"event": "worker.paused"')
+        # The next health beat (every 0.2 s) reports it.
+        for _ in range(100):
+            if (await _health_of(arq_redis, out.proc.pid)).get("paused") is True:
+                break
+            await asyncio.sleep(0.05)
         assert (await _health_of(arq_redis, out.proc.pid))["paused"] is True
 
         counter = f"pause-{uuid.uuid4().hex[:8]}"

@@ -42,7 +42,8 @@ select f.id, f.user_id, f.job_name, f.queue, f.job_key, f.status, f.attempts, f.
    and ($7::float8 is null or f.created_at > now() - make_interval(secs => $7))
    and (not $8::boolean or not exists (
         select 1 from media_jobs r
-         where r.user_id is not distinct from f.user_id and r.job_key = f.job_key and r.created_at > f.created_at))
+         where (r.user_id = f.user_id or (r.user_id is null and f.user_id is null))  -- each side by index
+           and r.job_key = f.job_key and r.created_at > f.created_at))
  order by f.created_at desc, f.id desc
  limit $9
 """
@@ -55,7 +56,7 @@ select *, extract(epoch from now() - created_at)::float8 as age_s from media_job
 KEY_RUNS = """
 select id, status, attempts, created_at, finished_at, error
   from media_jobs
- where user_id is not distinct from $1 and job_key = $2 and id <> $3
+ where (user_id = $1 or (user_id is null and $1::uuid is null)) and job_key = $2 and id <> $3
  order by created_at
  limit $4
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 R = TypeVar("R")
@@ -15,11 +15,14 @@ MAX_BATCH = 500
 
 class Coalescer(Generic[R, T]):
     """Requests go together in one flush: those made while a flush is in flight, and those that come
-    within `linger_s` of the first (less when `expected()` requests are already waiting)."""
+    within `linger_s` of the first (less when `expected()` requests are already waiting).
+
+    A flush returns one result per request; a result that is an exception is raised to that
+    request's caller alone."""
 
     def __init__(
         self,
-        flush: Callable[[list[R]], Awaitable[list[T]]],
+        flush: Callable[[list[R]], Awaitable[Sequence[T | Exception]]],
         *,
         linger_s: float = 0.0,
         expected: Callable[[], int] = lambda: 1,
@@ -72,10 +75,10 @@ class Coalescer(Generic[R, T]):
             self._drainer = None
 
 
-def _settle(future: asyncio.Future[T], outcome: T | Exception) -> None:
+def _settle(future: asyncio.Future[T], outcome: T | BaseException) -> None:
     if future.done():  # a caller that was cancelled no longer waits
         return
-    if isinstance(outcome, Exception):
+    if isinstance(outcome, BaseException):
         future.set_exception(outcome)
     else:
         future.set_result(outcome)

@@ -25,7 +25,7 @@ from arq.connections import ArqRedis
 from geniehelper.db import Database
 from geniehelper.runtime import quotas, store
 from geniehelper.runtime.coalesce import Coalescer
-from geniehelper.runtime.definition import InvalidPayload, JobPayload
+from geniehelper.runtime.definition import AnyJob, InvalidPayload, JobPayload
 from geniehelper.runtime.quotas import QuotaExceeded
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.retry import describe
@@ -68,6 +68,24 @@ class EnqueuedJob:
         )
 
 
+@dataclass(frozen=True)
+class _NewJob:
+    """A validated request, ready to record; `outcome` is what the caller gets once it is recorded."""
+
+    user_id: UUID | None
+    job_name: str
+    queue: str
+    payload_json: str
+    record: store.NewJobRecord
+
+    def outcome(self, ref: store.RecordRef, *, duplicate: bool) -> EnqueuedJob:
+        return EnqueuedJob(
+            id=ref.id, user_id=self.user_id, job_name=self.job_name, job_key=self.record.job_key, queue=self.queue,
+            status=ref.status, enqueued_at=ref.enqueued_at, payload_json=self.payload_json, run_at=ref.run_at,
+            dispatch_no=ref.dispatch_no, duplicate=duplicate,
+        )  # fmt: skip
+
+
 class JobQueue:
     def __init__(
         self,
@@ -85,6 +103,8 @@ class JobQueue:
         # A creator's job on a fair queue is left to the dispatcher (geniehelper.runtime.delivery).
         self.fair_queues = frozenset(fair_queues)
         self._marks: Coalescer[list[Dispatch], None] = Coalescer(self._mark_enqueued)
+        # Records of `enqueue()` calls made at the same time share a statement (their failures stay apart).
+        self._records: Coalescer[store.OwnedJobRecord, store.RecordRef] = Coalescer(self._record_together)
 
     async def enqueue(
         self,
@@ -102,13 +122,17 @@ class JobQueue:
         `job.push_deferred`): the outbox relay delivers it, so the caller never retries into a second job.
         """
         user = UUID(str(user_id)) if user_id is not None else None
-        scope: Any
-        if self.registry[job_name].quota_operation is not None or user is None:
-            scope = self.db.scoped_tx(user)  # the quota is charged in the records' transaction
-        else:  # one statement, its own transaction: record_jobs acts for the creator it is given
-            scope = self.db.statement()
-        async with scope as conn:
-            job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
+        definition = self.registry[job_name]
+        if definition.quota_operation is not None or user is None:
+            # The quota is charged in the records' transaction; a system job's is the system role's.
+            async with self.db.scoped_tx(user) as conn:
+                job = await self.record(conn, job_name, payload, user_id=user, key=key, run_at=run_at)
+        else:
+            (new,) = self._new_records(definition, [JobRequest(payload, key, run_at)], user)
+            ref = await self._records.submit(store.OwnedJobRecord(
+                user, definition.name, definition.queue, definition.policy.max_attempts, new.record
+            ))  # fmt: skip
+            job = new.outcome(ref, duplicate=not ref.created)
         await self.push(job)
         return job
 
@@ -138,30 +162,10 @@ class JobQueue:
         are recorded. Raises InvalidPayload (nothing recorded) if any payload is invalid.
         """
         job = self.registry[job_name]
-        if (job.scope == "system") != (user_id is None):
-            raise ValueError(
-                f"{job.name} is a {job.scope} job: "
-                + ("it runs for no creator (user_id must be None)" if user_id else "it needs the creator's user_id")
-            )
-        try:
-            parsed = [job.parse_payload(r.payload) for r in requests]
-        except InvalidPayload as exc:
-            log.warning("job.enqueue_refused", user_id=str(user_id), **exc.as_dict())
-            raise
-        payloads = [p.model_dump_json() for p in parsed]
-        keys = [
-            r.key or (job.key(p) if job.key else f"{job.name}:{uuid4()}")
-            for r, p in zip(requests, parsed, strict=True)
-        ]
-        subjects = [job.subject(p) if job.subject else None for p in parsed]
-        records = [
-            store.NewJobRecord(
-                key, json.loads(payload), r.run_at, subject.type if subject else None, subject.id if subject else None,
-                job.concurrency.key(p) if job.concurrency else None,
-            )
-            for key, payload, r, subject, p in zip(keys, payloads, requests, subjects, parsed, strict=True)
-        ]  # fmt: skip
-        refs = await store.insert_many(conn, user_id, job.name, job.queue, job.policy.max_attempts, records)
+        new = self._new_records(job, requests, user_id)
+        refs = await store.insert_many(
+            conn, user_id, job.name, job.queue, job.policy.max_attempts, [n.record for n in new]
+        )
         refused: dict[UUID, QuotaExceeded] = {}
         created = list({ref.id: ref for ref in refs if ref.created}.values())  # a key twice in one batch counts once
         if created and user_id is not None and job.quota_operation is not None:
@@ -173,15 +177,40 @@ class JobQueue:
                 refused = {ref.id: refusal for ref in rejected}
         outcomes: list[EnqueuedJob | QuotaExceeded] = []
         first_seen: set[UUID] = set()
-        for ref, key, payload in zip(refs, keys, payloads, strict=True):
+        for ref, n in zip(refs, new, strict=True):
             duplicate = not ref.created or ref.id in first_seen
             first_seen.add(ref.id)
-            outcomes.append(refused.get(ref.id) or EnqueuedJob(
-                id=ref.id, user_id=user_id, job_name=job.name, job_key=key, queue=job.queue, status=ref.status,
-                enqueued_at=ref.enqueued_at, payload_json=payload, run_at=ref.run_at, dispatch_no=ref.dispatch_no,
-                duplicate=duplicate,
-            ))  # fmt: skip
+            outcomes.append(refused.get(ref.id) or n.outcome(ref, duplicate=duplicate))
         return outcomes
+
+    def _new_records(self, job: AnyJob, requests: list[JobRequest], user_id: UUID | None) -> list[_NewJob]:
+        """Validate the requests and derive each record (key, subject, concurrency key)."""
+        if (job.scope == "system") != (user_id is None):
+            raise ValueError(
+                f"{job.name} is a {job.scope} job: "
+                + ("it runs for no creator (user_id must be None)" if user_id else "it needs the creator's user_id")
+            )
+        try:
+            parsed = [job.parse_payload(r.payload) for r in requests]
+        except InvalidPayload as exc:
+            log.warning("job.enqueue_refused", user_id=str(user_id), **exc.as_dict())
+            raise
+        new = []
+        for request, p in zip(requests, parsed, strict=True):
+            payload_json = p.model_dump_json()
+            key = request.key or (job.key(p) if job.key else f"{job.name}:{uuid4()}")
+            subject = job.subject(p) if job.subject else None
+            record = store.NewJobRecord(
+                key, json.loads(payload_json), request.run_at, subject.type if subject else None,
+                subject.id if subject else None, job.concurrency.key(p) if job.concurrency else None,
+            )  # fmt: skip
+            new.append(_NewJob(user_id, job.name, job.queue, payload_json, record))
+        return new
+
+    async def _record_together(self, batch: list[store.OwnedJobRecord]) -> list[store.RecordRef | ValueError]:
+        """Concurrent `enqueue()` calls' records, of any creators, in one statement (group commit)."""
+        async with self.db.records_pool.acquire() as conn:
+            return await store.insert_for_many(conn, batch)
 
     async def requeue(self, record_id: UUID, *, user_id: UUID | None) -> EnqueuedJob:
         """Run a finished job again: a new record with its name, key and payload (the old record

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 # The bookkeeping a worker does for every creator (starts, leases, outcomes, "pushed" marks) is in
 # functions (migration 0015): geniehelper_runtime may call them and touch no table itself. Their batch
@@ -25,6 +26,10 @@ import asyncpg
 # Many records of one job for one creator in one statement (and one round trip outside a transaction):
 # inserts those whose key has no active record, returns them and the active records of the others.
 RECORD_JOBS = "select * from record_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+
+# The same for the jobs of many creators and kinds (the runtime role's group commit, migration 0033):
+# a row per request, each with its creator, job name, queue and attempts.
+RECORD_JOBS_OF_MANY = "select * from runtime_record_jobs($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 
 DELETE_UNADMITTED = "delete from media_jobs where id = any($1::uuid[])"
 
@@ -230,6 +235,57 @@ async def insert_many(
         if not pending:
             return [refs[r.job_key] for r in recs]
     raise RuntimeError(f"job keys {[r.job_key for r in pending]} kept changing while being recorded")
+
+
+@dataclass(frozen=True)
+class OwnedJobRecord:
+    """A record to write for a creator, in a batch that mixes creators and kinds of job."""
+
+    user_id: UUID
+    job_name: str
+    queue: str
+    max_attempts: int
+    record: NewJobRecord
+
+
+async def insert_for_many(
+    conn: asyncpg.Connection | PoolConnectionProxy, recs: list[OwnedJobRecord]
+) -> list[RecordRef | ValueError]:
+    """`insert_many` for many creators' records in one statement (geniehelper_runtime's connection).
+
+    In the order of `recs`. A key the creator already uses for another kind of job gives a
+    ValueError for that request only; a key twice in the batch is one record (created once)."""
+    found: dict[tuple[UUID, str], asyncpg.Record] = {}
+    pending = recs
+    for _ in range(3):
+        rows = await conn.fetch(
+            RECORD_JOBS_OF_MANY, [r.user_id for r in pending], [r.job_name for r in pending],
+            [r.queue for r in pending], [r.max_attempts for r in pending], [r.record.job_key for r in pending],
+            [r.record.payload for r in pending], [r.record.run_at for r in pending],
+            [r.record.subject_type for r in pending], [r.record.subject_id for r in pending],
+            [r.record.concurrency_key for r in pending],
+        )  # fmt: skip
+        for row in rows:
+            found[(row["user_id"], row["job_key"])] = row
+        pending = [r for r in pending if (r.user_id, r.record.job_key) not in found]
+        if not pending:
+            break
+    else:
+        raise RuntimeError(f"job keys {[r.record.job_key for r in pending]} kept changing while being recorded")
+    outcomes: list[RecordRef | ValueError] = []
+    seen: set[tuple[UUID, str]] = set()
+    for r in recs:
+        row = found[(r.user_id, r.record.job_key)]
+        if row["job_name"] != r.job_name:
+            outcomes.append(ValueError(f"job key {r.record.job_key!r} is already used by a {row['job_name']} job"))
+            continue
+        first = (r.user_id, r.record.job_key) not in seen
+        seen.add((r.user_id, r.record.job_key))
+        outcomes.append(RecordRef(
+            row["id"], row["job_key"], row["status"], row["enqueued_at"], row["run_at"], row["dispatch_no"],
+            row["created"] and first,
+        ))  # fmt: skip
+    return outcomes
 
 
 def payload_for_record(raw: str | bytes) -> dict[str, Any]:
