@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from bench import fairness, media, monitor, publishing, redrive, runtime_throughput, segments, sync
+from bench import fairness, media, monitor, plans, publishing, redrive, runtime_throughput, segments, sync
 
 BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "runtime_throughput": runtime_throughput.main,
@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, Callable[[list[str] | None], int]] = {
     "segments": segments.main,
     "media": media.main,
     "sync": sync.main,
+    "plans": plans.main,
 }
 
 

@@ -6,18 +6,17 @@
 --    read to record one key beside 500 active jobs). Each key is now one probe of the active-key
 --    index (`limit 1` per key), the creator's branch on `user_id = p_user_id`, the system's on
 --    `user_id is null`. Its plan is the same whatever the statistics say, so it is planned once
---    per connection (force_generic_plan): planning cost more than running a one-row record.
+--    per connection (force_generic_plan) rather than on every call.
 -- 2. runtime_record_jobs: the records of many creators' `enqueue()` calls in one statement (the
 --    runtime's group commit, geniehelper.runtime.queue). It runs as the schema owner and is granted
 --    to geniehelper_runtime only, whose bookkeeping already spans creators (it starts, finishes and
 --    re-drives their attempts); it writes media_jobs rows and nothing else. Jobs that charge a quota
 --    and system jobs do not come here (their records need the creator's or the system's transaction).
--- 3. The runtime's batch writes were `language sql` functions. PostgreSQL caches a generic plan for
---    their statements after five calls; with statistics taken while media_jobs was small, that plan
---    joined the unnest to media_jobs by a nested loop over a scan and became quadratic: marking
---    2,500 records enqueued took 1.0 s, 10,000 took 14 s, finishing 10,000 took 35 s. As plpgsql
---    with force_custom_plan each call is planned for its own array sizes: 50 and 254 ms (mark),
---    66 and 257 ms (finish), measured here.
+-- 3. The runtime's batch writes (starts, leases, outcomes, "pushed" marks) join their arrays to
+--    media_jobs. With statistics taken while few jobs were processing, the planner estimated one
+--    matching row, chose a nested loop and compared every array element with every row: finishing
+--    2,500 attempts compared 6,247,500 pairs (1.7 s). Without nested loops the join is a hash join,
+--    linear in the batch whatever the statistics (`python -m bench plans` measures both).
 
 create or replace function record_jobs(
     p_user_id uuid, p_job_name text, p_queue text, p_max_attempts integer, p_keys text[], p_payloads jsonb[],
@@ -130,80 +129,11 @@ revoke all on function runtime_record_jobs(uuid[], text[], text[], integer[], te
 grant execute on function runtime_record_jobs(uuid[], text[], text[], integer[], text[], jsonb[], timestamptz[],
                                               text[], uuid[], text[]) to geniehelper_runtime;
 
--- 3: the same statements as migrations 0015 and 0017, each call planned for its own arrays.
-create or replace function runtime_start_attempts(
-    p_ids uuid[], p_user_ids uuid[], p_dispatch_nos integer[], p_worker_id text, p_lease_s float8,
-    p_concurrency_keys text[], p_concurrency_limits integer[]
-) returns table (id uuid, attempts integer, max_attempts integer, quota_charged text)
-language plpgsql security definer set search_path = pg_catalog, public set plan_cache_mode = force_custom_plan
-as $$
-#variable_conflict use_column
-begin
-    return query
-    update media_jobs j
-       set status = 'processing', attempts = j.attempts + 1, started_at = now(), heartbeat_at = now(),
-           lease_expires_at = now() + make_interval(secs => p_lease_s), worker_id = p_worker_id, updated_at = now()
-      from unnest(p_ids, p_user_ids, p_dispatch_nos, p_concurrency_keys, p_concurrency_limits)
-           as req(id, user_id, dispatch_no, concurrency_key, concurrency_limit)
-     where j.id = any(p_ids) and j.id = req.id and j.user_id is not distinct from req.user_id
-       and j.dispatch_no = req.dispatch_no and j.run_at <= now() + interval '1 second'
-       and (j.status = 'queued' or (j.status = 'processing' and j.lease_expires_at < now()))
-       and (req.concurrency_key is null
-            or (select count(*) from media_jobs c
-                 where c.concurrency_key = req.concurrency_key and c.status = 'processing'
-                   and c.lease_expires_at > now() and c.id <> req.id) < req.concurrency_limit)
-    returning j.id, j.attempts, j.max_attempts, j.quota_charged;
-end;
-$$;
-
-create or replace function runtime_heartbeats(p_ids uuid[], p_user_ids uuid[], p_attempts integer[], p_lease_s float8)
-returns setof uuid
-language plpgsql security definer set search_path = pg_catalog, public set plan_cache_mode = force_custom_plan
-as $$
-begin
-    return query
-    update media_jobs j set heartbeat_at = now(), lease_expires_at = now() + make_interval(secs => p_lease_s)
-      from unnest(p_ids, p_user_ids, p_attempts) as t(id, user_id, attempt)
-     where j.id = any(p_ids) and j.id = t.id and j.user_id is not distinct from t.user_id
-       and j.attempts = t.attempt and j.status = 'processing'
-    returning j.id;
-end;
-$$;
-
-create or replace function runtime_finish_attempts(
-    p_ids uuid[], p_user_ids uuid[], p_attempts integer[], p_statuses text[], p_results jsonb[], p_errors text[],
-    p_error_kinds text[], p_delays_s float8[]
-) returns table (id uuid, attempts integer)
-language plpgsql security definer set search_path = pg_catalog, public set plan_cache_mode = force_custom_plan
-as $$
-#variable_conflict use_column
-begin
-    return query
-    update media_jobs j
-       set status = t.status,
-           result = case when t.status = 'completed' then t.result else j.result end,
-           progress = case when t.status = 'completed' then 100 else j.progress end,
-           error = t.error, error_kind = t.error_kind,
-           run_at = case when t.status = 'queued' then now() + make_interval(secs => t.delay_s) else j.run_at end,
-           finished_at = case when t.status = 'queued' then j.finished_at else now() end,
-           history = case when t.status = 'completed' then j.history
-                          else j.history || job_history_entry(case when t.status = 'queued' then 'retry' else 'failed' end,
-                                                              j.attempts, j.worker_id, t.error_kind, t.error) end,
-           lease_expires_at = null, updated_at = now()
-      from unnest(p_ids, p_user_ids, p_attempts, p_statuses, p_results, p_errors, p_error_kinds, p_delays_s)
-           as t(id, user_id, attempt, status, result, error, error_kind, delay_s)
-     where j.id = any(p_ids) and j.id = t.id and j.user_id is not distinct from t.user_id
-       and j.attempts = t.attempt and j.status = 'processing' and t.status in ('completed', 'failed', 'queued')
-    returning j.id, j.attempts;
-end;
-$$;
-
-create or replace function runtime_mark_enqueued(p_ids uuid[], p_dispatch_nos integer[]) returns void
-language plpgsql security definer set search_path = pg_catalog, public set plan_cache_mode = force_custom_plan
-as $$
-begin
-    update media_jobs j set enqueued_at = now(), dispatch_error = null
-      from unnest(p_ids, p_dispatch_nos) as t(id, dispatch_no)
-     where j.id = any(p_ids) and j.id = t.id and j.dispatch_no = t.dispatch_no and j.enqueued_at is null;
-end;
-$$;
+-- 3: every batch write joins its arrays to media_jobs without a nested loop.
+alter function runtime_start_attempts(uuid[], uuid[], integer[], text, float8, text[], integer[])
+    set enable_nestloop = off;
+alter function runtime_heartbeats(uuid[], uuid[], integer[], float8) set enable_nestloop = off;
+alter function runtime_finish_attempts(uuid[], uuid[], integer[], text[], jsonb[], text[], text[], float8[])
+    set enable_nestloop = off;
+alter function runtime_mark_enqueued(uuid[], integer[]) set enable_nestloop = off;
+alter function runtime_mark_dispatch_failed(uuid[], integer[], text[]) set enable_nestloop = off;
