@@ -122,7 +122,8 @@ async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_
                         "select count(*) from creators", "select count(*) from platform_connections"):  # fmt: skip
                 with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied for table"):
                     await conn.execute(sql)
-            assert await conn.fetchval("select runtime_attempt_holds(gen_random_uuid(), $1, 1)", creator) is False
+            held = "select runtime_attempts_hold(array[gen_random_uuid()], array[$1::uuid], '{1}')"
+            assert await conn.fetch(held, creator) == []
     finally:
         await database.close()
     assert await owner.fetchval("select status from media_jobs where user_id = $1", creator) == "queued"

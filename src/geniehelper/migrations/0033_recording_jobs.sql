@@ -17,6 +17,8 @@
 --    matching row, chose a nested loop and compared every array element with every row: finishing
 --    2,500 attempts compared 6,247,500 pairs (1.7 s). Without nested loops the join is a hash join,
 --    linear in the batch whatever the statistics (`python -m bench plans` measures both).
+-- 4. The lease checks a worker's concurrent jobs make before an outside effect (ensure_lease) share
+--    one statement, like its starts and outcomes.
 
 create or replace function record_jobs(
     p_user_id uuid, p_job_name text, p_queue text, p_max_attempts integer, p_keys text[], p_payloads jsonb[],
@@ -137,3 +139,14 @@ alter function runtime_finish_attempts(uuid[], uuid[], integer[], text[], jsonb[
     set enable_nestloop = off;
 alter function runtime_mark_enqueued(uuid[], integer[]) set enable_nestloop = off;
 alter function runtime_mark_dispatch_failed(uuid[], integer[], text[]) set enable_nestloop = off;
+
+-- 4: runtime_attempt_holds for many attempts at once.
+create function runtime_attempts_hold(p_ids uuid[], p_user_ids uuid[], p_attempts integer[]) returns setof uuid
+language sql stable security definer set search_path = pg_catalog, public set enable_nestloop = off as $$
+select j.id from media_jobs j join unnest(p_ids, p_user_ids, p_attempts) as t(id, user_id, attempt)
+    on j.id = t.id and j.user_id is not distinct from t.user_id and j.attempts = t.attempt
+ where j.id = any(p_ids) and j.status = 'processing'
+$$;
+revoke all on function runtime_attempts_hold(uuid[], uuid[], integer[]) from public;
+grant execute on function runtime_attempts_hold(uuid[], uuid[], integer[]) to geniehelper_runtime;
+drop function runtime_attempt_holds(uuid, uuid, integer);

@@ -68,6 +68,13 @@ class Finish:
     delay_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class _Check:
+    record_id: UUID
+    user_id: UUID | None
+    attempt: int
+
+
 @dataclass
 class _Held:
     user_id: UUID | None
@@ -92,6 +99,7 @@ class RecordWriter:
         self._finishes: Coalescer[Finish, bool] = Coalescer(
             self._finish_many, linger_s=batch_wait_s, expected=lambda: self.deliveries
         )
+        self._holds: Coalescer[_Check, bool] = Coalescer(self._hold_many)
         self._held: dict[UUID, _Held] = {}
         self._beating: asyncio.Task[None] | None = None
 
@@ -115,9 +123,17 @@ class RecordWriter:
         return answer
 
     async def holds(self, record_id: UUID, user_id: UUID | None, attempt: int) -> bool:
-        """Whether the attempt still owns the record (one statement, no transaction)."""
+        """Whether the attempt still owns the record (asked with the worker's other checks at the time)."""
+        return await self._holds.submit(_Check(record_id, user_id, attempt))
+
+    async def _hold_many(self, checks: list[_Check]) -> list[bool]:
         async with self.pool.acquire() as conn:
-            return bool(await conn.fetchval(store.ATTEMPT_HOLDS, record_id, user_id, attempt))
+            rows = await conn.fetch(
+                store.ATTEMPTS_HOLD, [c.record_id for c in checks], [c.user_id for c in checks],
+                [c.attempt for c in checks],
+            )  # fmt: skip
+        holding = {row["id"] for row in rows}
+        return [c.record_id in holding for c in checks]
 
     async def finish(self, outcome: Finish) -> bool:
         """Record an outcome; False when the attempt no longer owns the record (nothing written)."""

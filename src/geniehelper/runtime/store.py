@@ -59,8 +59,9 @@ update media_jobs set progress = $3, heartbeat_at = now(), updated_at = now()
  where id = $1 and attempts = $2 and status = 'processing'
 """
 
-# Whether an attempt still owns its record (checked before an outside effect).
-ATTEMPT_HOLDS = "select runtime_attempt_holds($1, $2, $3)"
+# Which of these attempts still own their records (checked before an outside effect; the checks
+# of concurrently running jobs go in one statement).
+ATTEMPTS_HOLD = "select id from runtime_attempts_hold($1, $2, $3) as id"
 
 # Opening a job's transaction: acts for the creator; false when the attempt no longer owns the record.
 BEGIN_JOB_TX = "select begin_job_tx($1, $2, $3)"
