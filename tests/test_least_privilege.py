@@ -81,24 +81,34 @@ async def test_a_role_set_on_a_pooled_connection_does_not_pass_to_its_next_user(
         await database.close()
 
 
-async def test_a_statement_connection_skips_only_its_own_reset(database_url: str, owner: asyncpg.Connection) -> None:
+async def test_a_job_transaction_resets_its_session_with_its_commit_or_rollback(
+    database_url: str, owner: asyncpg.Connection
+) -> None:
     creator = await make_creator(owner)
+    insert = "insert into media_jobs (user_id, job_name, queue, job_key, payload) values ($1, 'x', 'default', $2, '{}')"
     database = await Database.open(database_url, min_size=1, max_size=1)
     try:
-        async with database.statement() as conn:  # what enqueue() runs: record_jobs sets its creator locally
-            await conn.fetch(
-                "select * from record_jobs($1, 'x', 'default', 1, array['k'], array['{}'::jsonb],"
-                " array[null::timestamptz], array[null::text], array[null::uuid], array[null::text])",
-                creator,
-            )
-        async with database.app_pool.acquire() as conn:  # the same connection (max_size=1)
-            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
+        async with database.app_tx() as conn:  # what a fenced job transaction runs (JobContext.creator_tx)
+            await conn.execute("select set_config('app.user_id', $1, false)", str(creator))  # session-wide
+            await conn.execute(insert, creator, "committed")
             await conn.execute("set role geniehelper_system")
-        async with database.statement() as conn:  # an ordinary release before it was reset as usual
+        async with database.app_pool.acquire() as conn:  # the same connection (max_size=1)
             assert await conn.fetchval("select current_user") == "geniehelper_app"
+            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
+        with pytest.raises(RuntimeError, match="job failed"):
+            async with database.app_tx() as conn:
+                await conn.execute("select set_config('app.user_id', $1, false)", str(creator))
+                await conn.execute(insert, creator, "rolled back")
+                await conn.execute("set role geniehelper_system")
+                raise RuntimeError("job failed")
+        async with database.app_pool.acquire() as conn:
+            assert await conn.fetchval("select current_user") == "geniehelper_app"
+            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
+            assert not await conn.fetchval("select pg_catalog.pg_current_xact_id_if_assigned() is not null")
     finally:
         await database.close()
-    assert await owner.fetchval("select count(*) from media_jobs where user_id = $1", creator) == 1
+    keys = await owner.fetch("select job_key from media_jobs where user_id = $1", creator)
+    assert [row["job_key"] for row in keys] == ["committed"]
 
 
 async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_creators(

@@ -13,6 +13,7 @@ A process logs in as a role that holds nothing itself and may only SET ROLE to t
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 from collections.abc import AsyncIterator
@@ -23,6 +24,7 @@ from uuid import UUID
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 APP_ROLE = "geniehelper_app"
 SYSTEM_ROLE = "geniehelper_system"
@@ -40,7 +42,7 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     return None
 
 
-# Set while `Database.statement` releases its connection: nothing there can have left session state.
+# Set while `Database.app_tx` releases a connection it has reset already.
 _RELEASING_CLEAN: contextvars.ContextVar[bool] = contextvars.ContextVar("releasing_clean", default=False)
 
 
@@ -49,7 +51,11 @@ async def _reset_session(conn: asyncpg.Connection) -> None:
     leaves alone: a SET ROLE run by one user of a pooled connection must not pass to the next."""
     if _RELEASING_CLEAN.get():
         return  # asyncpg still rolls back a transaction left open (Connection._reset) before this
-    await conn.execute("reset role;\n" + conn.get_reset_query())
+    await conn.execute(_session_reset(conn))
+
+
+def _session_reset(conn: asyncpg.Connection | PoolConnectionProxy) -> str:
+    return "reset role;\n" + conn.get_reset_query()
 
 
 async def create_pool(
@@ -182,15 +188,26 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[Any]:
-        """An app connection for self-contained statements of our own (e.g. `record_jobs`, which
-        sets its creator transaction-locally): released without the session reset, a round trip
-        that would only undo what such statements cannot leave behind."""
+    async def app_tx(self) -> AsyncIterator[Any]:
+        """An app transaction that ends with the session reset in the same round trip as its COMMIT
+        (or ROLLBACK): one round trip fewer than a pooled `conn.transaction()`. The caller sets the
+        creator (a job's `begin_job_tx`). asyncpg refuses `conn.transaction()` inside it (a
+        transaction asyncpg did not start): its users are the runtime's fenced job transactions."""
         conn = await self.app_pool.acquire()
+        clean = False  # True once the reset ran: the release then sends nothing
         try:
-            yield conn
+            await conn.execute("begin")
+            try:
+                yield conn
+            except BaseException:
+                with contextlib.suppress(Exception):  # a broken connection: the pool's release handles it
+                    await conn.execute("rollback;\n" + _session_reset(conn))
+                    clean = True
+                raise
+            await conn.execute("commit;\n" + _session_reset(conn))  # a failed COMMIT skips the reset
+            clean = True
         finally:
-            token = _RELEASING_CLEAN.set(True)
+            token = _RELEASING_CLEAN.set(clean)
             try:
                 await self.app_pool.release(conn)
             finally:

@@ -63,7 +63,8 @@ class JobContext:
         """A transaction acting for this job's creator (RLS-scoped).
 
         Raises LeaseLost, before anything is written, when another attempt has taken the job over:
-        a worker that was paused past its lease does no more writes once it resumes.
+        a worker that was paused past its lease does no more writes once it resumes. One
+        transaction, no nested `conn.transaction()` (Database.app_tx).
         """
         if self.user_id is None:
             raise TypeError(f"{self.job.name} is a system job: it has no creator (use system_tx)")
@@ -71,7 +72,7 @@ class JobContext:
             async with self._runtime.db.creator_tx(self.user_id) as conn:
                 yield conn
             return
-        async with self._runtime.db.app_pool.acquire() as conn, conn.transaction():
+        async with self._runtime.db.app_tx() as conn:
             if not await conn.fetchval(store.BEGIN_JOB_TX, self.user_id, self.record_id, self.attempt):
                 raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
             yield conn
