@@ -1,10 +1,12 @@
 """Fan sync at scale: one creator's 100,000 fans and 1,000,000 transactions from the sandbox over HTTP.
 
-    python -m bench sync [--fans N] [--transactions-per-fan N] [--messages-per-fan N] [--page-size N]
-                         [--data-dir DIR]
+    python -m bench sync [--fans N] [--transactions-per-fan N] [--messages-per-fan N] [--history-per-fan N]
+                         [--no-history] [--page-size N] [--data-dir DIR]
 
 The sandbox platform runs as its own process (`geniehelper sandbox-platform`, real HTTP on loopback)
-with a lazy account (generated per page from its seed). The fan sync service
+with a lazy account (generated per page from its seed), `--history-per-fan` (3) subscription events
+per fan in its history listing, which the sync reads (`history`; `--no-history`: the events are
+derived from the current subscriptions instead, at most two per fan). The fan sync service
 (`geniehelper.sync.fans.sync_connection`, what the `sync_fans` job runs) is timed three times: the
 initial sync; a re-sync with no change; a re-sync after one `advance` step changed 1 % (new fans,
 cancellations, rebills and win-backs, 0.25 % of the fans each; tips and purchases, 1 % of the
@@ -159,9 +161,12 @@ async def event_counts(owner: asyncpg.Connection, user_id: UUID) -> dict[str, in
     return {r[0]: r[1] for r in rows}
 
 
-def as_platform(found: dict[str, int]) -> dict[str, int]:
-    return {"fans": found["fan_platform_accounts"], "subscriptions": found["fan_subscriptions"],
-            "transactions": found["fan_transactions"], "messages": found["fan_messages"]}  # fmt: skip
+def as_platform(found: dict[str, int], history: bool) -> dict[str, int]:
+    mapped = {"fans": found["fan_platform_accounts"], "subscriptions": found["fan_subscriptions"],
+              "transactions": found["fan_transactions"], "messages": found["fan_messages"]}  # fmt: skip
+    if history:  # each event of the platform's history once
+        mapped["subscription_history"] = found["fan_subscription_events"]
+    return mapped
 
 
 async def copy_ceiling(owner: asyncpg.Connection, user_id: UUID, work_dir: Path, me: Peak) -> dict[str, Any]:
@@ -191,7 +196,7 @@ async def copy_ceiling(owner: asyncpg.Connection, user_id: UUID, work_dir: Path,
 
 async def timed_sync(
     db: Database, owner: asyncpg.Connection, client: HttpPlatformClient, connection: Any, page_size: int,
-    me: Peak, sandbox: Peak,
+    me: Peak, sandbox: Peak, history: bool,
 ) -> dict[str, Any]:  # fmt: skip
     timed = TimedClient(client)
     before = await table_counts(owner, connection.user_id)
@@ -204,6 +209,7 @@ async def timed_sync(
             timed,
             connection,
             page_size=page_size,  # type: ignore[arg-type]
+            history=history,
         )
     after = await table_counts(owner, connection.user_id)
     written = {t: after[t] - before[t] for t in TABLES}
@@ -219,10 +225,13 @@ async def timed_sync(
 async def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     n_transactions, n_messages = args.fans * args.transactions_per_fan, args.fans * args.messages_per_fan
+    history = not args.no_history
+    n_history = args.fans * args.history_per_fan if history else 0
     with servers(args.data_dir) as srv:
         print_header("sync: the fan sync of one large account over HTTP, beside a bare COPY", srv, {
-            "data": f"{args.fans:,} fans, {n_transactions:,} transactions, {n_messages:,} messages; pages of "
-                    f"{args.page_size}",
+            "data": f"{args.fans:,} fans, {n_transactions:,} transactions, {n_messages:,} messages, "
+                    + (f"{n_history:,} subscription-history events" if history else "no history listing")
+                    + f"; pages of {args.page_size}",
             "before": load_of_machine(),
         })  # fmt: skip
         async with fresh_database(srv, NAME) as (database_url, owner_url), httpx.AsyncClient(timeout=60) as http:
@@ -235,7 +244,7 @@ async def run(args: argparse.Namespace) -> int:
                 cipher = settings.credential_cipher()
                 created = await http.post(f"{sandbox_url}/admin/accounts", json={
                     "seed": 42, "lazy": True, "n_fans": args.fans, "n_transactions": n_transactions,
-                    "n_messages": n_messages})  # fmt: skip
+                    "n_messages": n_messages, "n_history_per_fan": args.history_per_fan})  # fmt: skip
                 created.raise_for_status()
                 account_id, token = created.json()["account_id"], created.json()["token"]
                 creator = await make_creator(owner, tier="pro")
@@ -249,14 +258,17 @@ async def run(args: argparse.Namespace) -> int:
                 me, sandbox = Peak(os.getpid()), Peak(process.pid)
 
                 async def platform_counts() -> dict[str, int]:
-                    return dict((await http.get(f"{sandbox_url}/admin/accounts/{account_id}/counts")).json())
+                    found = dict((await http.get(f"{sandbox_url}/admin/accounts/{account_id}/counts")).json())
+                    if not history:
+                        found.pop("subscription_history")
+                    return found
 
                 async def sync(label: str) -> dict[str, Any]:
                     print(f"{label} ...", flush=True)
-                    figures = await timed_sync(db, owner, client, connection, args.page_size, me, sandbox)
+                    figures = await timed_sync(db, owner, client, connection, args.page_size, me, sandbox, history)
                     figures["load"] = load_of_machine()
-                    if as_platform(figures["after"]) != (expected := await platform_counts()):
-                        problems.append(f"{label}: rows {as_platform(figures['after'])} != platform's {expected}")
+                    if (mine := as_platform(figures["after"], history)) != (expected := await platform_counts()):
+                        problems.append(f"{label}: rows {mine} != platform's {expected}")
                     return figures
 
                 initial = await sync("initial sync")
@@ -325,7 +337,9 @@ def report(args: argparse.Namespace, initial: dict[str, Any], ceiling: dict[str,
     print("correctness: " + ("ok" if not problems else "FAILED: " + "; ".join(problems)))
     path = write_results(NAME, {
         "fans": args.fans, "transactions": args.fans * args.transactions_per_fan,
-        "messages": args.fans * args.messages_per_fan, "page_size": args.page_size, "initial": initial,
+        "messages": args.fans * args.messages_per_fan, "history": not args.no_history,
+        "history_per_fan": None if args.no_history else args.history_per_fan, "page_size": args.page_size,
+        "initial": initial,
         "copy_ceiling": ceiling, "no_change": unchanged, "one_percent": changed, "initial_vs_ceiling": ratio,
         "no_change_speedup": speedup, "problems": problems, "ok": not problems,
     })  # fmt: skip
@@ -337,9 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fans", type=int, default=100_000)
     parser.add_argument("--transactions-per-fan", type=int, default=10)
     parser.add_argument("--messages-per-fan", type=int, default=0)
+    parser.add_argument("--history-per-fan", type=int, default=3, help="subscription events per fan (2-24)")
+    parser.add_argument("--no-history", action="store_true", help="do not read the subscription-history listing")
     parser.add_argument("--page-size", type=int, default=200, help="items per page, asked and served")
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args(argv)
+    if not 2 <= args.history_per_fan <= 24:
+        parser.error("--history-per-fan must be 2-24")
     if args.fans < 400 or args.transactions_per_fan < 1 or args.messages_per_fan < 0:
         parser.error("--fans must be at least 400 (0.25 % of them change), --transactions-per-fan at least 1")
     return asyncio.run(run(args))

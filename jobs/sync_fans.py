@@ -49,7 +49,10 @@ async def sync_fans(ctx: JobContext, payload: SyncFansPayload) -> dict[str, Any]
     except (LookupError, CredentialError) as exc:
         raise PermanentJobError(f"cannot reach the platform for this connection: {exc}") from exc
     try:
-        result = await fans.sync_connection(ctx.creator_tx, client, connection, page_size=ctx.settings.sync_page_size)
+        result = await fans.sync_connection(
+            ctx.creator_tx, client, connection, page_size=ctx.settings.sync_page_size,
+            history=ctx.settings.sync_subscription_history,
+        )  # fmt: skip
     except AuthExpired as exc:
         async with ctx.creator_tx() as conn:
             await connections.mark_health(conn, connection.id, "auth_expired", str(exc))

@@ -307,6 +307,11 @@ class Settings(BaseSettings):
         description="How often a connection whose auth expired is health-checked (not scraped until reconnected).",
     )
     sync_page_size: int = Field(default=200, ge=1, le=1_000, description="Items asked per page by the fan sync.")
+    sync_subscription_history: bool = Field(
+        default=False,
+        description="The fan sync reads the platforms' subscription-history listing and takes the lifecycle events "
+        "from it (docs/sync.md); off: it derives them from the current subscriptions.",
+    )
 
     @field_validator("scrape_tier_intervals_s")
     @classmethod

@@ -26,6 +26,7 @@ from geniehelper.platforms.models import (
     PublishedPost,
     SentMessage,
     Subscription,
+    SubscriptionHistoryEvent,
     Transaction,
 )
 
@@ -48,6 +49,7 @@ __all__ = [
     "RateLimited",
     "SentMessage",
     "Subscription",
+    "SubscriptionHistoryEvent",
     "Transaction",
     "TransientPlatformError",
     "parse_retry_after",

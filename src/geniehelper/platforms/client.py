@@ -15,6 +15,7 @@ from geniehelper.platforms.models import (
     PublishedPost,
     SentMessage,
     Subscription,
+    SubscriptionHistoryEvent,
     Transaction,
 )
 
@@ -41,6 +42,11 @@ class PlatformClient(Protocol):
     async def list_fans(self, cursor: str | None, limit: int) -> Page[Fan]: ...
 
     async def list_subscriptions(self, cursor: str | None, limit: int) -> Page[Subscription]: ...
+
+    async def list_subscription_history(self, cursor: str | None, limit: int) -> Page[SubscriptionHistoryEvent]:
+        """Every lifecycle event of the account's subscriptions, oldest first per subscription;
+        append-only (new events are added at the end)."""
+        ...
 
     async def list_transactions(self, cursor: str | None, limit: int) -> Page[Transaction]: ...
 

@@ -41,6 +41,7 @@ from geniehelper.platforms.models import (
     PublishedPost,
     SentMessage,
     Subscription,
+    SubscriptionHistoryEvent,
     Transaction,
 )
 
@@ -171,6 +172,9 @@ class HttpPlatformClient:
 
     async def list_subscriptions(self, cursor: str | None, limit: int) -> Page[Subscription]:
         return await self._list("/v1/subscriptions", Page[Subscription], cursor, limit)
+
+    async def list_subscription_history(self, cursor: str | None, limit: int) -> Page[SubscriptionHistoryEvent]:
+        return await self._list("/v1/subscriptions/history", Page[SubscriptionHistoryEvent], cursor, limit)
 
     async def list_transactions(self, cursor: str | None, limit: int) -> Page[Transaction]:
         return await self._list("/v1/transactions", Page[Transaction], cursor, limit)

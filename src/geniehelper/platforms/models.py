@@ -75,6 +75,19 @@ class Subscription(PlatformModel):
     expires_at: AwareDatetime | None = None
 
 
+class SubscriptionHistoryEvent(PlatformModel):
+    """One lifecycle event of a fan's subscription, as a platform's history listing reports it."""
+
+    event_id: str  # the platform's id of the event: unique within the account
+    subscription_id: str
+    fan_id: str
+    sequence: int  # 1, 2, ... within the subscription, in the order the events happened
+    # "new", "rebill", "cancellation", "trial_start", "expiry", "win_back", ... as the platform names them.
+    kind: str
+    occurred_at: AwareDatetime
+    price_cents: int | None = None
+
+
 class Transaction(PlatformModel):
     transaction_id: str
     fan_id: str

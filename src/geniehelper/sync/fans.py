@@ -12,6 +12,11 @@ Two kinds of listing:
   the cursor only lets a killed pass resume. Each change against the recorded state is written to
   `fan_subscriptions` and its lifecycle events appended to `fan_subscription_events` in the same
   statement (`lifecycle_events` says which), so each event is written exactly once.
+
+With `history` the sync also reads the platform's subscription-history listing (append-only, before
+the subscriptions): its events are appended as the platform reports them (idempotent on the
+platform's event id), and the current-state pass then writes only `fan_subscriptions`, deriving no
+event (the history has them all).
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from typing import Any
 
 import structlog
 
-from geniehelper.domain import fan_identity, fan_sync
+from geniehelper.domain import fan_history, fan_identity, fan_sync
+from geniehelper.domain.fan_history import HistoryRow
 from geniehelper.domain.fan_sync import (
     AccountRow,
     CurrentSubscription,
@@ -35,13 +41,24 @@ from geniehelper.domain.fan_sync import (
     TransactionRow,
 )
 from geniehelper.domain.platform import PlatformConnection
-from geniehelper.platforms import Fan, Message, Page, PlatformClient, Subscription, Transaction
+from geniehelper.platforms import (
+    Fan,
+    Message,
+    Page,
+    PlatformClient,
+    Subscription,
+    SubscriptionHistoryEvent,
+    Transaction,
+)
 
 log = structlog.get_logger("geniehelper.sync.fans")
 
 Tx = Callable[[], AbstractAsyncContextManager[Any]]
 
 RESOURCES = ("fans", "subscriptions", "transactions", "messages")
+HISTORY = "subscription_history"
+# With the history listing: its events first, then the current states (written without events).
+HISTORY_RESOURCES = ("fans", HISTORY, "subscriptions", "transactions", "messages")
 FULL_PASS = frozenset({"subscriptions"})
 
 # Platform vocabulary -> ours. A status or kind we do not know is counted and skipped (statuses) or
@@ -55,6 +72,13 @@ TRANSACTION_KINDS = {
     "post": "ppv", "ppv": "ppv", "custom_request": "custom_request", "bundle": "bundle",
 }  # fmt: skip
 LIVE = ("active", "trial")
+# The history listing's event kinds -> our event types; an unknown kind is counted and skipped.
+HISTORY_KINDS = {
+    "new": "subscribe", "subscribe": "subscribe", "rebill": "rebill", "renewal": "rebill",
+    "cancellation": "cancellation", "cancel": "cancellation", "trial_start": "trial_start",
+    "trial_conversion": "trial_conversion", "expiry": "expiration", "expiration": "expiration",
+    "win_back": "win_back", "price_change": "price_change",
+}  # fmt: skip
 
 
 @dataclass
@@ -77,21 +101,28 @@ class SyncResult:
 
 async def sync_connection(
     tx: Tx, client: PlatformClient, connection: PlatformConnection, *, page_size: int,
-    resources: Sequence[str] = RESOURCES,
+    resources: Sequence[str] | None = None, history: bool = False,
 ) -> SyncResult:  # fmt: skip
+    """Sync `resources` in order (default: RESOURCES, or HISTORY_RESOURCES with `history`). When the
+    history listing is among them, the subscriptions pass writes states only (no derived event)."""
+    chosen = resources if resources is not None else (HISTORY_RESOURCES if history else RESOURCES)
+    derive = HISTORY not in chosen
     result = SyncResult()
-    for resource in resources:
-        result.resources[resource] = await sync_resource(tx, client, connection, resource, page_size=page_size)
+    for resource in chosen:
+        result.resources[resource] = await sync_resource(
+            tx, client, connection, resource, page_size=page_size, derive_events=derive
+        )
     return result
 
 
 async def sync_resource(
-    tx: Tx, client: PlatformClient, connection: PlatformConnection, resource: str, *, page_size: int
-) -> ResourceResult:
-    if resource not in RESOURCES:
-        raise ValueError(f"unknown resource {resource!r}; known: {', '.join(RESOURCES)}")
+    tx: Tx, client: PlatformClient, connection: PlatformConnection, resource: str, *, page_size: int,
+    derive_events: bool = True,
+) -> ResourceResult:  # fmt: skip
+    if resource not in HISTORY_RESOURCES:
+        raise ValueError(f"unknown resource {resource!r}; known: {', '.join(HISTORY_RESOURCES)}")
     fetch: Callable[[str | None, int], Awaitable[Page[Any]]] = getattr(client, f"list_{resource}")
-    merge = _MERGES[resource]
+    merge = _MERGES[resource] if derive_events or resource != "subscriptions" else _merge_subscription_states
     result = ResourceResult()
     async with tx() as conn:
         stored = await fan_sync.get_cursor(conn, connection.user_id, connection.id, resource)
@@ -167,9 +198,37 @@ async def _merge_messages(
     result.new_rows += await fan_sync.merge_messages(conn, connection.user_id, connection.platform, rows)
 
 
-async def _merge_subscriptions(
+async def _merge_history(
+    conn: Any, connection: PlatformConnection, items: list[SubscriptionHistoryEvent], result: ResourceResult
+) -> None:
+    rows = []
+    for e in items:
+        event_type = HISTORY_KINDS.get(e.kind.lower())
+        if event_type is None or (e.price_cents is not None and e.price_cents < 0):
+            result.skipped += 1
+            log.warning("sync.unknown_history_event", platform_connection_id=str(connection.id), kind=e.kind[:40])
+            continue
+        amount = Decimal(e.price_cents) / 100 if e.price_cents is not None else None
+        rows.append(HistoryRow(e.event_id, e.fan_id, event_type, e.occurred_at, amount, {
+            "source": "sync", "platform_connection_id": str(connection.id), "subscription_id": e.subscription_id,
+            "sequence": e.sequence, "platform_kind": e.kind,
+        }))  # fmt: skip
+    result.accounts_created += (await _ensure(conn, connection, [AccountRow(r.fan_id) for r in rows]))[0]
+    appended = await fan_history.merge_history(conn, connection.user_id, connection.platform, connection.id, rows)
+    result.new_rows += appended
+    result.events += appended
+
+
+async def _merge_subscription_states(
     conn: Any, connection: PlatformConnection, items: list[Subscription], result: ResourceResult
 ) -> None:
+    await _merge_subscriptions(conn, connection, items, result, derive_events=False)
+
+
+async def _merge_subscriptions(
+    conn: Any, connection: PlatformConnection, items: list[Subscription], result: ResourceResult,
+    derive_events: bool = True,
+) -> None:  # fmt: skip
     observed_at = datetime.now(UTC)
     known = []
     for s in items:
@@ -191,6 +250,8 @@ async def _merge_subscriptions(
         if new == recorded.state:
             continue
         states.append((recorded, new))
+        if not derive_events:
+            continue
         for event_type, occurred_at, amount in lifecycle_events(recorded.state, new, observed_at):
             events.append(SubscriptionEvent(
                 recorded.account_id, event_type, occurred_at, amount, new.currency,
@@ -207,6 +268,7 @@ async def _merge_subscriptions(
 _MERGES: dict[str, Callable[[Any, PlatformConnection, Any, ResourceResult], Awaitable[None]]] = {
     "fans": _merge_fans,
     "subscriptions": _merge_subscriptions,
+    HISTORY: _merge_history,
     "transactions": _merge_transactions,
     "messages": _merge_messages,
 }

@@ -11,20 +11,25 @@ and 1,000,000 transactions cost nothing until read). Either evolves one determin
 with `advance` (`evolve`: new fans, cancellations, rebills, win-backs, tips, purchases, messages),
 whose answer lists exactly what changed; `counts` says how many items each listing holds.
 
+The subscription-history listing (`GET /v1/subscriptions/history`, `history`) holds every lifecycle
+event of the account's subscriptions: `n_history_per_fan` seeded ones per fan, then what `advance`
+appends.
+
 Modules: `platform` (state and Python API), `routes` (the HTTP handlers), `accounts` (an account's
-state and seeding), `listing` (items by position, generated on demand), `evolve` (`advance`),
+state and seeding), `listing` (items by position, generated on demand), `history` (the subscription
+history), `evolve` (`advance`),
 `faults`, `wire` (HTTP plumbing), `serve`.
 
 Admin API (no token; the server binds loopback only):
     POST   /admin/accounts                    {username?, seed?, n_fans?, n_transactions_per_fan?,
                                                n_messages_per_fan?, base_followers?, lazy?, n_transactions?,
-                                               n_messages?} -> {account_id, token}
+                                               n_messages?, n_history_per_fan?} -> {account_id, token}
     POST   /admin/accounts/{id}/expire-token  the token now gets 401
     POST   /admin/accounts/{id}/rotate-token  -> {account_id, token}: a new valid token
     POST   /admin/accounts/{id}/advance       {new_fans?, cancellations?, rebills?, win_backs?, tips?,
                                                purchases?, messages?} -> {step, new_fans, cancelled, rebilled,
-                                               won_back, transactions, messages}: ids of what changed
-    GET    /admin/accounts/{id}/counts        {fans, subscriptions, transactions, messages}
+                                               won_back, transactions, messages, history}: ids of what changed
+    GET    /admin/accounts/{id}/counts        {fans, subscriptions, transactions, messages, subscription_history}
     GET    /admin/accounts/{id}/posts         every post with the idempotency key it was created with
     POST   /admin/faults                      {kind, count, path_prefix, method?, account_id?, retry_after_s,
                                                retry_after_format, delay_s, status} -> {fault_id}

@@ -17,8 +17,10 @@ from geniehelper.platforms.models import (
     PublishedPost,
     SentMessage,
     Subscription,
+    SubscriptionHistoryEvent,
     Transaction,
 )
+from geniehelper.platforms.sandbox.history import MAX_PER_FAN, MIN_PER_FAN, HistoryGenerator, fan_history
 from geniehelper.platforms.sandbox.listing import (
     INCOMING_TEXTS,
     OUTGOING_TEXTS,
@@ -49,6 +51,8 @@ class NewAccount(BaseModel):
     lazy: bool = False
     n_transactions: int = Field(default=0, ge=0, le=100_000_000)
     n_messages: int = Field(default=0, ge=0, le=100_000_000)
+    # Seeded lifecycle events per fan in the subscription-history listing (`history`).
+    n_history_per_fan: int = Field(default=3, ge=MIN_PER_FAN, le=MAX_PER_FAN)
 
     @model_validator(mode="after")
     def _one_way_of_seeding(self) -> NewAccount:
@@ -99,6 +103,11 @@ class Account:
     subscriptions: Listing[Subscription] = field(default_factory=lambda: Listing(Subscription))
     transactions: Listing[Transaction] = field(default_factory=lambda: Listing(Transaction))
     messages: Listing[Message] = field(default_factory=lambda: Listing(Message))
+    history: Listing[SubscriptionHistoryEvent] = field(default_factory=lambda: Listing(SubscriptionHistoryEvent))
+    # The last history sequence per fan position, where it is not `history_per_fan` (lazy seeded fans).
+    history_seq: dict[int, int] = field(default_factory=dict)
+    history_per_fan: int = 0
+    history_base_fans: int = 0
     posts: list[StoredPost] = field(default_factory=list)
     posts_by_key: dict[str, StoredPost] = field(default_factory=dict)
     sends_by_key: dict[str, StoredSend] = field(default_factory=dict)
@@ -107,6 +116,11 @@ class Account:
 
     def has_fan(self, fan: str) -> bool:
         return 0 <= fan_position(fan) < len(self.fans)
+
+    def next_history_sequence(self, position: int) -> int:
+        last = self.history_seq.get(position, self.history_per_fan if position < self.history_base_fans else 0)
+        self.history_seq[position] = last + 1
+        return last + 1
 
 
 def generated_account(account: Account, spec: NewAccount) -> None:
@@ -117,6 +131,10 @@ def generated_account(account: Account, spec: NewAccount) -> None:
     account.subscriptions = Listing(Subscription, spec.n_fans, generator.subscription)
     account.transactions = Listing(Transaction, spec.n_transactions, generator.transaction)
     account.messages = Listing(Message, spec.n_messages, generator.message)
+    n_history = spec.n_history_per_fan
+    account.history = Listing(SubscriptionHistoryEvent, spec.n_fans * n_history,
+                              HistoryGenerator(account.account_id, spec.seed, n_history, generator.subscription))
+    account.history_per_fan, account.history_base_fans = n_history, spec.n_fans  # fmt: skip
 
 
 def seed_items(account: Account, spec: NewAccount, *, now: datetime) -> None:
@@ -144,6 +162,11 @@ def seed_items(account: Account, spec: NewAccount, *, now: datetime) -> None:
                 expires_at=expires_at,
             )
         )
+        position = i - 1
+        events = fan_history(account.account_id, spec.seed, position, account.subscriptions.json_item(position),
+                             spec.n_history_per_fan)  # fmt: skip
+        account.history.extras.extend(events)
+        account.history_seq[position] = len(events)
         spent = 0
         window_s = max(1, int((now - followed_at).total_seconds()))
         for _ in range(spec.n_transactions_per_fan):

@@ -10,6 +10,9 @@ One step, in this order, each fan changed at most once per step:
 - `tips`, `purchases` (`post` or `message`): transactions of existing fans, now;
 - `messages`: inbound messages from existing fans, now.
 
+Each subscription change also appends its event to the subscription-history listing (`history`):
+`new` and `cancellation` and `win_back` now, `rebill` at the end of the period it renews.
+
 Fans are drawn from a generator seeded by (seed, step); when too few qualify (no active fan left to
 cancel) a step does fewer, and its summary says so: it lists every fan and item it changed.
 """
@@ -23,8 +26,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from geniehelper.platforms.models import Fan, Message, Subscription, Transaction
+from geniehelper.platforms.models import Fan, Message, Subscription, SubscriptionHistoryEvent, Transaction
 from geniehelper.platforms.sandbox.accounts import Account
+from geniehelper.platforms.sandbox.history import event_id
 from geniehelper.platforms.sandbox.listing import (
     INCOMING_TEXTS,
     SUBSCRIPTION_PRICES_CENTS,
@@ -63,6 +67,7 @@ class Advanced:
     won_back: list[str] = field(default_factory=list)
     transactions: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    history: list[str] = field(default_factory=list)  # ids of the subscription-history events appended
 
     def as_dict(self) -> dict[str, Any]:
         return vars(self).copy()
@@ -84,20 +89,24 @@ def advance(account: Account, spec: AdvanceSpec, now_s: float) -> Advanced:
         ))  # fmt: skip
         touched.add(position)
         done.new_fans.append(fan_id(position))
+        done.history.append(_history(account, position, "new", now))
     for position in _pick(account, rng, touched, spec.cancellations, live=True):
         _change(account, position, status="cancelled")
         done.cancelled.append(fan_id(position))
+        done.history.append(_history(account, position, "cancellation", now))
     for position in _pick(account, rng, touched, spec.rebills, live=True, exclude_cancelled=True):
         old = account.subscriptions[position]
         assert old.expires_at is not None
         _change(account, position, expires_at=old.expires_at + PERIOD)
         done.transactions.append(_transaction(account, position, "subscription", old.price_cents, now))
         done.rebilled.append(fan_id(position))
+        done.history.append(_history(account, position, "rebill", old.expires_at))
     for position in _win_back_candidates(account, rng, touched, spec.win_backs):
         old = account.subscriptions[position]
         _change(account, position, status="active", started_at=now, expires_at=now + PERIOD)
         done.transactions.append(_transaction(account, position, "subscription", old.price_cents, now))
         done.won_back.append(fan_id(position))
+        done.history.append(_history(account, position, "win_back", now))
     n_fans = len(account.fans)
     for i in range(spec.tips + spec.purchases):
         if not n_fans:
@@ -159,3 +168,14 @@ def _transaction(account: Account, position: int, kind: str, amount_cents: int, 
     account.transactions.append(Transaction(transaction_id=transaction_id, fan_id=fan_id(position), kind=kind,
                                             amount_cents=amount_cents, created_at=now))  # fmt: skip
     return transaction_id
+
+
+def _history(account: Account, position: int, kind: str, at: datetime) -> str:
+    subscription = account.subscriptions[position]
+    sequence = account.next_history_sequence(position)
+    event = event_id(account.account_id, position, sequence)
+    account.history.append(SubscriptionHistoryEvent(
+        event_id=event, subscription_id=subscription.subscription_id, fan_id=subscription.fan_id, sequence=sequence,
+        kind=kind, occurred_at=at, price_cents=None if kind == "cancellation" else subscription.price_cents,
+    ))  # fmt: skip
+    return event

@@ -114,11 +114,12 @@ class SandboxPlatform:
         return account.fans[position]
 
     def counts(self, account_id: str) -> dict[str, int]:
-        """How many fans, subscriptions, transactions and messages the account lists."""
+        """How many fans, subscriptions, transactions, messages and subscription-history events the account lists."""
         account = self.account(account_id)
         return {
             "fans": len(account.fans), "subscriptions": len(account.subscriptions),
             "transactions": len(account.transactions), "messages": len(account.messages),
+            "subscription_history": len(account.history),
         }  # fmt: skip
 
     def expire_token(self, account_id: str) -> None:

@@ -36,6 +36,7 @@ def routes(platform: SandboxPlatform) -> list[Route]:
         Route("/v1/stats", api(h._stats), methods=["GET"]),
         Route("/v1/fans", api(h._list_fans), methods=["GET"]),
         Route("/v1/subscriptions", api(h._list_subscriptions), methods=["GET"]),
+        Route("/v1/subscriptions/history", api(h._list_subscription_history), methods=["GET"]),
         Route("/v1/transactions", api(h._list_transactions), methods=["GET"]),
         Route("/v1/messages", api(h._list_messages), methods=["GET"]),
         Route("/v1/messages", api(h._send_message), methods=["POST"]),
@@ -63,6 +64,9 @@ class _Handlers:
 
     async def _list_subscriptions(self, request: Request, account: Account) -> Response:
         return self.platform.page(request, account.subscriptions)
+
+    async def _list_subscription_history(self, request: Request, account: Account) -> Response:
+        return self.platform.page(request, account.history)
 
     async def _list_transactions(self, request: Request, account: Account) -> Response:
         return self.platform.page(request, account.transactions)
