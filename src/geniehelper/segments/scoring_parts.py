@@ -17,6 +17,7 @@ unchanged and does not rewrite); the run is recorded in fan_scoring only after e
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -41,7 +42,7 @@ def part_bounds(starts: list[UUID]) -> list[tuple[UUID, UUID | None]]:
     """[lo, hi) ranges covering every id: from the lowest id to the first start, start to start, the
     last start to no bound."""
     edges: list[UUID | None] = [scoring.NIL, *starts, None]
-    return [(lo, hi) for lo, hi in zip(edges, edges[1:], strict=False) if lo is not None]
+    return [(lo, hi) for lo, hi in itertools.pairwise(edges) if lo is not None]
 
 
 async def score_in_parts(
