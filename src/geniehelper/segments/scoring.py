@@ -72,7 +72,6 @@ def _in_part(column: str) -> str:
     return f"{column} >= {_LO} and ({column} < {_HI} or {_HI} is null)"
 
 
-
 # The logistic terms of each score, by name (the explanation's keys) and column; listed in name order,
 # which is how ties of size are broken (as `order by abs(c) desc, k` would).
 CHURN_TERMS = sorted(["recency", "frequency", "messages", "active_subscription", "cancel_signal"])
@@ -158,8 +157,10 @@ def explain(explanation: dict[str, Any]) -> dict[str, Any]:
 # row (subtracting days from a timestamptz converts it to local time and back).
 _SINCE = {w: f"(select now() - interval '{w}')" for w in ("30 days", "90 days", "365 days")}
 # The starts of the months from 12 back to the next one (14, ascending), in the session's time zone.
-_MONTH_STARTS = ("(select array_agg(date_trunc('month', now()) + make_interval(months => k) order by k)"
-                 " from generate_series(-12, 1) k)")
+_MONTH_STARTS = (
+    "(select array_agg(date_trunc('month', now()) + make_interval(months => k) order by k)"
+    " from generate_series(-12, 1) k)"
+)
 _RENEWALS = "('subscribe', 'rebill', 'trial_start', 'trial_conversion', 'win_back')"
 
 SCORE_FANS = f"""
@@ -172,15 +173,15 @@ with fans as (
      where f.user_id = $1 and f.status <> 'merged' and {_in_part("f.id")}
 ), tx as (
     select t.fan_profile_id,
-           count(*) filter (where t.occurred_at >= {_SINCE['90 days']}) as purchases_90d,
-           coalesce(sum(t.amount) filter (where t.occurred_at >= {_SINCE['90 days']}), 0) as spend_90d,
-           count(*) filter (where t.occurred_at >= {_SINCE['30 days']}) as purchases_30d,
+           count(*) filter (where t.occurred_at >= {_SINCE["90 days"]}) as purchases_90d,
+           coalesce(sum(t.amount) filter (where t.occurred_at >= {_SINCE["90 days"]}), 0) as spend_90d,
+           count(*) filter (where t.occurred_at >= {_SINCE["30 days"]}) as purchases_30d,
            -- calendar months with a purchase: one bit per month back from this one (0..12), so the
            -- aggregate stays one hashed pass (a count(distinct) would sort every transaction); the
            -- month found by binary search among the month starts (bucket 1: 12 months back, 13: this
            -- month, 14: a later one, whose bit the bit(13) cast drops), no time-zone arithmetic per row
            bit_count(bit_or(1 << (width_bucket(t.occurred_at, {_MONTH_STARTS}) - 1))
-                         filter (where t.occurred_at >= {_SINCE['365 days']})::bit(13)) as purchase_months_12,
+                         filter (where t.occurred_at >= {_SINCE["365 days"]})::bit(13)) as purchase_months_12,
            max(t.occurred_at) as last_purchase_at,
            sum(t.amount) as lifetime_spend
       from fan_transactions t
@@ -189,7 +190,7 @@ with fans as (
 ), inbound as (  -- the messages that count for the profile's figures; the features read the inbound ones
     select m.fan_profile_id,
            count(*) filter (where m.direction = 'inbound'
-                              and coalesce(m.occurred_at, m.created_at) >= {_SINCE['30 days']}) as messages_30d,
+                              and coalesce(m.occurred_at, m.created_at) >= {_SINCE["30 days"]}) as messages_30d,
            max(coalesce(m.occurred_at, m.created_at)) filter (where m.direction = 'inbound') as last_inbound_at,
            count(*)::int as message_count,
            max(coalesce(m.occurred_at, m.created_at)) as last_message_at
@@ -207,7 +208,7 @@ with fans as (
      group by 1
 ), events as (
     select a.fan_profile_id,
-           bool_or(e.event_type in ('cancellation', 'expiration') and e.occurred_at >= {_SINCE['90 days']})
+           bool_or(e.event_type in ('cancellation', 'expiration') and e.occurred_at >= {_SINCE["90 days"]})
                as cancelled_90d,
            max(e.occurred_at) filter (where e.event_type in {_RENEWALS}) as last_renewal_at
       from fan_subscription_events e
