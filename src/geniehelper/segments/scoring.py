@@ -1,4 +1,5 @@
-"""Fan scores: transparent formulas over a creator's ledgers, computed for every fan in one statement.
+"""Fan scores: transparent formulas over a creator's ledgers, computed for every fan in one statement
+(or one statement per range of fan ids, `scoring_parts`, for a large creator).
 
 docs/scoring.md writes the model down; the numbers here are the model. Features per fan (as of the
 transaction's now()): recency (days since the last completed purchase, inbound message, subscription
