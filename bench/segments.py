@@ -38,7 +38,7 @@ from bench.common import (
 from bench.segments_data import CHANGES, GENERATE, SEGMENTS
 from bench.segments_python import PythonEvaluator, fetch_fans
 from geniehelper.db import Database, connect_owner
-from geniehelper.segments import evaluation, scoring
+from geniehelper.segments import evaluation, scoring_parts
 from geniehelper.segments.rules import Rule, parse_rules
 
 NAME = "segments"
@@ -215,8 +215,7 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"generated in {sum(gen.values()):.1f} s: " + ", ".join(f"{k} {v} s" for k, v in gen.items()))
 
                 with Stopwatch() as sw:
-                    async with db.creator_tx(creator) as conn:
-                        scored = await scoring.score_fans(conn, creator)
+                    scored = await scoring_parts.score_in_parts(lambda: db.creator_tx(creator), creator)
                 score_seconds = sw.seconds
                 print(f"score_fans: {scored.scored:,} fans in {sw.seconds:.1f} s (target <= 60 s at 1,000,000;"
                       f" includes the profile figures: {scored.profiles_updated:,} profiles updated)")  # fmt: skip
@@ -254,8 +253,7 @@ async def run(args: argparse.Namespace) -> int:
 
                 # Scoring again, as the periodic job does once every fan has a score: updates, no inserts.
                 with Stopwatch() as rescore_sw:
-                    async with db.creator_tx(creator) as conn:
-                        rescored = await scoring.score_fans(conn, creator)
+                    rescored = await scoring_parts.score_in_parts(lambda: db.creator_tx(creator), creator)
             finally:
                 await db.close()
                 await owner.close()

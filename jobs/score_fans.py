@@ -1,6 +1,8 @@
 """score_fans: score every fan of one creator (docs/scoring.md) and keep their profiles' figures current.
 
-One set-based statement in the creator's transaction (`geniehelper.segments.scoring`): every fan's
+One set-based statement in the creator's transaction (`geniehelper.segments.scoring`), or for a
+creator with more than SCORE_PART_FANS fans the same statement per range of fan ids, each in its own
+transaction, two at once (`geniehelper.segments.scoring_parts`): every fan's
 churn risk, predicted LTV, upsell readiness and loyalty upserted into fan_scores with the model
 version and a per-fan explanation (rows whose values did not change are not rewritten), and the
 profiles whose engagement score, lifetime spend, last purchase, message count or last message differ
@@ -15,7 +17,7 @@ import structlog
 
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy
-from geniehelper.segments import scoring
+from geniehelper.segments import scoring_parts
 
 log = structlog.get_logger("jobs.score_fans")
 
@@ -26,8 +28,7 @@ class ScoreFansPayload(JobPayload):
 
 async def score_fans(ctx: JobContext, payload: ScoreFansPayload) -> dict[str, Any]:
     assert ctx.user_id is not None
-    async with ctx.creator_tx() as conn:
-        run = await scoring.score_fans(conn, ctx.user_id)
+    run = await scoring_parts.score_in_parts(ctx.creator_tx, ctx.user_id)
     log.info("fans.scored", **run.as_dict())
     return run.as_dict()
 

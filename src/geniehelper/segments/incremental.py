@@ -14,6 +14,7 @@ transaction that commits after it is either seen by it or at or above that xmin.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -21,12 +22,17 @@ from uuid import UUID
 from geniehelper.segments.compiler import CompiledRule
 
 # Above this many changed fans, the share of the creator's fans is checked against
-# INCREMENTAL_MAX_SHARE (counting a million fans costs more than re-evaluating a thousand).
+# INCREMENTAL_MAX_SHARE (counting fans costs more than re-evaluating a thousand).
 INCREMENTAL_SMALL = 1000
 # Beyond this share of the creator's fans changed, one full pass is cheaper than per-fan lookups.
 INCREMENTAL_MAX_SHARE = 0.10
 
-COUNT_FANS = "select count(*)::int from fan_profiles where user_id = $1 and status <> 'merged'"
+# The creator's fans, counted up to $2 only: `worth_it` needs to know whether there are at least
+# changed / INCREMENTAL_MAX_SHARE of them, not how many (6,000 changed fans count 60,000 profiles, not
+# all 1,000,000).
+COUNT_FANS_UP_TO = """
+select count(*)::int from (select from fan_profiles where user_id = $1 and status <> 'merged' limit $2) f
+"""
 
 # Change-log entries below the oldest snapshot xmin an active segment's next refresh will read are
 # never needed again. A paused or archived segment evaluated before that forgets its xmin instead
@@ -79,7 +85,9 @@ async def worth_it(conn: Any, user_id: UUID, changed: int) -> bool:
     """Whether `changed` fans are few enough for an incremental refresh to beat a full one."""
     if changed <= INCREMENTAL_SMALL:
         return True
-    fans: int = await conn.fetchval(COUNT_FANS, user_id)
+    # changed <= share * fans holds exactly when fans >= changed / share: counting stops there.
+    enough = math.ceil(changed / INCREMENTAL_MAX_SHARE)
+    fans: int = await conn.fetchval(COUNT_FANS_UP_TO, user_id, enough)
     return changed <= INCREMENTAL_MAX_SHARE * fans
 
 
@@ -127,8 +135,14 @@ def incremental_statement(
     sql = f"""
 {membership_difference(compiled.restricted_sql(changed), seg, version, among=changed)}
 update fan_segments s
-   -- the members before this statement (a deleted fan's membership went with it) moved by the difference
-   set member_count = (select count(*) from fan_segment_members m where m.user_id = $1 and m.fan_segment_id = {seg})
+   -- the stored count moved by the difference; a membership leaves otherwise only with its fan's
+   -- profile (a cascade), and a deleted profile is logged, so when a changed fan has no profile left
+   -- the members before this statement are counted instead
+   set member_count = case when (select count(*) from fan_profiles f where f.user_id = $1 and f.id = any({changed}))
+                                = cardinality({changed})
+                           then s.member_count
+                           else (select count(*) from fan_segment_members m
+                                  where m.user_id = $1 and m.fan_segment_id = {seg}) end
                       + (select count(*) from joined) - (select count(*) from gone),
        last_evaluated_at = now(), evaluated_rules_version = {version}, evaluation_claimed_at = null,
        evaluation_error = null, evaluated_snapshot_xmin = {xmin}

@@ -1,4 +1,5 @@
-"""Fan scores: transparent formulas over a creator's ledgers, computed for every fan in one statement.
+"""Fan scores: transparent formulas over a creator's ledgers, computed for every fan in one statement
+(or one statement per range of fan ids, `scoring_parts`, for a large creator).
 
 docs/scoring.md writes the model down; the numbers here are the model. Features per fan (as of the
 transaction's now()): recency (days since the last completed purchase, inbound message, subscription
@@ -25,7 +26,7 @@ whose values are what is stored is not rewritten. Scoring 1,000,000 fans is `ben
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from uuid import UUID
 
@@ -64,6 +65,13 @@ _PARAMS: list[tuple[str, float]] = [
     ("recency_cap", RECENCY_CAP_DAYS), ("tenure_cap", TENURE_CAP_DAYS),
 ]  # fmt: skip
 _P = {name: f"${i}::float8" for i, (name, _) in enumerate(_PARAMS, start=3)}  # $1 creator, $2 model version
+# Then the part's fans: ids from _LO (inclusive) up to _HI (exclusive; null: no upper bound).
+_LO, _HI = f"${len(_PARAMS) + 3}::uuid", f"${len(_PARAMS) + 4}::uuid"
+
+
+def _in_part(column: str) -> str:
+    return f"{column} >= {_LO} and ({column} < {_HI} or {_HI} is null)"
+
 
 # The logistic terms of each score, by name (the explanation's keys) and column; listed in name order,
 # which is how ties of size are broken (as `order by abs(c) desc, k` would).
@@ -146,6 +154,14 @@ def explain(explanation: dict[str, Any]) -> dict[str, Any]:
 
 
 # Purchases, messages and renewals as the features count them.
+# Each window's start, computed once per statement (an uncorrelated subquery: an init plan), not per
+# row (subtracting days from a timestamptz converts it to local time and back).
+_SINCE = {w: f"(select now() - interval '{w}')" for w in ("30 days", "90 days", "365 days")}
+# The starts of the months from 12 back to the next one (14, ascending), in the session's time zone.
+_MONTH_STARTS = (
+    "(select array_agg(date_trunc('month', now()) + make_interval(months => k) order by k)"
+    " from generate_series(-12, 1) k)"
+)
 _RENEWALS = "('subscribe', 'rebill', 'trial_start', 'trial_conversion', 'win_back')"
 
 SCORE_FANS = f"""
@@ -155,33 +171,33 @@ with fans as (
            f.lifetime_spend as stored_lifetime_spend, f.last_purchase_at as stored_last_purchase_at,
            f.message_count as stored_message_count, f.last_message_at as stored_last_message_at
       from fan_profiles f
-     where f.user_id = $1 and f.status <> 'merged'
+     where f.user_id = $1 and f.status <> 'merged' and {_in_part("f.id")}
 ), tx as (
     select t.fan_profile_id,
-           count(*) filter (where t.occurred_at >= now() - interval '90 days') as purchases_90d,
-           coalesce(sum(t.amount) filter (where t.occurred_at >= now() - interval '90 days'), 0) as spend_90d,
-           count(*) filter (where t.occurred_at >= now() - interval '30 days') as purchases_30d,
+           count(*) filter (where t.occurred_at >= {_SINCE["90 days"]}) as purchases_90d,
+           coalesce(sum(t.amount) filter (where t.occurred_at >= {_SINCE["90 days"]}), 0) as spend_90d,
+           count(*) filter (where t.occurred_at >= {_SINCE["30 days"]}) as purchases_30d,
            -- calendar months with a purchase: one bit per month back from this one (0..12), so the
-           -- aggregate stays one hashed pass (a count(distinct) would sort every transaction);
-           -- date_part (float8) rather than extract (numeric, several times slower per row): the
-           -- same whole numbers
-           bit_count(bit_or(1 << (12 - ((date_part('year', now()) - date_part('year', t.occurred_at)) * 12
-                                          + date_part('month', now()) - date_part('month', t.occurred_at))::int))
-                         filter (where t.occurred_at >= now() - interval '365 days')::bit(13)) as purchase_months_12,
+           -- aggregate stays one hashed pass (a count(distinct) would sort every transaction); the
+           -- month found by binary search among the month starts (bucket 1: 12 months back, 13: this
+           -- month, 14: a later one, whose bit the bit(13) cast drops), no time-zone arithmetic per row
+           bit_count(bit_or(1 << (width_bucket(t.occurred_at, {_MONTH_STARTS}) - 1))
+                         filter (where t.occurred_at >= {_SINCE["365 days"]})::bit(13)) as purchase_months_12,
            max(t.occurred_at) as last_purchase_at,
            sum(t.amount) as lifetime_spend
       from fan_transactions t
-     where t.user_id = $1 and t.status = 'completed'
+     where t.user_id = $1 and t.status = 'completed' and {_in_part("t.fan_profile_id")}
      group by 1
 ), inbound as (  -- the messages that count for the profile's figures; the features read the inbound ones
     select m.fan_profile_id,
            count(*) filter (where m.direction = 'inbound'
-                              and coalesce(m.occurred_at, m.created_at) >= now() - interval '30 days') as messages_30d,
+                              and coalesce(m.occurred_at, m.created_at) >= {_SINCE["30 days"]}) as messages_30d,
            max(coalesce(m.occurred_at, m.created_at)) filter (where m.direction = 'inbound') as last_inbound_at,
            count(*)::int as message_count,
            max(coalesce(m.occurred_at, m.created_at)) as last_message_at
       from fan_messages m
      where m.user_id = $1 and (m.direction = 'inbound' or m.status in ('sent', 'delivered'))
+       and {_in_part("m.fan_profile_id")}
      group by 1
 ), subs as (
     select s.fan_profile_id,
@@ -189,20 +205,20 @@ with fans as (
            bool_or(s.status in ('cancelled', 'expired') or (s.status in ('active', 'trial') and not s.auto_renew))
                as lapsing
       from fan_subscriptions s
-     where s.user_id = $1
+     where s.user_id = $1 and {_in_part("s.fan_profile_id")}
      group by 1
 ), events as (
     select a.fan_profile_id,
-           bool_or(e.event_type in ('cancellation', 'expiration') and e.occurred_at >= now() - interval '90 days')
+           bool_or(e.event_type in ('cancellation', 'expiration') and e.occurred_at >= {_SINCE["90 days"]})
                as cancelled_90d,
            max(e.occurred_at) filter (where e.event_type in {_RENEWALS}) as last_renewal_at
       from fan_subscription_events e
       join fan_platform_accounts a on a.user_id = e.user_id and a.id = e.fan_platform_account_id
-     where e.user_id = $1
+     where e.user_id = $1 and {_in_part("a.fan_profile_id")}
      group by 1
 ), features as materialized (  -- materialized: every term below reads these columns, not their expressions again
     select fans.id,
-           least({_P["recency_cap"]}, greatest(0, extract(epoch from now() - coalesce(
+           least({_P["recency_cap"]}, greatest(0, date_part('epoch', now() - coalesce(
                greatest(tx.last_purchase_at, inbound.last_inbound_at, events.last_renewal_at, fans.last_seen_at),
                fans.first_seen_at)) / 86400))::float8 as recency_days,
            coalesce(tx.purchases_90d, 0)::float8 as purchases_90d,
@@ -211,7 +227,7 @@ with fans as (
            coalesce(inbound.messages_30d, 0)::float8 as messages_30d,
            coalesce(subs.active_subscription, false)::int::float8 as active_subscription,
            (coalesce(subs.lapsing, false) or coalesce(events.cancelled_90d, false))::int::float8 as cancel_signal,
-           least({_P["tenure_cap"]}, greatest(0, extract(epoch from now() - fans.first_seen_at) / 86400))::float8
+           least({_P["tenure_cap"]}, greatest(0, date_part('epoch', now() - fans.first_seen_at) / 86400))::float8
                as tenure_days,
            least(12, coalesce(tx.purchase_months_12, 0))::float8 as purchase_months_12,
            fans.stored_engagement,
@@ -343,17 +359,33 @@ class ScoreRun:
                 "duration_ms": self.duration_ms}  # fmt: skip
 
 
-def score_parameters(user_id: UUID) -> list[Any]:
-    return [user_id, MODEL_VERSION, *(value for _, value in _PARAMS)]
+NIL = UUID(int=0)  # the lowest fan id: the first part's lower bound
+
+
+def score_parameters(user_id: UUID, lo: UUID = NIL, hi: UUID | None = None) -> list[Any]:
+    """SCORE_FANS' parameters for the fans with ids in [lo, hi) (hi None: no upper bound)."""
+    return [user_id, MODEL_VERSION, *(value for _, value in _PARAMS), lo, hi]
+
+
+async def score_part(conn: Any, user_id: UUID, lo: UUID = NIL, hi: UUID | None = None) -> ScoreRun:
+    """Score the creator's fans with ids in [lo, hi) in the caller's creator transaction (one statement);
+    the run is not recorded (`record_run`)."""
+    started = time.monotonic()
+    # For this transaction only: the per-fan aggregates hash their groups without spilling to disk.
+    await conn.execute("select set_config('work_mem', $1, true)", SCORE_WORK_MEM)
+    done = await conn.fetchrow(SCORE_FANS, *score_parameters(user_id, lo, hi))
+    return ScoreRun(done["scored"], done["profiles_updated"], done["engagement_updated"], MODEL_VERSION,
+                    round((time.monotonic() - started) * 1000), done["written"])  # fmt: skip
+
+
+async def record_run(conn: Any, user_id: UUID, scored: int) -> None:
+    await conn.execute(RECORD_RUN, user_id, scored, MODEL_VERSION)
 
 
 async def score_fans(conn: Any, user_id: UUID) -> ScoreRun:
     """Score every fan of the creator and refresh their profiles' figures, in the caller's creator
     transaction: one set-based statement, whatever the number of fans (and the run noted in fan_scoring)."""
     started = time.monotonic()
-    # For this transaction only: the per-fan aggregates hash a million groups without spilling to disk.
-    await conn.execute("select set_config('work_mem', $1, true)", SCORE_WORK_MEM)
-    done = await conn.fetchrow(SCORE_FANS, *score_parameters(user_id))
-    await conn.execute(RECORD_RUN, user_id, done["scored"], MODEL_VERSION)
-    return ScoreRun(done["scored"], done["profiles_updated"], done["engagement_updated"], MODEL_VERSION,
-                    round((time.monotonic() - started) * 1000), done["written"])  # fmt: skip
+    run = await score_part(conn, user_id)
+    await record_run(conn, user_id, run.scored)
+    return replace(run, duration_ms=round((time.monotonic() - started) * 1000))
