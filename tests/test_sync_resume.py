@@ -62,7 +62,7 @@ async def test_a_sync_killed_mid_way_resumes_with_no_gap_and_no_duplicate(
         "select items_read from platform_sync_cursors where user_id = $1 and resource = 'transactions'", c.user_id
     )
     assert 0 < stopped["fan_transactions"] == read < 3000
-    # Killed mid-pass: its pages' profiles still wait for the pass's end to get their figures (0034).
+    # Killed mid-pass: its pages' profiles still wait for the pass's end to get their figures (0036).
     pending = "select count(*) from fan_sync_pending_figures where user_id = $1"
     assert await owner.fetchval(pending, c.user_id) > 0
     assert await owner.fetchval("select status from media_jobs where id = $1", job.id) == "processing"

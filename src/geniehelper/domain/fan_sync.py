@@ -129,7 +129,7 @@ with page as (
       from inserted i
      order by i.occurred_at, i.id
     on conflict (user_id, source_key) do nothing
-), pending as (  -- the profiles whose figures the end of the pass recomputes (0034: FLUSH_PROFILE_FIGURES)
+), pending as (  -- the profiles whose figures the end of the pass recomputes (0036: FLUSH_PROFILE_FIGURES)
     insert into fan_sync_pending_figures (user_id, fan_profile_id)
     select distinct $1::uuid, i.fan_profile_id from inserted i
     on conflict do nothing

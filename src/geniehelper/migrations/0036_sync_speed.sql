@@ -1,4 +1,4 @@
--- 0034 the fan sync's initial sync at scale (issue #21, bench/README.md "sync").
+-- 0036 the fan sync's initial sync at scale (issue #21, bench/README.md "sync").
 --
 -- 1. A page of transactions used to update the profile of each new transaction in the same statement
 --    (lifetime spend, last purchase, last seen): with a page's transactions spread over as many fans,
@@ -20,7 +20,7 @@ create table fan_sync_pending_figures (
 );
 
 comment on table fan_sync_pending_figures is
-    'Profiles whose composite figures wait for the end of the fan sync''s pass over transactions (0034).';
+    'Profiles whose composite figures wait for the end of the fan sync''s pass over transactions (0036).';
 
 alter table fan_sync_pending_figures enable row level security;
 alter table fan_sync_pending_figures force row level security;
