@@ -62,6 +62,9 @@ async def test_a_sync_killed_mid_way_resumes_with_no_gap_and_no_duplicate(
         "select items_read from platform_sync_cursors where user_id = $1 and resource = 'transactions'", c.user_id
     )
     assert 0 < stopped["fan_transactions"] == read < 3000
+    # Killed mid-pass: its pages' profiles still wait for the pass's end to get their figures (0036).
+    pending = "select count(*) from fan_sync_pending_figures where user_id = $1"
+    assert await owner.fetchval(pending, c.user_id) > 0
     assert await owner.fetchval("select status from media_jobs where id = $1", job.id) == "processing"
 
     # Its lease runs out; the re-drive (job_monitor's, here called directly) hands the job to a new worker.
@@ -82,7 +85,8 @@ async def test_a_sync_killed_mid_way_resumes_with_no_gap_and_no_duplicate(
         "select external_transaction_id from fan_transactions where user_id = $1", c.user_id
     )}  # fmt: skip
     assert ids == {t.transaction_id for t in account.transactions}
-    # The profiles' composites count each purchase once: a page merged twice would have added it twice.
+    # The profiles' composites count each purchase once, brought up to date by the resumed pass's end.
+    assert await owner.fetchval(pending, c.user_id) == 0
     spent = await owner.fetchval("select sum(lifetime_spend) from fan_profiles where user_id = $1", c.user_id)
     assert spent == Decimal(sum(t.amount_cents for t in account.transactions)) / 100
     assert await owner.fetchval("select sum(message_count) from fan_profiles where user_id = $1", c.user_id) == 300

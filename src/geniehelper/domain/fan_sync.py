@@ -103,8 +103,8 @@ select (select count(*) from created) as created, (select count(*) from updated)
 
 # --- transactions and messages --------------------------------------------------------------------
 
-# Purchases, idempotent on the platform's transaction id; each new one adds to its profile's
-# lifetime spend (same currency) and last purchase time. Returns how many were new.
+# Purchases, idempotent on the platform's transaction id; each new one notes its profile, whose
+# figures (lifetime spend, last purchase) the end of the pass recomputes. Returns how many were new.
 MERGE_TRANSACTIONS = """
 with page as (
     select distinct on (external_id) *
@@ -129,17 +129,38 @@ with page as (
       from inserted i
      order by i.occurred_at, i.id
     on conflict (user_id, source_key) do nothing
-), profile_totals as (
-    update fan_profiles f
-       set lifetime_spend = f.lifetime_spend + s.spent,
-           last_purchase_at = greatest(f.last_purchase_at, s.last_at),
-           last_seen_at = greatest(f.last_seen_at, s.last_at)
-      from (select fan_profile_id, currency, sum(amount) as spent, max(occurred_at) as last_at
-              from inserted group by 1, 2) s
-     where f.user_id = $1 and f.id = s.fan_profile_id and f.currency = s.currency
-    returning f.id
+), pending as (  -- the profiles whose figures the end of the pass recomputes (0036: FLUSH_PROFILE_FIGURES)
+    insert into fan_sync_pending_figures (user_id, fan_profile_id)
+    select distinct $1::uuid, i.fan_profile_id from inserted i
+    on conflict do nothing
 )
 select count(*) from inserted
+"""
+
+# The end of a pass over transactions: the noted profiles' figures from their completed transactions
+# (lifetime spend in the profile's currency, last purchase; last seen widened to it), as fan_identity's
+# RECOMPUTE_FIGURES counts them, in one statement; the notes cleared. Returns how many were noted.
+FLUSH_PROFILE_FIGURES = """
+with noted as (
+    delete from fan_sync_pending_figures where user_id = $1 returning fan_profile_id
+), figures as (
+    select f.id, coalesce(sum(t.amount) filter (where t.currency = f.currency), 0) as spent,
+           max(t.occurred_at) as last_at
+      from noted n
+      join fan_profiles f on f.user_id = $1 and f.id = n.fan_profile_id
+      left join fan_transactions t on t.user_id = $1 and t.fan_profile_id = n.fan_profile_id and t.status = 'completed'
+     group by f.id
+), updated as (
+    update fan_profiles f
+       set lifetime_spend = s.spent, last_purchase_at = s.last_at,
+           last_seen_at = greatest(f.last_seen_at, s.last_at)
+      from figures s
+     where f.user_id = $1 and f.id = s.id
+       and (f.lifetime_spend, f.last_purchase_at, f.last_seen_at)
+           is distinct from (s.spent, s.last_at, greatest(f.last_seen_at, s.last_at))
+    returning 1
+)
+select count(*) from noted
 """
 
 # Messages, idempotent on the platform's message id per account; each new one counts on its
@@ -353,6 +374,12 @@ async def merge_transactions(conn: Any, user_id: UUID, platform: str, rows: list
         [r.kind for r in rows], [r.amount for r in rows], [r.currency for r in rows], [r.occurred_at for r in rows],
     )  # fmt: skip
     return new
+
+
+async def flush_profile_figures(conn: Any, user_id: UUID) -> int:
+    """Recompute the figures of the profiles the pass's transaction pages noted; how many."""
+    flushed: int = await conn.fetchval(FLUSH_PROFILE_FIGURES, user_id)
+    return flushed
 
 
 async def merge_messages(conn: Any, user_id: UUID, platform: str, rows: list[MessageRow]) -> int:

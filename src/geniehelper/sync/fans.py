@@ -134,6 +134,8 @@ async def sync_resource(
         next_cursor = page.next_cursor if not last else (None if resource in FULL_PASS else cursor)
         async with tx() as conn:
             await merge(conn, connection, list(page.items), result)
+            if last and resource == "transactions":  # the pass's profile figures, with its last page
+                await fan_sync.flush_profile_figures(conn, connection.user_id)
             await fan_sync.advance_cursor(
                 conn, connection.user_id, connection.id, resource, read_at=cursor, next_cursor=next_cursor,
                 pass_done=last, items=len(page.items),
