@@ -28,6 +28,7 @@ async def _fan(conn: asyncpg.Connection, creator: uuid.UUID, platform: str, fan_
         TransactionRow(f"{fan_id}-t{i}", fan_id, "tip", Decimal(a), "USD", seen + timedelta(hours=i + 1))
         for i, a in enumerate(spend)
     ])  # fmt: skip
+    await fan_sync.flush_profile_figures(conn, creator)  # as the end of a sync's pass over transactions
     await fan_sync.merge_messages(conn, creator, platform, [
         MessageRow(f"{fan_id}-m{i}", fan_id, "inbound", "hi", seen + timedelta(minutes=i + 1)) for i in range(messages)
     ])  # fmt: skip
@@ -73,6 +74,7 @@ async def test_link_joins_two_platforms_under_one_profile_and_unlink_splits_them
         await fan_sync.merge_transactions(conn, creator, "fansly", [
             TransactionRow("fs-1-late", "fs-1", "tip", Decimal("1.00"), "USD", T0 + timedelta(days=4))
         ])  # fmt: skip
+        assert await fan_sync.flush_profile_figures(conn, creator) == 1
         assert (await _profile(conn, creator, fs.id)).lifetime_spend == Decimal("36.50")
 
         split = await fan_identity.unlink_accounts(conn, creator, of.id, fs.id)
