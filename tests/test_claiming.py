@@ -91,3 +91,40 @@ async def test_never_more_jobs_at_once_than_max_jobs(plain_redis: ArqRedis) -> N
     assert peak == 3
     assert worker.jobs_complete == 20 and worker.jobs_failed == 0
     assert await plain_redis.zcard(QUEUE) == 0
+
+
+async def test_a_full_worker_waits_for_a_slot_instead_of_sleeping_out_the_poll(plain_redis: ArqRedis) -> None:
+    # One script claims every free slot without an await, so the next id finds the worker full; it
+    # must wait for a slot within the poll, not return and leave the rest for later polls.
+    polls = 0
+    ran_in_poll: list[int] = []
+    all_ran = asyncio.Event()
+
+    class CountingWorker(ClaimingWorker):
+        async def _poll_iteration(self) -> None:
+            nonlocal polls
+            polls += 1
+            await super()._poll_iteration()
+
+    async def note(ctx: dict[str, Any]) -> None:
+        ran_in_poll.append(polls)
+        if len(ran_in_poll) == 12:
+            all_ran.set()
+
+    for i in range(12):
+        await plain_redis.enqueue_job("note", _job_id=f"job-{i}", _queue_name=QUEUE)
+    worker = CountingWorker(
+        functions=[func(note, name="note")], queue_name=QUEUE, redis_pool=plain_redis, max_jobs=3,
+        handle_signals=False, poll_delay=30, keep_result=0,
+    )  # fmt: skip
+    main = asyncio.create_task(worker.main())
+    try:
+        await asyncio.wait_for(all_ran.wait(), 150)  # state, not time: four polls would take 90 s
+        await asyncio.gather(*worker.tasks.values())
+    finally:
+        main.cancel()
+        await asyncio.gather(main, return_exceptions=True)
+        await worker.close()
+
+    assert ran_in_poll == [1] * 12  # all twelve through three slots, in the first poll
+    assert worker.jobs_complete == 12 and worker.jobs_failed == 0

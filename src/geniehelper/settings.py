@@ -447,7 +447,7 @@ class Settings(BaseSettings):
     )
     worker_poll_delay_s: float = Field(
         default=0.05, gt=0, le=60,
-        description="How often an idle worker asks Redis for jobs; arq starts at most max_jobs per poll.",
+        description="How often an idle worker asks Redis for jobs; a full worker waits up to this long for a slot.",
     )
     queue_pause_poll_s: float = Field(
         default=1.0, gt=0, le=60,

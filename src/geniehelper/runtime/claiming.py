@@ -8,11 +8,15 @@ writes rarely share a statement.
 
 `ClaimingWorker.start_jobs` makes the same checks and the same marker for as many ids as the worker
 has free slots in one Lua script (atomic in Redis, which WATCH only approximated), then starts each
-claimed job exactly as arq does. Everything else is arq's.
+claimed job exactly as arq does. When every slot is taken it waits for one to free, up to the poll
+delay, instead of returning: arq's serial round trips gave earlier jobs time to finish while it
+walked the ids, a single script does not, so without the wait a full worker would start only
+`max_jobs` jobs per poll. Everything else is arq's.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
@@ -44,14 +48,16 @@ class ClaimingWorker(Worker):
     """arq's Worker with a batched `start_jobs` (see the module's docstring)."""
 
     _claim: Any = None
+    _slot_freed: asyncio.Event | None = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         pending = [job_id.decode() for job_id in job_ids]
+        # Waiting for slots ends with the poll delay, so aborts and the health beat keep their cadence.
+        deadline = self.loop.time() + self.poll_delay_s
         while pending:
-            await self.sem.acquire()  # wait for one slot, as arq does, then take every free one
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
+            if self.job_counter >= self.max_jobs and not await self._wait_for_slot(deadline):
                 return
+            await self.sem.acquire()  # a slot is free: returns at once; then take every free one
             slots = 1
             while slots < min(len(pending), self.max_jobs - self.job_counter) and not self.sem.locked():
                 await self.sem.acquire()  # free: returns at once
@@ -66,6 +72,22 @@ class ClaimingWorker(Worker):
                 task = self.loop.create_task(self.run_job(job_id, score))
                 task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
                 self.tasks[job_id] = task
+
+    async def _wait_for_slot(self, deadline: float) -> bool:
+        if self._slot_freed is None:
+            self._slot_freed = asyncio.Event()
+        while self.job_counter >= self.max_jobs:
+            self._slot_freed.clear()
+            try:
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - self.loop.time())
+            except TimeoutError:
+                return False
+        return True
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        if self._slot_freed is not None:
+            self._slot_freed.set()
 
     async def _claim_many(self, job_ids: list[str]) -> list[tuple[str, int]]:
         if self._claim is None:  # arq opens its pool in main(): register the script on first use
