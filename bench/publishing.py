@@ -9,10 +9,10 @@ throughput (first dispatch to last confirm); from the sandbox: exactly-once (as 
 scheduled posts, each with its own expected idempotency key, none twice).
 
 The main run uses the deployed worker poll delay (WORKER_POLL_DELAY_S, 0.05 s). An optional smaller
-run (--deployed-posts N) uses arq's own default of 0.5 s: arq starts at most max_jobs jobs per poll,
-so that run shows the ceiling such a worker has. Another run the scheduler alone (no workers)
-at the main run's offered rate, to tell dispatch cost from sharing the event loop with workers;
-its jobs are taken back out of Redis afterwards.
+run (--deployed-posts N) uses arq's own default of 0.5 s: a poll reads at most queue_read_limit
+ids and the worker then sleeps out the delay, so that run shows the ceiling such a worker has.
+Another run the scheduler alone (no workers) at the main run's offered rate, to tell dispatch cost
+from sharing the event loop with workers; its jobs are taken back out of Redis afterwards.
 
 Beside them, in the same run and on the same sandbox: the same number of posts published directly
 with `HttpPlatformClient.publish_post`, no job system — one caller, then as many callers as the
@@ -462,9 +462,9 @@ def report(
         print_table(headers, latency_rows(deployed, with_theory=False))
         print(summary_line(deployed))
         print(
-            "arq starts at most max_jobs jobs per poll, then sleeps out poll_delay: at most "
-            f"{d['workers']} x {concurrency} / {d['poll_delay_s']:g} s = "
-            f"{d['workers'] * concurrency / d['poll_delay_s']:,.0f} jobs/s once jobs outlast the start-up of a batch"
+            f"a poll reads at most queue_read_limit = max(5 x {concurrency}, 100) ids, then the worker sleeps out "
+            f"poll_delay: at most {d['workers']} x {max(5 * concurrency, 100)} / {d['poll_delay_s']:g} s = "
+            f"{d['workers'] * max(5 * concurrency, 100) / d['poll_delay_s']:,.0f} jobs/s"
         )
     print(logs.line())
     path = write_results(
