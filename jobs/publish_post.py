@@ -48,24 +48,22 @@ class PublishPostPayload(JobPayload):
 
 async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str, Any]:
     max_lateness_s = ctx.settings.post_max_lateness_s
-    async with ctx.creator_tx() as conn:
-        post = await publishing.load_for_publish(conn, payload.scheduled_post_id)
-        if post is None:
-            raise PermanentJobError(f"scheduled post {payload.scheduled_post_id} does not exist")
-        if post.revision != payload.revision:
-            return {"outcome": "superseded", "current_revision": post.revision}
-        if post.status == "posted":
-            return {"outcome": "already_posted", "external_post_id": post.external_post_id}
-        if post.status not in ("queued", "publishing"):  # not claimed (scheduled), or settled
-            return {"outcome": "not_publishable", "status": post.status}
-        late = post.lateness_s > max_lateness_s
-        if late and await publishing.find_attempt(conn, post) is None:
-            # Nothing of this revision was ever sent: too late to publish, nothing to verify.
+    row = await ctx.fenced_fetchrow(publishing.START, payload.scheduled_post_id, payload.revision, max_lateness_s)
+    post, attempt = publishing.started(row)
+    if post is None:
+        raise PermanentJobError(f"scheduled post {payload.scheduled_post_id} does not exist")
+    if post.revision != payload.revision:
+        return {"outcome": "superseded", "current_revision": post.revision}
+    if post.status == "posted":
+        return {"outcome": "already_posted", "external_post_id": post.external_post_id}
+    if post.status not in ("queued", "publishing"):  # not claimed (scheduled), or settled
+        return {"outcome": "not_publishable", "status": post.status}
+    late = post.lateness_s > max_lateness_s
+    if attempt is None:  # START starts every claimed post of this revision but a late one never sent
+        # Nothing of this revision was ever sent: too late to publish, nothing to verify.
+        async with ctx.creator_tx() as conn:
             return await _mark_missed(conn, post, max_lateness_s, "")
-        attempt = await publishing.start_attempt(conn, post)
-        if attempt is None:
-            return {"outcome": "not_publishable", "status": post.status}
-        connection = post.connection
+    connection = post.connection
     if connection is None:
         await _fail(ctx, post, "the post's platform connection is missing")
         raise PermanentJobError("platform connection missing")
@@ -128,18 +126,17 @@ async def publish_post(ctx: JobContext, payload: PublishPostPayload) -> dict[str
 
     external_id = published.external_post_id if published else attempt.external_post_id
     posted_at = published.created_at if published else None
-    async with ctx.creator_tx() as conn:
-        await conn.execute(
-            publishing.RECORD_POSTED, attempt.id if published is not None else None, external_id, None, post.id,
-            posted_at or post.scheduled_time, post.revision, post.content_post_id, posted_at,
-        )  # fmt: skip
+    await ctx.fenced_fetchrow(
+        publishing.RECORD_POSTED, attempt.id if published is not None else None, external_id, None, post.id,
+        posted_at or post.scheduled_time, post.revision, post.content_post_id, posted_at,
+    )  # fmt: skip
     log.info("publish.posted", scheduled_post_id=str(post.id), external_post_id=external_id, platform=post.platform)
     return {"outcome": "posted", "external_post_id": external_id}
 
 
 async def _mark_missed(conn: Any, post: publishing.PostToSend, max_lateness_s: float, note: str) -> dict[str, Any]:
     row = await conn.fetchrow(publishing.MARK_MISSED, post.id, post.revision, max_lateness_s, note)
-    if row is None:  # settled meanwhile (only the first transaction holds the row lock throughout)
+    if row is None:  # settled meanwhile (START's row lock ended with its statement)
         current = await conn.fetchval("select status from scheduled_posts where id = $1", post.id)
         return {"outcome": "not_publishable", "status": current}
     log.warning(

@@ -19,6 +19,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database, LoginLacksRole, PrivilegedLogin
+from geniehelper.domain import publishing
 from geniehelper.runtime.context import JobContext
 from geniehelper.runtime.definition import JobDefinition, JobPayload, Policy
 from geniehelper.runtime.queue import JobQueue
@@ -109,6 +110,28 @@ async def test_a_job_transaction_resets_its_session_with_its_commit_or_rollback(
         await database.close()
     keys = await owner.fetch("select job_key from media_jobs where user_id = $1", creator)
     assert [row["job_key"] for row in keys] == ["committed"]
+
+
+async def test_a_self_fencing_statement_leaves_no_creator_on_its_connection(
+    database_url: str, owner: asyncpg.Connection
+) -> None:
+    creator = await make_creator(owner)
+    database = await Database.open(database_url, min_size=1, max_size=1)
+    try:
+        async with database.app_statement() as conn:  # what JobContext.fenced_fetchrow runs (migration 0037)
+            post, attempt = await publishing.start_unfenced(conn, creator, uuid.uuid4(), 1, 60.0)
+            assert (post, attempt) == (None, None)  # no such post: nothing started
+        async with database.app_pool.acquire() as conn:  # the same connection (max_size=1), not reset
+            assert await conn.fetchval("select current_setting('app.user_id', true)") in (None, "")
+            assert await conn.fetchval("select count(*) from creators") == 0  # RLS: no creator set
+        with pytest.raises(RuntimeError, match="step failed"):
+            async with database.app_statement() as conn:  # a failure: the release resets the session
+                await conn.execute("set role geniehelper_system")
+                raise RuntimeError("step failed")
+        async with database.app_pool.acquire() as conn:
+            assert await conn.fetchval("select current_user") == "geniehelper_app"
+    finally:
+        await database.close()
 
 
 async def test_a_worker_connection_cannot_become_the_system_role_or_read_across_creators(

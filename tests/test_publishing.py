@@ -496,9 +496,9 @@ async def test_time_and_content_changes_bump_the_revision_and_nothing_else_does(
     assert (await post_row(owner, posted_id))["revision"] == 1
     # A scheduled post is not the job's to start: only the post_scheduler's claim ('queued') is.
     async with db.creator_tx(creator.user_id) as conn:
-        post = await publishing.load_for_publish(conn, scheduled_id)
+        post, attempt = await publishing.start_unfenced(conn, creator.user_id, scheduled_id, 6, 3600)
         assert post is not None and post.revision == 6
-        assert await publishing.start_attempt(conn, post) is None
+        assert attempt is None
     assert (await post_row(owner, scheduled_id))["status"] == "scheduled"
 
 
@@ -511,8 +511,8 @@ async def test_changes_to_a_post_being_published_are_refused(
     await scheduler_tick(settings, db, arq_redis, database_url)
     content_id = (await post_row(owner, scheduled_id))["content_post_id"]
     async with db.creator_tx(creator.user_id) as conn:  # what publish_post does first
-        post = await publishing.load_for_publish(conn, scheduled_id)
-        assert post is not None and await publishing.start_attempt(conn, post) is not None
+        post, attempt = await publishing.start_unfenced(conn, creator.user_id, scheduled_id, 1, 3600)
+        assert post is not None and attempt is not None
     edits = [
         ("update scheduled_posts set scheduled_time = now() + interval '1 day' where id = $1", scheduled_id,
          f"scheduled post {scheduled_id} is being published"),
@@ -569,7 +569,7 @@ async def test_a_queued_post_edited_is_dispatched_again_and_only_the_new_revisio
     await run_worker(settings)
     posts = await sandbox.posts(creator.account_id)
     assert [(p["text"], p["idempotency_key"]) for p in posts] == [
-        ("better words #launch", publishing.idempotency_key(scheduled_id, "sandbox", 2))
+        ("better words #launch", f"gh-{scheduled_id}-sandbox-r2")  # post, platform, revision
     ]
     assert (await post_row(owner, scheduled_id))["status"] == "posted"
     assert [(j["status"], j["outcome"]) for j in await job_records(owner, scheduled_id)] == [
@@ -622,10 +622,8 @@ async def test_a_post_stuck_publishing_without_a_job_is_claimed_again_and_settle
     # An attempt got as far as the platform call: the attempt row is written, the post is publishing,
     # and (landed) the platform stored the post under the attempt's idempotency key.
     async with db.creator_tx(creator.user_id) as conn:
-        post = await publishing.load_for_publish(conn, scheduled_id)
-        assert post is not None
-        attempt = await publishing.start_attempt(conn, post)
-        assert attempt is not None
+        post, attempt = await publishing.start_unfenced(conn, creator.user_id, scheduled_id, 1, 3600)
+        assert post is not None and attempt is not None
         connection = await connections.get(conn, creator.connection_id)
     assert connection is not None
     if landed:

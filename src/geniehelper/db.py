@@ -214,6 +214,24 @@ class Database:
                 _RELEASING_CLEAN.reset(token)
 
     @asynccontextmanager
+    async def app_statement(self) -> AsyncIterator[Any]:
+        """An app connection for statements outside a transaction block that act for their creator
+        transaction-locally (a function calling `set_config(..., true)`, as the job steps of
+        migration 0037): the setting ends with the statement, so a release after success skips
+        the session reset's round trip. Only for such fixed statements of ours."""
+        conn = await self.app_pool.acquire()
+        clean = False
+        try:
+            yield conn
+            clean = True
+        finally:
+            token = _RELEASING_CLEAN.set(clean)
+            try:
+                await self.app_pool.release(conn)
+            finally:
+                _RELEASING_CLEAN.reset(token)
+
+    @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:
         """A transaction for cross-creator scans, limited to the system role's grants."""
         if self.system_pool is None:

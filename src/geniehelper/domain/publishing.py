@@ -43,11 +43,6 @@ class PublishAttempt(BaseModel):
     created: bool
 
 
-def idempotency_key(scheduled_post_id: UUID, platform: str, revision: int) -> str:
-    """Derived from what is published, so every retry and every worker sends the same key."""
-    return f"gh-{scheduled_post_id}-{platform}-r{revision}"
-
-
 # --- post_scheduler (system role): claim due posts across creators ---------------------------------
 
 # One statement claims two kinds of posts (FOR UPDATE SKIP LOCKED, up to $1 of each):
@@ -98,68 +93,13 @@ returning sp.id, sp.user_id, sp.status, sp.revision, sp.scheduled_time, sp.platf
 
 # --- publish_post (creator role) ----------------------------------------------------------------
 
-LOAD_FOR_PUBLISH = """
-select sp.id, sp.user_id, sp.content_post_id, sp.platform_connection_id, sp.platform, sp.scheduled_time,
-       sp.status, sp.revision, sp.external_post_id, cp.caption, cp.hashtags, cp.title,
-       extract(epoch from now() - sp.scheduled_time)::float8 as lateness_s,
-       case when pc.id is not null then to_jsonb(pc) end as connection
-  from scheduled_posts sp
-  join content_posts cp on cp.user_id = sp.user_id and cp.id = sp.content_post_id
-  left join platform_connections pc on pc.user_id = sp.user_id and pc.id = sp.platform_connection_id
- where sp.id = $1
-   for update of sp
-"""
-
-FIND_ATTEMPT = """
-select id, idempotency_key, attempts, external_post_id, false as created from publish_attempts
- where user_id = $1 and scheduled_post_id = $2 and platform = $3 and revision = $4
-"""
-
-# The post set `publishing` and its attempt row written (or counted again), in one statement. Only
-# a claimed post starts: a 'scheduled' one has not been dispatched by the post_scheduler (not due
-# yet, or its lateness not checked) and is not published by a job that finds it so; then no row.
-# $1 creator, $2 scheduled post, $3 platform, $4 revision, $5 idempotency key.
-START_ATTEMPT = """
-with started as (
-    update scheduled_posts
-       set status = 'publishing', publishing_started_at = now(), attempts = attempts + 1, error_message = null
-     where id = $2 and revision = $4 and status in ('queued', 'publishing')
-    returning id
-)
-insert into publish_attempts (user_id, scheduled_post_id, platform, revision, idempotency_key)
-select $1, started.id, $3, $4, $5 from started
-on conflict (user_id, scheduled_post_id, platform, revision) do update
-    set attempts = publish_attempts.attempts + 1
-returning id, idempotency_key, attempts, external_post_id, (xmax = 0) as created
-"""
-
-# A published post, in one statement: its attempt confirmed ($1 NULL: an earlier attempt's id was
-# already confirmed), the scheduled post `posted` (its revision only), the content piece `published`.
-# $2 external id, $3 external url, $4 scheduled post, $5 posted at, $6 revision, $7 content post,
-# $8 when the platform says it was created (NULL: unknown). The content post's attachments
-# (media_asset_ids, in order; ids that are not the creator's assets skipped, as the array has no FK)
-# are recorded as used by it in media_asset_usages (a second platform's post changes nothing).
-RECORD_POSTED = """
-with confirmed as (
-    update publish_attempts set external_post_id = $2, external_post_url = $3, confirmed_at = now()
-     where id = $1
-), posted as (
-    update scheduled_posts
-       set status = 'posted', external_post_id = $2, external_post_url = $3, posted_at = $5, error_message = null
-     where id = $4 and revision = $6
-), used as (
-    insert into media_asset_usages (user_id, media_asset_id, content_post_id, position)
-    select cp.user_id, attached.id, cp.id, min(attached.ord) - 1
-      from content_posts cp, unnest(cp.media_asset_ids) with ordinality as attached (id, ord)
-     where cp.id = $7
-       and exists (select from media_assets a where a.user_id = cp.user_id and a.id = attached.id)
-     group by cp.user_id, attached.id, cp.id
-    on conflict (user_id, media_asset_id, content_post_id, campaign_id, media_collection_id, fan_profile_id)
-       do update set position = excluded.position
-)
-update content_posts set status = 'published', published_at = coalesce(published_at, $8)
- where id = $7 and status <> 'archived'
-"""
+# The job's two steps, each one self-fencing statement (migration 0037 says what they do). Both take
+# $1 creator, $2 the job record (NULL: unfenced), $3 the attempt, and return whether it owns the job.
+# START: $4 scheduled post, $5 revision, $6 maximum lateness (s); the post and the attempt started.
+START = "select owns, post, attempt from publish_post_start($1, $2, $3, $4, $5, $6)"
+# RECORD_POSTED: $4 attempt id (NULL: an earlier attempt's was confirmed), $5 external id, $6 external
+# url, $7 scheduled post, $8 posted at, $9 revision, $10 content post, $11 created at by the platform.
+RECORD_POSTED = "select owns from publish_post_record_posted($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 # Overdue when its job runs (the job waited out an outage, or retries took it past the limit).
 # $1 id, $2 revision, $3 maximum lateness (s), $4 a note appended to the reason ('' for none).
@@ -189,22 +129,14 @@ update scheduled_posts set status = 'queued', error_message = $2 where id = $1 a
 """
 
 
-async def load_for_publish(conn: Any, scheduled_post_id: UUID) -> PostToSend | None:
-    row = await conn.fetchrow(LOAD_FOR_PUBLISH, scheduled_post_id)
-    return PostToSend(**dict(row)) if row else None
+def started(row: Any) -> tuple[PostToSend | None, PublishAttempt | None]:
+    """START's row: the post (None: it does not exist) and the attempt it started (None: none)."""
+    post = PostToSend(**row["post"]) if row["post"] is not None else None
+    return post, PublishAttempt(**row["attempt"]) if row["attempt"] is not None else None
 
 
-async def find_attempt(conn: Any, post: PostToSend) -> PublishAttempt | None:
-    """The attempt row of this post's revision, if an earlier run wrote one (nothing is written)."""
-    row = await conn.fetchrow(FIND_ATTEMPT, post.user_id, post.id, post.platform, post.revision)
-    return PublishAttempt(**dict(row)) if row else None
-
-
-async def start_attempt(conn: Any, post: PostToSend) -> PublishAttempt | None:
-    """Mark the post publishing and record this attempt; None when the post is not claimed for this
-    revision (START_ATTEMPT)."""
-    row = await conn.fetchrow(
-        START_ATTEMPT, post.user_id, post.id, post.platform, post.revision,
-        idempotency_key(post.id, post.platform, post.revision),
-    )  # fmt: skip
-    return PublishAttempt(**dict(row)) if row else None
+async def start_unfenced(
+    conn: Any, user_id: UUID, scheduled_post_id: UUID, revision: int, max_lateness_s: float
+) -> tuple[PostToSend | None, PublishAttempt | None]:
+    """START outside a job (no lease to check): what publish_post's first step does."""
+    return started(await conn.fetchrow(START, user_id, None, 0, scheduled_post_id, revision, max_lateness_s))

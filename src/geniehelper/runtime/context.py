@@ -77,6 +77,19 @@ class JobContext:
                 raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
             yield conn
 
+    async def fenced_fetchrow(self, sql: str, *args: Any) -> Any:
+        """One statement that fences itself, in one round trip (creator_tx takes three more): `sql`
+        calls a function of ($1 creator, $2 job record or NULL when unfenced, $3 attempt, *args) that
+        acts for the creator and checks the lease first, as begin_job_tx, and returns one row with
+        an `owns` column (migration 0037). Raises LeaseLost when the attempt no longer owns the job."""
+        if self.user_id is None:
+            raise TypeError(f"{self.job.name} is a system job: it has no creator")
+        async with self._runtime.db.app_statement() as conn:
+            row = await conn.fetchrow(sql, self.user_id, self.record_id if self.fenced else None, self.attempt, *args)
+        if row is None or not row["owns"]:
+            raise LeaseLost(f"attempt {self.attempt} no longer owns job {self.record_id}")
+        return row
+
     @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:
         """A system job's transaction (the system role's grants only), fenced like creator_tx."""
