@@ -394,7 +394,9 @@ async def run(srv: Servers, spec: Spec) -> int:
         try:
             platform = SandboxPlatform()
             async with run_sandbox(platform=platform) as url, httpx.AsyncClient(timeout=30) as http:
-                env = Env(settings, database_url, srv.redis_url, owner, db, platform, url, http)
+                # publish_post finds the platform's address in PLATFORM_API_URLS: the sandbox's, now known.
+                with_sandbox = bench_settings(database_url, srv.redis_url, platform_api_urls={"sandbox": url})
+                env = Env(with_sandbox, database_url, srv.redis_url, owner, db, platform, url, http)
                 sides = [await ours(env, redis, spec, problems), await fifo(env, spec, total, poll, problems)]
         finally:
             await db.close()
