@@ -53,6 +53,24 @@ async def test_a_first_sync_records_everything_once_and_a_second_writes_nothing(
     spent = await owner.fetchval("select sum(lifetime_spend) from fan_profiles where user_id = $1", c.user_id)
     assert spent == Decimal(sum(t.amount_cents for t in account.transactions)) / 100
     assert await owner.fetchval("select sum(message_count) from fan_profiles where user_id = $1", c.user_id) == 240
+    # Activity listings (transactions, messages) create missing accounts and leave known ones alone:
+    # each account keeps the fan listing's time, while its profile's last activity counts every
+    # purchase and message.
+    followed = {f.fan_id: f.followed_at for f in account.fans}
+    latest = dict(followed)
+    for item in [*account.transactions, *account.messages]:
+        latest[item.fan_id] = max(latest[item.fan_id], item.created_at)
+    seen = await owner.fetch(
+        "select a.platform_fan_id, a.first_seen_at, a.last_seen_at,"
+        " greatest(f.last_seen_at, f.last_message_at, f.last_purchase_at) as activity"
+        " from fan_platform_accounts a join fan_profiles f on f.id = a.fan_profile_id where a.user_id = $1",
+        c.user_id,
+    )
+    assert {r["platform_fan_id"]: (r["first_seen_at"], r["last_seen_at"]) for r in seen} == {
+        fan_id: (at, at) for fan_id, at in followed.items()
+    }
+    assert {r["platform_fan_id"]: r["activity"] for r in seen} == latest
+    assert latest != followed  # the activity came after the follow: the check above is not vacuous
     # Every account points at its own profile, created for it.
     assert await owner.fetchval(
         "select count(distinct fan_profile_id) from fan_platform_accounts where user_id = $1", c.user_id

@@ -58,7 +58,8 @@ select count(pg_advisory_xact_lock($1::int, hashtext($2::uuid::text || '/' || $3
 """
 
 # Accounts for a page's fans: existing ones refreshed where something changed (username, platform
-# metadata, seen times widen), new ones created each with a new profile. Returns (created, updated).
+# metadata, seen times widen) unless $8 is false, new ones created each with a new profile. Returns
+# (created, updated).
 ENSURE_ACCOUNTS = """
 with page as (
     select fan_id, max(username) as username, min(seen_at) as first_at, max(seen_at) as last_at,
@@ -77,7 +78,7 @@ with page as (
            first_seen_at = least(a.first_seen_at, p.first_at),
            last_seen_at = greatest(a.last_seen_at, p.last_at)
       from page p
-     where a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
+     where $8 and a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
        and (a.username is distinct from coalesce(p.username, a.username)
             or a.platform_connection_id is null
             or a.platform_metadata is distinct from a.platform_metadata || p.metadata
@@ -352,16 +353,17 @@ async def advance_cursor(
 
 
 async def ensure_accounts(
-    conn: Any, user_id: UUID, platform: str, connection_id: UUID, rows: list[AccountRow]
+    conn: Any, user_id: UUID, platform: str, connection_id: UUID, rows: list[AccountRow], *, refresh: bool = True
 ) -> tuple[int, int]:
-    """Find or create the accounts of a page's fans; (created, updated)."""
+    """Find or create the accounts of a page's fans, refreshing known ones unless `refresh` is false;
+    (created, updated)."""
     if not rows:
         return 0, 0
     fan_ids = [r.fan_id for r in rows]
     await conn.execute(LOCK_NEW_ACCOUNTS, ACCOUNT_LOCK_NAMESPACE, user_id, platform, fan_ids)
     row = await conn.fetchrow(
         ENSURE_ACCOUNTS, user_id, platform, connection_id, fan_ids, [r.username for r in rows],
-        [r.seen_at for r in rows], [r.metadata or None for r in rows],
+        [r.seen_at for r in rows], [r.metadata or None for r in rows], refresh,
     )  # fmt: skip
     return int(row["created"]), int(row["updated"])
 
