@@ -4,23 +4,15 @@ gains is picked up incrementally; a fan is one account however often it is seen.
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
-import pytest
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database
-from geniehelper.domain import platform as connections
 from geniehelper.domain.fan_sync import SubscriptionState
-from geniehelper.platforms import HttpPlatformClient
-from geniehelper.sync.fans import lifecycle_events, sync_resource
+from geniehelper.sync.fans import lifecycle_events
 from tests.sync_support import (
     Sandbox,
     connect,
@@ -234,42 +226,3 @@ def test_lifecycle_rules_for_first_sight_trials_and_price_changes() -> None:
     assert lifecycle_events(state("active"), state("active", start=40, end=70), seen) == [
         ("expiration", t + timedelta(days=30), None), ("win_back", t + timedelta(days=40), Decimal("9.99")),
     ]  # fmt: skip
-
-
-async def test_the_next_page_is_read_while_a_page_merges_and_a_failed_merge_loses_nothing(
-    db: Database, owner: asyncpg.Connection, sandbox: Sandbox
-) -> None:
-    c = await connect(db, owner, sandbox, seed=4, n_fans=30)
-    async with db.creator_tx(c.user_id) as conn:
-        connection = await connections.get(conn, c.connection_id)
-    assert connection is not None
-    client = HttpPlatformClient(sandbox.url, c.token, sandbox.http, timeout_s=5)
-    base = sandbox.requests().get("GET /v1/fans", 0)
-    opened: list[str] = []
-    read_when_merging: list[int] = []
-
-    @asynccontextmanager
-    async def tx() -> AsyncIterator[Any]:
-        opened.append("tx")
-        if len(opened) > 1:  # the first reads the cursor; then page N's merge, page N + 1 requested meanwhile
-            merging = len(opened) - 1
-            deadline = time.monotonic() + 10  # a bound, not a pace: the loop ends when the request arrives
-            while sandbox.requests().get("GET /v1/fans", 0) - base < merging + 1 and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            read_when_merging.append(sandbox.requests().get("GET /v1/fans", 0) - base)
-            if merging == 2:
-                raise RuntimeError("the merge of page 2 fails")
-        async with db.creator_tx(c.user_id) as conn:
-            yield conn
-
-    with pytest.raises(RuntimeError, match="page 2 fails"):
-        await sync_resource(tx, client, connection, "fans", page_size=10)
-    assert read_when_merging == [2, 3]  # page 2 requested while page 1 merged, page 3 during page 2
-    assert (await counts(owner, c.user_id))["fan_platform_accounts"] == 10  # page 1 only
-
-    # The pages read ahead and never merged are read again: nothing lost, nothing twice.
-    before = sandbox.requests().get("GET /v1/fans", 0)
-    result = await sync_resource(lambda: db.creator_tx(c.user_id), client, connection, "fans", page_size=10)
-    assert (result.pages, result.accounts_created) == (2, 20)
-    assert sandbox.requests().get("GET /v1/fans", 0) - before == 2
-    assert (await counts(owner, c.user_id))["fan_platform_accounts"] == 30

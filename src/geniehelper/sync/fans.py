@@ -1,9 +1,8 @@
 """The fan sync of one connection: fans, subscriptions, transactions and messages, page by page.
 
-Each page is fetched (the next one while this one merges), then merged set-based
-(`geniehelper.domain.fan_sync`) in one transaction that also advances the resource's cursor: a sync
-killed at any point resumes at the first page not committed, re-reads it, and the idempotent merges
-write nothing twice.
+Each page is fetched, then merged set-based (`geniehelper.domain.fan_sync`) in one transaction that
+also advances the resource's cursor: a sync killed at any point resumes at the first page not
+committed, re-reads it, and the idempotent merges write nothing twice.
 
 Two kinds of listing:
 - **append-only** (fans, transactions, messages: new items are added at the end): incremental. The
@@ -22,8 +21,6 @@ event (the history has them all).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -130,35 +127,24 @@ async def sync_resource(
     async with tx() as conn:
         stored = await fan_sync.get_cursor(conn, connection.user_id, connection.id, resource)
     cursor = stored.cursor if stored else None
-    # The next page is read while this one merges, so the platform's time and ours overlap. Only the
-    # merge moves the cursor: a page read ahead and never merged (a failure, a kill) is read again.
-    ahead: asyncio.Future[Page[Any]] = asyncio.ensure_future(fetch(cursor, page_size))
-    try:
-        while True:
-            page = await ahead
-            last = page.next_cursor is None
-            if not last:
-                ahead = asyncio.ensure_future(fetch(page.next_cursor, page_size))
-            # At the end of an append-only listing stay at its last page: what is added next lands there.
-            next_cursor = page.next_cursor if not last else (None if resource in FULL_PASS else cursor)
-            async with tx() as conn:
-                await merge(conn, connection, list(page.items), result)
-                if last and resource == "transactions":  # the pass's profile figures, with its last page
-                    await fan_sync.flush_profile_figures(conn, connection.user_id)
-                await fan_sync.advance_cursor(
-                    conn, connection.user_id, connection.id, resource, read_at=cursor, next_cursor=next_cursor,
-                    pass_done=last, items=len(page.items),
-                )  # fmt: skip
-            result.pages += 1
-            result.items += len(page.items)
-            if last:
-                break
-            cursor = page.next_cursor
-    finally:
-        if not ahead.done():  # the merge failed (or was cancelled) with a page in flight
-            ahead.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await ahead  # its outcome retrieved: a page read ahead and not merged is dropped
+    while True:
+        page = await fetch(cursor, page_size)
+        last = page.next_cursor is None
+        # At the end of an append-only listing stay at its last page: what is added next lands there.
+        next_cursor = page.next_cursor if not last else (None if resource in FULL_PASS else cursor)
+        async with tx() as conn:
+            await merge(conn, connection, list(page.items), result)
+            if last and resource == "transactions":  # the pass's profile figures, with its last page
+                await fan_sync.flush_profile_figures(conn, connection.user_id)
+            await fan_sync.advance_cursor(
+                conn, connection.user_id, connection.id, resource, read_at=cursor, next_cursor=next_cursor,
+                pass_done=last, items=len(page.items),
+            )  # fmt: skip
+        result.pages += 1
+        result.items += len(page.items)
+        if last:
+            break
+        cursor = page.next_cursor
     log.info("sync.resource_done", platform_connection_id=str(connection.id), resource=resource, **vars(result))
     return result
 
