@@ -48,7 +48,8 @@ returning cursor
 
 # --- accounts -------------------------------------------------------------------------------------
 
-# Locks the page's fan ids that have no account yet (fan_crm's key: namespace, user/platform/fan).
+# Locks the page's fan ids that have no account yet (fan_crm's key: namespace, user/platform/fan);
+# returns how many.
 LOCK_NEW_ACCOUNTS = """
 select count(pg_advisory_xact_lock($1::int, hashtext($2::uuid::text || '/' || $3::text || '/' || s.fan_id)))
   from (select distinct f as fan_id from unnest($4::text[]) as f
@@ -360,7 +361,9 @@ async def ensure_accounts(
     if not rows:
         return 0, 0
     fan_ids = [r.fan_id for r in rows]
-    await conn.execute(LOCK_NEW_ACCOUNTS, ACCOUNT_LOCK_NAMESPACE, user_id, platform, fan_ids)
+    unknown = await conn.fetchval(LOCK_NEW_ACCOUNTS, ACCOUNT_LOCK_NAMESPACE, user_id, platform, fan_ids)
+    if not refresh and unknown == 0:  # every account exists and none is to be refreshed: nothing to write
+        return 0, 0
     row = await conn.fetchrow(
         ENSURE_ACCOUNTS, user_id, platform, connection_id, fan_ids, [r.username for r in rows],
         [r.seen_at for r in rows], [r.metadata or None for r in rows], refresh,
