@@ -207,11 +207,7 @@ class Database:
             await conn.execute("commit;\n" + _session_reset(conn))  # a failed COMMIT skips the reset
             clean = True
         finally:
-            token = _RELEASING_CLEAN.set(clean)
-            try:
-                await self.app_pool.release(conn)
-            finally:
-                _RELEASING_CLEAN.reset(token)
+            await self._release_app(conn, clean=clean)
 
     @asynccontextmanager
     async def app_statement(self) -> AsyncIterator[Any]:
@@ -225,11 +221,15 @@ class Database:
             yield conn
             clean = True
         finally:
-            token = _RELEASING_CLEAN.set(clean)
-            try:
-                await self.app_pool.release(conn)
-            finally:
-                _RELEASING_CLEAN.reset(token)
+            await self._release_app(conn, clean=clean)
+
+    async def _release_app(self, conn: Any, *, clean: bool) -> None:
+        """Back to the app pool; `clean`: its session holds nothing, so the reset is not sent."""
+        token = _RELEASING_CLEAN.set(clean)
+        try:
+            await self.app_pool.release(conn)
+        finally:
+            _RELEASING_CLEAN.reset(token)
 
     @asynccontextmanager
     async def system_tx(self) -> AsyncIterator[Any]:
