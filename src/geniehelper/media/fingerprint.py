@@ -5,8 +5,9 @@ blocks, derived from the id alone. Embedding adds STRENGTH luma levels times the
 upscaled to the image, to the Y channel: low-frequency and small (about 38 dB PSNR), so it does not
 show, and block means survive JPEG re-encoding and resizing, as the grid is relative to the image
 size, not to pixels. Detection takes the block means of a suspect image, removes the image's own
-content with a 3x3 high-pass on the grid, and correlates the residue with each candidate's
-(equally high-passed) pattern; the best candidate is named only when its correlation reaches
+content with a 3x3 high-pass on the grid, clips the residue at CLIP_MEDIANS times its median
+magnitude (what is left of sharp edges would otherwise outweigh the mark), and correlates it with
+each candidate's (equally high-passed) pattern; the best candidate is named only when its correlation reaches
 THRESHOLD, far above what unrelated patterns reach (about 1/GRID). It does not survive cropping
 or heavy edits. These functions are blocking: jobs run them through `tools.run_blocking`.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from uuid import UUID
@@ -31,6 +33,10 @@ STRENGTH = 3  # luma levels added or removed per block
 # before any leak re-encode): videos get a stronger mark, still low-frequency and static.
 VIDEO_STRENGTH = 6
 THRESHOLD = 0.08  # about 5 standard deviations of an unrelated pattern's correlation (1/GRID)
+# Residue beyond this many median magnitudes is content (edges, text), not the mark. Clipping it
+# leaves unrelated patterns' correlation (about 1/GRID, whatever the residue's scale) where it was
+# and lifts the mark's: tests/test_media_fingerprint.py, a small sharp-edged clip.
+CLIP_MEDIANS = 3.0
 MIN_SIDE = 128  # smaller images have too few pixels per block to carry the mark
 
 
@@ -114,6 +120,8 @@ def detect(im: Image.Image, candidates: Iterable[UUID]) -> Detection:
 def detect_in_grid(block_means: Sequence[float], candidates: Iterable[UUID]) -> Detection:
     """Which of `candidates` the GRID x GRID luma block means (row by row) carry the mark of."""
     residue = _high_pass(block_means)
+    limit = CLIP_MEDIANS * statistics.median(abs(r) for r in residue)
+    residue = [max(-limit, min(limit, r)) for r in residue]
     scores = {c: _correlation(residue, _high_pass([float(s) for s in pattern(c)])) for c in candidates}
     if not scores:
         return Detection(None, 0.0, {})
