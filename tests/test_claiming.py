@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.exceptions
 from arq import func
 from arq.connections import ArqRedis, RedisSettings, create_pool
 from arq.constants import in_progress_key_prefix
 
-from geniehelper.runtime.claiming import ClaimingWorker
+from geniehelper.runtime.claiming import CLAIM_SCRIPT, ClaimingWorker, release_claims
 
 QUEUE = "test:claiming"
 
@@ -128,3 +129,85 @@ async def test_a_full_worker_waits_for_a_slot_instead_of_sleeping_out_the_poll(p
 
     assert ran_in_poll == [1] * 12  # all twelve through three slots, in the first poll
     assert worker.jobs_complete == 12 and worker.jobs_failed == 0
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy on loopback to Redis that, once armed, relays the next command and then drops the
+    client's connection instead of relaying the reply: the script ran, its caller never hears."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.armed = False
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}"
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        server_r, server_w = await asyncio.open_connection(*self.target)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                server_w.write(data)
+                await server_w.drain()
+
+        async def downstream() -> None:
+            while data := await server_r.read(65536):
+                if self.armed:
+                    self.armed = False
+                    return  # the reply is dropped with the connection
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        client_w.close()
+        server_w.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_a_claim_whose_reply_was_lost_is_released_by_its_worker_and_runs_elsewhere(
+    plain_redis: ArqRedis, redis_url: str
+) -> None:
+    ran: list[str] = []
+
+    async def note(ctx: dict[str, Any], name: str) -> None:
+        ran.append(name)
+
+    await plain_redis.script_load(CLAIM_SCRIPT)  # so the armed command is the claim itself
+    assert await plain_redis.enqueue_job("note", "lost", _job_id="lost", _queue_name=QUEUE)
+    target = RedisSettings.from_dsn(redis_url)
+    proxy = ReplyDroppingProxy(target.host, target.port)
+    through_proxy = await create_pool(RedisSettings.from_dsn(await proxy.start()))
+    unlucky = worker_on(through_proxy, [func(note, name="note")], max_jobs=5)
+    try:
+        proxy.armed = True
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await unlucky.start_jobs([b"lost"])
+        marker = in_progress_key_prefix + "lost"
+        assert await plain_redis.get(marker) == unlucky.claim_token.encode()  # claimed in Redis, never run
+        assert unlucky.unconfirmed_claims == ["lost"] and unlucky.job_counter == 0 and not unlucky.tasks
+
+        # Another worker's marker is never released by this token.
+        await plain_redis.set(in_progress_key_prefix + "theirs", b"another-token")
+        assert await release_claims(plain_redis, unlucky.claim_token, ["lost", "theirs"]) == 1
+        assert not await plain_redis.exists(marker)
+        assert await plain_redis.get(in_progress_key_prefix + "theirs") == b"another-token"
+
+        other = worker_on(plain_redis, [func(note, name="note")], max_jobs=5)
+        await other.start_jobs([b"lost"])
+        await asyncio.gather(*other.tasks.values())
+        assert ran == ["lost"]
+        await other.close()
+    finally:
+        await through_proxy.aclose()
+        await proxy.close()
+        await plain_redis.delete(in_progress_key_prefix + "theirs")

@@ -12,11 +12,17 @@ claimed job exactly as arq does. When every slot is taken it waits for one to fr
 delay, instead of returning: arq's serial round trips gave earlier jobs time to finish while it
 walked the ids, a single script does not, so without the wait a full worker would start only
 `max_jobs` jobs per poll. Everything else is arq's.
+
+A claim whose reply is lost (Redis went away after the script ran) would leave markers no one acts
+on, holding those jobs back for the whole in-progress timeout. So each worker's markers carry its
+own token, the ids of a claim that failed are kept (`unconfirmed_claims`), and once Redis answers
+again `release_claims` drops those markers that are still this worker's (runtime/worker.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
@@ -24,17 +30,18 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
 
 # For each id: skip it if its in-progress marker exists, it left the queue, or it is not due yet
-# (arq's three checks); otherwise set the marker for the job's timeout. Returns id, score pairs.
+# (arq's three checks); otherwise set the marker (ARGV[2]: this worker's token) for the job's timeout.
+# Returns id, score pairs.
 CLAIM_SCRIPT = """
 local claimed = {}
 local now = tonumber(ARGV[1])
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local marker = ARGV[3] .. id
   if redis.call('exists', marker) == 0 then
     local score = redis.call('zscore', KEYS[1], id)
     if score and tonumber(score) <= now then
-      redis.call('psetex', marker, ARGV[2], '1')
+      redis.call('psetex', marker, ARGV[4], ARGV[2])
       claimed[#claimed + 1] = id
       claimed[#claimed + 1] = score
     end
@@ -43,12 +50,31 @@ end
 return claimed
 """
 
+# Drops the in-progress markers of the ids whose marker still holds ARGV[2] (the claiming worker's
+# token); returns how many.
+RELEASE_SCRIPT = """
+local released = 0
+for i = 3, #ARGV do
+  local marker = ARGV[1] .. ARGV[i]
+  if redis.call('get', marker) == ARGV[2] then
+    redis.call('del', marker)
+    released = released + 1
+  end
+end
+return released
+"""
+
 
 class ClaimingWorker(Worker):
     """arq's Worker with a batched `start_jobs` (see the module's docstring)."""
 
     _claim: Any = None
     _slot_freed: asyncio.Event | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.claim_token = uuid.uuid4().hex
+        self.unconfirmed_claims: list[str] = []  # ids of claims whose reply was lost
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         pending = [job_id.decode() for job_id in job_ids]
@@ -95,14 +121,23 @@ class ClaimingWorker(Worker):
         timeout_ms = int(self.in_progress_timeout_s * 1000)
         try:
             raw = await self._claim(
-                keys=[self.queue_name], args=[timestamp_ms(), timeout_ms, in_progress_key_prefix, *job_ids]
+                keys=[self.queue_name],
+                args=[timestamp_ms(), self.claim_token, in_progress_key_prefix, timeout_ms, *job_ids],
             )
         except BaseException:
+            self.unconfirmed_claims.extend(job_ids)  # the script may have run: release_claims decides
             self.job_counter -= len(job_ids)
             for _ in job_ids:
                 self.sem.release()
             raise
         return [(raw[i].decode(), int(float(raw[i + 1]))) for i in range(0, len(raw), 2)]
+
+
+async def release_claims(redis: Any, token: str, job_ids: list[str]) -> int:
+    """Drop the in-progress markers `token`'s worker set on `job_ids` and never acted on (jobs it
+    started, or another worker's marker, are left alone); how many were dropped."""
+    released: int = await redis.eval(RELEASE_SCRIPT, 0, in_progress_key_prefix, token, *job_ids)
+    return released
 
 
 def create_worker(settings_cls: Any, **kwargs: Any) -> ClaimingWorker:

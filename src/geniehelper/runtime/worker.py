@@ -34,7 +34,7 @@ from geniehelper.runtime.attempt import (
     make_rejected_function,
     make_unknown_job_function,
 )
-from geniehelper.runtime.claiming import create_worker
+from geniehelper.runtime.claiming import create_worker, release_claims
 from geniehelper.runtime.context import Resources
 from geniehelper.runtime.definition import queue_key
 from geniehelper.runtime.metrics import WorkerMetrics
@@ -267,9 +267,13 @@ async def run_worker(settings_cls: type) -> None:
                 # connection (arq set its in-progress marker and could not finish it).
                 lost = dict(worker.tasks)
                 running.update(t for t in lost.values() if not t.done())
-                log.warning("worker.redis_lost", error=describe(exc), deliveries=len(lost))
-                if lost:
-                    cleanup.append(asyncio.create_task(_release_lost_dispatches(redis, lost, stop)))
+                unconfirmed = list(worker.unconfirmed_claims)
+                log.warning("worker.redis_lost", error=describe(exc), deliveries=len(lost),
+                            unconfirmed_claims=len(unconfirmed))  # fmt: skip
+                if lost or unconfirmed:
+                    cleanup.append(asyncio.create_task(
+                        _release_lost_dispatches(redis, lost, worker.claim_token, unconfirmed, stop)
+                    ))  # fmt: skip
             delay = min(delay * 2, RECONNECT_MAX_DELAY_S)
         if worker is not None:  # cancelled jobs are still recording that they were handed back
             running.update(worker.tasks.values())
@@ -306,17 +310,24 @@ async def _connect_redis(settings_cls: type, stop: asyncio.Event) -> Any:
     return None
 
 
-async def _release_lost_dispatches(redis: Any, lost: dict[str, asyncio.Task[Any]], stop: asyncio.Event) -> None:
+async def _release_lost_dispatches(
+    redis: Any, lost: dict[str, asyncio.Task[Any]], token: str, unconfirmed: list[str], stop: asyncio.Event
+) -> None:
     """Once the jobs that ran while Redis went away are done and Redis is back, drop their
     in-progress markers: arq could not finish those dispatches, and would otherwise hold them for
-    the whole job timeout before delivering them again (the record, fenced, decides what then runs)."""
-    await asyncio.wait(lost.values())
+    the whole job timeout before delivering them again (the record, fenced, decides what then runs).
+    The markers of a claim whose reply was lost (`unconfirmed`) go too, where they are still this
+    worker's (`claiming.release_claims`): those jobs never started here."""
+    if lost:
+        await asyncio.wait(lost.values())
     keys = [in_progress_key_prefix + job_id for job_id in lost]
     delay = 0.5
     while not stop.is_set():
         try:
-            await redis.delete(*keys)
-            log.info("worker.lost_dispatches_released", dispatches=len(keys))
+            if keys:
+                await redis.delete(*keys)
+            released = await release_claims(redis, token, unconfirmed) if unconfirmed else 0
+            log.info("worker.lost_dispatches_released", dispatches=len(keys), unconfirmed_claims_released=released)
             return
         except Exception:
             await asyncio.sleep(delay)
