@@ -21,13 +21,16 @@ with page as (
     select *
       from unnest($3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::numeric[], $8::jsonb[])
            with ordinality as p(external_id, fan_id, event_type, occurred_at, amount, payload, n)
+), matched as materialized (
+    select p.*, a.id as account_id
+      from page p
+      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
 ), inserted as (
     insert into fan_subscription_events (user_id, fan_platform_account_id, event_type, occurred_at, amount, currency,
                                          external_event_id, payload)
-    select $1, a.id, p.event_type, p.occurred_at, p.amount, 'USD', p.external_id, p.payload
-      from page p
-      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
-     order by p.n
+    select $1, m.account_id, m.event_type, m.occurred_at, m.amount, 'USD', m.external_id, m.payload
+      from matched m
+     order by m.n
     on conflict do nothing
     returning id, fan_platform_account_id, event_type, occurred_at, amount, currency
 ), outbox as (
@@ -43,7 +46,7 @@ with page as (
      order by i.occurred_at, i.id
     on conflict (user_id, source_key) do nothing
 )
-select count(*) from inserted
+select (select count(*) from inserted) as new, (select count(*) from page) - (select count(*) from matched) as unmatched
 """
 
 
@@ -57,13 +60,16 @@ class HistoryRow:
     payload: dict[str, Any]
 
 
-async def merge_history(conn: Any, user_id: UUID, platform: str, connection_id: UUID, rows: list[HistoryRow]) -> int:
-    """Append a page's lifecycle events (their fans' accounts must exist); how many were new."""
+async def merge_history(
+    conn: Any, user_id: UUID, platform: str, connection_id: UUID, rows: list[HistoryRow]
+) -> tuple[int, int]:
+    """Append a page's lifecycle events whose fans have accounts; (new, without an account: not
+    appended, the caller creates the accounts and merges the page again)."""
     if not rows:
-        return 0
-    new: int = await conn.fetchval(
+        return 0, 0
+    row = await conn.fetchrow(
         MERGE_HISTORY, user_id, platform, [r.external_id for r in rows], [r.fan_id for r in rows],
         [r.event_type for r in rows], [r.occurred_at for r in rows], [r.amount for r in rows],
         [r.payload for r in rows], connection_id,
     )  # fmt: skip
-    return new
+    return int(row["new"]), int(row["unmatched"])

@@ -106,19 +106,25 @@ select (select count(*) from created) as created, (select count(*) from updated)
 # --- transactions and messages --------------------------------------------------------------------
 
 # Purchases, idempotent on the platform's transaction id; each new one notes its profile, whose
-# figures (lifetime spend, last purchase) the end of the pass recomputes. Returns how many were new.
+# figures (lifetime spend, last purchase) the end of the pass recomputes. Returns (new, unmatched):
+# how many were inserted, and how many of the page's transactions had no fan account to join (none
+# inserted for them; the caller creates the accounts and merges the page again).
 MERGE_TRANSACTIONS = """
 with page as (
     select distinct on (external_id) *
       from unnest($3::text[], $4::text[], $5::text[], $6::numeric[], $7::text[], $8::timestamptz[])
            as p(external_id, fan_id, kind, amount, currency, occurred_at)
      order by external_id
+), matched as materialized (
+    select p.*, a.id as account_id, a.fan_profile_id
+      from page p
+      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
 ), inserted as (
     insert into fan_transactions (user_id, fan_profile_id, fan_platform_account_id, platform, kind, status, amount,
                                   currency, occurred_at, external_transaction_id)
-    select $1, a.fan_profile_id, a.id, $2, p.kind, 'completed', p.amount, p.currency, p.occurred_at, p.external_id
-      from page p
-      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
+    select $1, m.fan_profile_id, m.account_id, $2, m.kind, 'completed', m.amount, m.currency, m.occurred_at,
+           m.external_id
+      from matched m
     on conflict (user_id, platform, external_transaction_id) do nothing
     returning id, fan_profile_id, fan_platform_account_id, kind, amount, currency, occurred_at, external_transaction_id
 ), outbox as (  -- a tip or a purchase event for each new transaction, written with it (0022)
@@ -136,7 +142,7 @@ with page as (
     select distinct $1::uuid, i.fan_profile_id from inserted i
     on conflict do nothing
 )
-select count(*) from inserted
+select (select count(*) from inserted) as new, (select count(*) from page) - (select count(*) from matched) as unmatched
 """
 
 # The end of a pass over transactions: the noted profiles' figures from their completed transactions
@@ -166,20 +172,23 @@ select count(*) from noted
 """
 
 # Messages, idempotent on the platform's message id per account; each new one counts on its
-# profile (message_count, last_message_at). Returns how many were new.
+# profile (message_count, last_message_at). Returns (new, unmatched), as MERGE_TRANSACTIONS.
 MERGE_MESSAGES = """
 with page as (
     select distinct on (fan_id, external_id) *
       from unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
            as p(external_id, fan_id, direction, body, occurred_at)
      order by fan_id, external_id
+), matched as materialized (
+    select p.*, a.id as account_id, a.fan_profile_id
+      from page p
+      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
 ), inserted as (
     insert into fan_messages (user_id, fan_profile_id, fan_platform_account_id, direction, status, body,
                               external_message_id, occurred_at)
-    select $1, a.fan_profile_id, a.id, p.direction, case when p.direction = 'inbound' then 'received' else 'sent' end,
-           p.body, p.external_id, p.occurred_at
-      from page p
-      join fan_platform_accounts a on a.user_id = $1 and a.platform = $2 and a.platform_fan_id = p.fan_id
+    select $1, m.fan_profile_id, m.account_id, m.direction,
+           case when m.direction = 'inbound' then 'received' else 'sent' end, m.body, m.external_id, m.occurred_at
+      from matched m
     on conflict (user_id, fan_platform_account_id, external_message_id) do nothing
     returning id, fan_profile_id, fan_platform_account_id, direction, occurred_at, external_message_id
 ), outbox as (  -- a message_received event for each new inbound message, written with it (0022)
@@ -200,7 +209,7 @@ with page as (
      where f.user_id = $1 and f.id = s.fan_profile_id
     returning f.id
 )
-select count(*) from inserted
+select (select count(*) from inserted) as new, (select count(*) from page) - (select count(*) from matched) as unmatched
 """
 
 # --- subscriptions --------------------------------------------------------------------------------
@@ -209,13 +218,20 @@ select count(*) from inserted
 SUBSCRIPTION_LOCK_NAMESPACE = 0x535542  # "SUB"
 LOCK_SUBSCRIPTIONS = "select pg_advisory_xact_lock($1::int, hashtext($2::uuid::text))"
 
-# The current state of the page's fans' subscriptions to connection $4 (accounts without one: NULL state).
+# The current state of the page's fans' subscriptions to connection $4 (accounts without one: NULL
+# state; fans without an account: no row). One probe of the unique index per account (the lateral
+# LIMIT keeps it so): a plain join was planned as a hash join over every recorded subscription of
+# the creator, a scan that grew through the pass (bench/README.md "sync").
 CURRENT_SUBSCRIPTIONS = """
 select a.platform_fan_id, a.id as account_id, a.fan_profile_id, s.status, s.price, s.currency, s.started_at,
        s.expires_at, s.cancelled_at
   from fan_platform_accounts a
-  left join fan_subscriptions s
-         on s.user_id = a.user_id and s.fan_platform_account_id = a.id and s.platform_connection_id = $4
+  left join lateral (
+      select s.status, s.price, s.currency, s.started_at, s.expires_at, s.cancelled_at
+        from fan_subscriptions s
+       where s.user_id = a.user_id and s.fan_platform_account_id = a.id and s.platform_connection_id = $4
+       limit 1
+  ) s on true
  where a.user_id = $1 and a.platform = $2 and a.platform_fan_id = any($3::text[])
 """
 
@@ -371,14 +387,17 @@ async def ensure_accounts(
     return int(row["created"]), int(row["updated"])
 
 
-async def merge_transactions(conn: Any, user_id: UUID, platform: str, rows: list[TransactionRow]) -> int:
+async def merge_transactions(
+    conn: Any, user_id: UUID, platform: str, rows: list[TransactionRow]
+) -> tuple[int, int]:
+    """Insert the page's new transactions whose fans have accounts; (new, without an account)."""
     if not rows:
-        return 0
-    new: int = await conn.fetchval(
+        return 0, 0
+    row = await conn.fetchrow(
         MERGE_TRANSACTIONS, user_id, platform, [r.external_id for r in rows], [r.fan_id for r in rows],
         [r.kind for r in rows], [r.amount for r in rows], [r.currency for r in rows], [r.occurred_at for r in rows],
     )  # fmt: skip
-    return new
+    return int(row["new"]), int(row["unmatched"])
 
 
 async def flush_profile_figures(conn: Any, user_id: UUID) -> int:
@@ -387,21 +406,22 @@ async def flush_profile_figures(conn: Any, user_id: UUID) -> int:
     return flushed
 
 
-async def merge_messages(conn: Any, user_id: UUID, platform: str, rows: list[MessageRow]) -> int:
+async def merge_messages(conn: Any, user_id: UUID, platform: str, rows: list[MessageRow]) -> tuple[int, int]:
+    """Insert the page's new messages whose fans have accounts; (new, without an account)."""
     if not rows:
-        return 0
-    new: int = await conn.fetchval(
+        return 0, 0
+    row = await conn.fetchrow(
         MERGE_MESSAGES, user_id, platform, [r.external_id for r in rows], [r.fan_id for r in rows],
         [r.direction for r in rows], [r.body for r in rows], [r.occurred_at for r in rows],
     )  # fmt: skip
-    return new
+    return int(row["new"]), int(row["unmatched"])
 
 
 async def current_subscriptions(
     conn: Any, user_id: UUID, platform: str, connection_id: UUID, fan_ids: list[str]
 ) -> dict[str, CurrentSubscription]:
-    """The recorded state per fan id on this connection, its subscription merges held off meanwhile
-    (until commit)."""
+    """The recorded state per fan id that has an account, on this connection, its subscription merges
+    held off meanwhile (until commit)."""
     await conn.execute(LOCK_SUBSCRIPTIONS, SUBSCRIPTION_LOCK_NAMESPACE, connection_id)
     rows = await conn.fetch(CURRENT_SUBSCRIPTIONS, user_id, platform, fan_ids, connection_id)
     found = {}

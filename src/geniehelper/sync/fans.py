@@ -183,9 +183,10 @@ async def _merge_transactions(
         kind = TRANSACTION_KINDS.get(t.kind, "other")
         rows.append(TransactionRow(t.transaction_id, t.fan_id, kind, Decimal(t.amount_cents) / 100, currency,
                                    t.created_at))  # fmt: skip
-    result.accounts_created += await _ensure_exist(conn, connection, [AccountRow(r.fan_id, seen_at=r.occurred_at)
-                                                                       for r in rows])  # fmt: skip
-    result.new_rows += await fan_sync.merge_transactions(conn, connection.user_id, connection.platform, rows)
+    result.new_rows += await _merge_with_accounts(
+        conn, connection, lambda: [AccountRow(r.fan_id, seen_at=r.occurred_at) for r in rows], result,
+        lambda: fan_sync.merge_transactions(conn, connection.user_id, connection.platform, rows),
+    )  # fmt: skip
 
 
 async def _merge_messages(
@@ -195,9 +196,10 @@ async def _merge_messages(
         MessageRow(m.message_id, m.fan_id, "inbound" if m.direction == "in" else "outbound", m.text, m.created_at)
         for m in items
     ]
-    result.accounts_created += await _ensure_exist(conn, connection, [AccountRow(r.fan_id, seen_at=r.occurred_at)
-                                                                       for r in rows])  # fmt: skip
-    result.new_rows += await fan_sync.merge_messages(conn, connection.user_id, connection.platform, rows)
+    result.new_rows += await _merge_with_accounts(
+        conn, connection, lambda: [AccountRow(r.fan_id, seen_at=r.occurred_at) for r in rows], result,
+        lambda: fan_sync.merge_messages(conn, connection.user_id, connection.platform, rows),
+    )  # fmt: skip
 
 
 async def _merge_history(
@@ -215,8 +217,10 @@ async def _merge_history(
             "source": "sync", "platform_connection_id": str(connection.id), "subscription_id": e.subscription_id,
             "sequence": e.sequence, "platform_kind": e.kind,
         }))  # fmt: skip
-    result.accounts_created += await _ensure_exist(conn, connection, [AccountRow(r.fan_id) for r in rows])
-    appended = await fan_history.merge_history(conn, connection.user_id, connection.platform, connection.id, rows)
+    appended = await _merge_with_accounts(
+        conn, connection, lambda: [AccountRow(r.fan_id) for r in rows], result,
+        lambda: fan_history.merge_history(conn, connection.user_id, connection.platform, connection.id, rows),
+    )  # fmt: skip
     result.new_rows += appended
     result.events += appended
 
@@ -240,10 +244,13 @@ async def _merge_subscriptions(
             result.skipped += 1
             log.warning("sync.unknown_subscription_status", platform_connection_id=str(connection.id),
                         status=s.status[:40])  # fmt: skip
-    result.accounts_created += (await _ensure(conn, connection, [AccountRow(s.fan_id) for s in known]))[0]
-    current = await fan_sync.current_subscriptions(
-        conn, connection.user_id, connection.platform, connection.id, [s.fan_id for s in known]
-    )
+    fan_ids = [s.fan_id for s in known]
+    current = await fan_sync.current_subscriptions(conn, connection.user_id, connection.platform, connection.id,
+                                                   fan_ids)  # fmt: skip
+    if len(current) < len(set(fan_ids)):  # fans not seen before: their accounts first, then read again
+        result.accounts_created += await _ensure_exist(conn, connection, [AccountRow(f) for f in fan_ids])
+        current = await fan_sync.current_subscriptions(conn, connection.user_id, connection.platform,
+                                                       connection.id, fan_ids)  # fmt: skip
     states: list[tuple[CurrentSubscription, SubscriptionState]] = []
     events: list[SubscriptionEvent] = []
     for s in {s.fan_id: s for s in known}.values():  # one state per account: the page's last word
@@ -285,11 +292,27 @@ async def _ensure(
 
 
 async def _ensure_exist(conn: Any, connection: PlatformConnection, rows: list[AccountRow]) -> int:
-    """An activity listing's fans (transactions, messages, history): missing accounts created, known
-    ones left as they are. A profile's last activity counts purchases and messages itself, so
-    widening every account's seen times per page (about one update per transaction on an initial
-    sync, bench/README.md "sync") would add nothing a rule or score reads."""
+    """Missing accounts of these fans created (locked first, `fan_sync.ensure_accounts`), known ones
+    left as they are; how many were created."""
     return (await _ensure(conn, connection, rows, refresh=False))[0]
+
+
+async def _merge_with_accounts(
+    conn: Any, connection: PlatformConnection, accounts: Callable[[], list[AccountRow]], result: ResourceResult,
+    merge: Callable[[], Awaitable[tuple[int, int]]],
+) -> int:  # fmt: skip
+    """An activity listing's page (transactions, messages, history) merged; how many rows were new.
+    The merge joins each item to its fan's account and counts those it could not: only then are the
+    missing accounts created and the page merged again (its first merge's rows conflict, so nothing
+    is written twice). Known accounts are left as they are: a profile's last activity counts purchases
+    and messages itself, so widening every account's seen times per page (about one update per
+    transaction on an initial sync, bench/README.md "sync") would add nothing a rule or score reads,
+    and on a page whose fans all have accounts (nearly every page) this is one statement."""
+    new, unmatched = await merge()
+    if unmatched:
+        result.accounts_created += await _ensure_exist(conn, connection, accounts())
+        new += (await merge())[0]
+    return new
 
 
 # --- subscription lifecycle --------------------------------------------------------------------------
