@@ -219,9 +219,9 @@ SUBSCRIPTION_LOCK_NAMESPACE = 0x535542  # "SUB"
 LOCK_SUBSCRIPTIONS = "select pg_advisory_xact_lock($1::int, hashtext($2::uuid::text))"
 
 # The current state of the page's fans' subscriptions to connection $4 (accounts without one: NULL
-# state; fans without an account: no row). One probe of the unique index per account (the lateral
-# LIMIT keeps it so): a plain join was planned as a hash join over every recorded subscription of
-# the creator, a scan that grew through the pass (bench/README.md "sync").
+# state; fans without an account: no row). One probe of the key per account, whatever the
+# statistics say: the lateral LIMIT keeps the planner from a hash join over every recorded
+# subscription of the creator, and migration 0038 left no index but the key to probe.
 CURRENT_SUBSCRIPTIONS = """
 select a.platform_fan_id, a.id as account_id, a.fan_profile_id, s.status, s.price, s.currency, s.started_at,
        s.expires_at, s.cancelled_at
@@ -229,7 +229,7 @@ select a.platform_fan_id, a.id as account_id, a.fan_profile_id, s.status, s.pric
   left join lateral (
       select s.status, s.price, s.currency, s.started_at, s.expires_at, s.cancelled_at
         from fan_subscriptions s
-       where s.user_id = a.user_id and s.fan_platform_account_id = a.id and s.platform_connection_id = $4
+       where s.user_id = a.user_id and s.platform_connection_id = $4 and s.fan_platform_account_id = a.id
        limit 1
   ) s on true
  where a.user_id = $1 and a.platform = $2 and a.platform_fan_id = any($3::text[])
