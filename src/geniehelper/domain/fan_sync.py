@@ -46,6 +46,10 @@ on conflict (user_id, platform_connection_id, resource) do update
 returning cursor
 """
 
+# The tables a sync writes analysed where they grew by half since the planner last looked
+# (migration 0039); returns their names.
+REFRESH_STATISTICS = "select refresh_sync_statistics()"
+
 # --- accounts -------------------------------------------------------------------------------------
 
 # Locks the page's fan ids that have no account yet (fan_crm's key: namespace, user/platform/fan);
@@ -367,6 +371,12 @@ async def advance_cursor(
     )
     if row is None:
         raise CursorMoved(f"{resource} cursor of connection {connection_id} moved since its page was read")
+
+
+async def refresh_statistics(conn: Any) -> list[str]:
+    """Analyse the sync's tables that grew by half since their last analyse; which ones."""
+    analysed: list[str] = await conn.fetchval(REFRESH_STATISTICS)
+    return analysed
 
 
 async def ensure_accounts(

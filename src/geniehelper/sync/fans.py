@@ -60,6 +60,9 @@ HISTORY = "subscription_history"
 # With the history listing: its events first, then the current states (written without events).
 HISTORY_RESOURCES = ("fans", HISTORY, "subscriptions", "transactions", "messages")
 FULL_PASS = frozenset({"subscriptions"})
+# How often (in pages) a pass asks for fresh planner statistics on the tables it grows, and at its
+# end: a large initial sync outgrows them within seconds (migration 0039).
+STATISTICS_EVERY_PAGES = 10
 
 # Platform vocabulary -> ours. A status or kind we do not know is counted and skipped (statuses) or
 # recorded as `other` (kinds), never guessed.
@@ -142,6 +145,12 @@ async def sync_resource(
             )  # fmt: skip
         result.pages += 1
         result.items += len(page.items)
+        if last or result.pages % STATISTICS_EVERY_PAGES == 0:
+            async with tx() as conn:  # a transaction of its own: ANALYZE's lock ends with it
+                analysed = await fan_sync.refresh_statistics(conn)
+            if analysed:
+                log.info("sync.statistics_refreshed", platform_connection_id=str(connection.id), resource=resource,
+                         pages=result.pages, tables=analysed)  # fmt: skip
         if last:
             break
         cursor = page.next_cursor
