@@ -374,7 +374,8 @@ async def advance_cursor(
 
 
 async def refresh_statistics(conn: Any) -> list[str]:
-    """Analyse the sync's tables that grew by half since their last analyse; which ones."""
+    """Analyse the sync's tables that grew by half since their last analyse (one another session
+    holds is skipped); which ones were found grown."""
     analysed: list[str] = await conn.fetchval(REFRESH_STATISTICS)
     return analysed
 
