@@ -7,7 +7,7 @@
 -- accounts twice per page (70 ms instead of 25). The sync calls this between pages. It analyses
 -- each of the tables a sync writes that has grown by half (and by 64 pages, 512 kB) since its last
 -- analyse, judged by its size on disk against the size that analyse saw (pg_class.relpages), so it
--- needs no statistics flush to see the growth: about a dozen analyses on the way to 100,000 rows. A
+-- needs no statistics flush to see the growth: about ten analyses on the way to 100,000 rows. A
 -- table another session holds (autovacuum, a concurrent sync's analyse) is skipped, not waited for
 -- (SKIP_LOCKED): the next call finds it still grown. It runs as the owner (ANALYZE needs it) and can
 -- do nothing else. Returns the tables it found grown.
