@@ -30,6 +30,7 @@ from geniehelper.runtime.queue import EnqueuedJob, JobQueue
 from geniehelper.runtime.registry import JobRegistry
 from geniehelper.runtime.worker import build_worker_settings
 from geniehelper.settings import Settings
+from geniehelper.sync.fans import ResourceResult, sync_resource
 from jobs.scrape_connection import SCRAPE_CONNECTION
 from jobs.sync_fans import SYNC_FANS
 from schedulers.base import SchedulerContext, TickResult
@@ -113,6 +114,17 @@ async def connect(
             conn, cipher(), user_id=user_id, platform="sandbox", external_account_id=account_id, token=token,
         )  # fmt: skip
     return Connected(user_id, account_id, connection_id, token)
+
+
+async def sync_directly(
+    db: Database, sandbox: Sandbox, c: Connected, resource: str, *, page_size: int
+) -> ResourceResult:
+    """One resource of the connection synced in this process (no worker), as the sync job runs it."""
+    async with db.creator_tx(c.user_id) as conn:
+        connection = await connections.get(conn, c.connection_id)
+    assert connection is not None
+    client = HttpPlatformClient(sandbox.url, c.token, sandbox.http, timeout_s=10)
+    return await sync_resource(lambda: db.creator_tx(c.user_id), client, connection, resource, page_size=page_size)
 
 
 async def publish(db: Database, sandbox: Sandbox, c: Connected, text: str) -> uuid.UUID:

@@ -6,16 +6,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 from arq.connections import ArqRedis
 
 from geniehelper.db import Database
-from geniehelper.domain import platform as connections
 from geniehelper.domain.fan_sync import SubscriptionState
-from geniehelper.platforms import HttpPlatformClient
-from geniehelper.sync.fans import lifecycle_events, sync_resource
+from geniehelper.sync.fans import lifecycle_events
 from tests.sync_support import (
     Sandbox,
     connect,
@@ -24,6 +21,7 @@ from tests.sync_support import (
     run_bulk,
     sandbox,
     settings_for,
+    sync_directly,
 )
 
 __all__ = ["sandbox"]  # the module's fixture
@@ -235,20 +233,12 @@ async def test_a_fan_first_met_in_the_transaction_listing_gets_an_account_then(
     db: Database, owner: asyncpg.Connection, sandbox: Sandbox
 ) -> None:
     c = await connect(db, owner, sandbox, seed=6, n_fans=12, n_transactions_per_fan=2)
-    async with db.creator_tx(c.user_id) as conn:
-        connection = await connections.get(conn, c.connection_id)
-    assert connection is not None
-    client = HttpPlatformClient(sandbox.url, c.token, sandbox.http, timeout_s=5)
-
-    def tx() -> Any:
-        return db.creator_tx(c.user_id)
-
-    first = await sync_resource(tx, client, connection, "transactions", page_size=10)  # before any fan listing
+    first = await sync_directly(db, sandbox, c, "transactions", page_size=10)  # before any fan listing
     assert (first.accounts_created, first.new_rows) == (12, 24)
     found = await counts(owner, c.user_id)
     assert (found["fan_platform_accounts"], found["fan_profiles"], found["fan_transactions"]) == (12, 12, 24)
     # Every account known now: the pages write no account (nothing to lock or create) and no purchase twice.
     await owner.execute("delete from platform_sync_cursors where user_id = $1", c.user_id)  # read it all again
-    again = await sync_resource(tx, client, connection, "transactions", page_size=10)
+    again = await sync_directly(db, sandbox, c, "transactions", page_size=10)
     assert (again.accounts_created, again.new_rows, again.pages) == (0, 0, 3)
     assert await counts(owner, c.user_id) == found

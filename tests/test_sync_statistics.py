@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import asyncpg
 
 from geniehelper.db import Database
 from geniehelper.domain import fan_sync
-from geniehelper.domain import platform as connections
-from geniehelper.platforms import HttpPlatformClient
-from geniehelper.sync.fans import STATISTICS_EVERY_PAGES, sync_resource
-from tests.sync_support import Sandbox, connect, sandbox
+from geniehelper.sync.fans import STATISTICS_EVERY_PAGES
+from tests.sync_support import Sandbox, connect, sandbox, sync_directly
 
 __all__ = ["sandbox"]  # the module's fixture
 
@@ -30,15 +27,7 @@ async def test_a_large_pass_analyses_the_tables_it_grew_and_an_unchanged_table_i
     before = await owner.fetchrow(STATS)
     assert before["reltuples"] < 0 and before["analyses"] == 0  # never analysed: the planner is guessing
     c = await connect(db, owner, sandbox, seed=9, n_fans=3000)
-    async with db.creator_tx(c.user_id) as conn:
-        connection = await connections.get(conn, c.connection_id)
-    assert connection is not None
-    client = HttpPlatformClient(sandbox.url, c.token, sandbox.http, timeout_s=10)
-
-    def tx() -> Any:
-        return db.creator_tx(c.user_id)
-
-    result = await sync_resource(tx, client, connection, "fans", page_size=200)
+    result = await sync_directly(db, sandbox, c, "fans", page_size=200)
     assert result.pages == 15 > STATISTICS_EVERY_PAGES
     # ANALYZE sets pg_class at once; the manual-analyse counter (autovacuum's is another) arrives
     # with the statistics flush of the connection that ran it.
